@@ -1,0 +1,31 @@
+"""plait: batched and asynchronous LLM inference.
+
+Public API: LLM (offline), AsyncLLM (streaming, background engine loop), SamplingParams, RequestOutput.
+Heavy modules (torch, the model) load on first use, so `import plait` stays fast.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from plait.outputs import CompletionOutput, Logprob, RequestOutput
+from plait.params import SamplingParams
+
+if TYPE_CHECKING:
+    from plait.engine.async_llm import AsyncLLM
+    from plait.engine.llm import LLM
+
+__all__ = ["LLM", "AsyncLLM", "SamplingParams", "RequestOutput", "CompletionOutput", "Logprob"]
+__version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> Any:
+    if name == "LLM":
+        from plait.engine.llm import LLM
+
+        return LLM
+    if name == "AsyncLLM":
+        from plait.engine.async_llm import AsyncLLM
+
+        return AsyncLLM
+    raise AttributeError(f"module 'plait' has no attribute {name!r}")

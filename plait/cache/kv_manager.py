@@ -1,0 +1,134 @@
+"""Block tables per request over one BlockPool, with automatic prefix caching.
+
+Contract for the scheduler:
+- `match_prefix(tokens)` finds cached full blocks for a new request's tokens. It never covers the last token
+  (that token must be computed to produce logits) and never returns a partial block, so a request never writes
+  into a block it shares.
+- `allocate(req, ...)` makes room for the tokens about to be computed; it either fully succeeds or changes
+  nothing and returns False (the caller then preempts someone or waits).
+- `commit(req, tokens, num_computed)` after a step registers the newly full blocks in the prefix cache.
+- `free(req)` drops the request's references; shared blocks live on while other users hold them.
+Pure Python: no torch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from plait.cache.block_pool import BlockKey, BlockPool
+
+
+@dataclass
+class _Table:
+    blocks: list[int] = field(default_factory=list)
+    keys: list[BlockKey] = field(default_factory=list)  # keys of the leading full, registered blocks
+
+
+@dataclass
+class PrefixMatch:
+    blocks: list[int]
+    keys: list[BlockKey]
+    block_size: int
+
+    @property
+    def num_tokens(self) -> int:
+        return len(self.blocks) * self.block_size
+
+
+class KVCacheManager:
+    def __init__(self, num_blocks: int, block_size: int, enable_prefix_caching: bool = True) -> None:
+        if block_size < 1:
+            raise ValueError(f"block_size must be >= 1, got {block_size}")
+        self.pool = BlockPool(num_blocks)
+        self.block_size = block_size
+        self.enable_prefix_caching = enable_prefix_caching
+        self._tables: dict[str, _Table] = {}
+        self.prefix_queries = 0  # prompt tokens looked up
+        self.prefix_hits = 0  # of which found cached
+
+    @property
+    def num_blocks(self) -> int:
+        return self.pool.num_blocks
+
+    @property
+    def num_free_blocks(self) -> int:
+        return self.pool.num_free
+
+    @property
+    def usage(self) -> float:
+        return 1.0 - self.pool.num_free / self.pool.num_blocks
+
+    def blocks_for(self, num_tokens: int) -> int:
+        return -(-num_tokens // self.block_size)
+
+    def block_table(self, request_id: str) -> list[int]:
+        table = self._tables.get(request_id)
+        return table.blocks if table is not None else []
+
+    def match_prefix(self, tokens: list[int]) -> PrefixMatch:
+        match = PrefixMatch([], [], self.block_size)
+        if not self.enable_prefix_caching:
+            return match
+        self.prefix_queries += len(tokens)
+        parent = None
+        for i in range((len(tokens) - 1) // self.block_size):
+            key = BlockKey.chain(parent, tuple(tokens[i * self.block_size: (i + 1) * self.block_size]))
+            block = self.pool.lookup(key)
+            if block is None:
+                break
+            match.blocks.append(block)
+            match.keys.append(key)
+            parent = key
+        self.prefix_hits += match.num_tokens
+        return match
+
+    def allocate(self, request_id: str, num_computed: int, num_new: int,
+                 prefix: PrefixMatch | None = None) -> bool:
+        table = self._tables.get(request_id)
+        fresh = table is None
+        if fresh:
+            table = _Table()
+        taken = []
+        if prefix is not None and prefix.blocks:
+            for block in prefix.blocks:
+                self.pool.touch(block)
+                taken.append(block)
+        need = self.blocks_for(num_computed + num_new) - len(table.blocks) - len(taken)
+        if need > self.pool.num_free:
+            for block in reversed(taken):
+                self.pool.release(block)
+            return False
+        if taken:
+            table.blocks.extend(taken)
+            table.keys.extend(prefix.keys)
+        if need > 0:
+            table.blocks.extend(self.pool.allocate(need))
+        if fresh:
+            self._tables[request_id] = table
+        return True
+
+    def commit(self, request_id: str, tokens: list[int], num_computed: int) -> None:
+        if not self.enable_prefix_caching:
+            return
+        table = self._tables[request_id]
+        bs = self.block_size
+        for i in range(len(table.keys), num_computed // bs):
+            parent = table.keys[-1] if table.keys else None
+            key = BlockKey.chain(parent, tuple(tokens[i * bs: (i + 1) * bs]))
+            self.pool.register(table.blocks[i], key)
+            table.keys.append(key)
+
+    def free(self, request_id: str) -> None:
+        table = self._tables.pop(request_id, None)
+        if table is None:
+            return
+        # Tail blocks first, so that under LRU the end of a sequence is evicted before its shared beginning.
+        for block in reversed(table.blocks):
+            self.pool.release(block)
+
+    def reset_prefix_cache(self) -> None:
+        self.pool.clear_cache()
+
+    def all_blocks_free(self) -> bool:
+        """The leak invariant: every block is free (cached-but-unused blocks count as free)."""
+        return self.pool.num_free == self.pool.num_blocks and not self._tables

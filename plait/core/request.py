@@ -1,0 +1,65 @@
+"""Per-request state the scheduler tracks (pure Python)."""
+
+from __future__ import annotations
+
+import enum
+import time
+from dataclasses import dataclass, field
+
+from plait.params import SamplingParams
+
+
+class Status(enum.Enum):
+    WAITING = "waiting"
+    RUNNING = "running"
+    FINISHED = "finished"
+
+
+@dataclass(eq=False)
+class Request:
+    """One sequence being generated. n>1 prompts become n Requests sharing a `group_id` and prompt."""
+
+    request_id: str
+    prompt_token_ids: list[int]
+    params: SamplingParams
+    max_tokens: int  # resolved: params.max_tokens or what the context leaves
+    eos_token_ids: frozenset[int]
+    arrival: float = field(default_factory=time.monotonic)
+    group_id: str | None = None
+    sample_index: int = 0
+    # Sibling whose prompt prefill this request waits for, so the siblings share its prompt blocks.
+    wait_for: "Request | None" = None
+    output_token_ids: list[int] = field(default_factory=list)
+    num_computed: int = 0  # tokens whose KV is in the cache
+    num_cached_prompt: int = 0  # prompt tokens served by the prefix cache at admission
+    status: Status = Status.WAITING
+    finish_reason: str | None = None
+    stop_reason: str | int | None = None
+    num_preemptions: int = 0
+    first_scheduled: float | None = None
+    first_token_time: float | None = None
+
+    @property
+    def all_token_ids(self) -> list[int]:
+        return self.prompt_token_ids + self.output_token_ids
+
+    @property
+    def num_tokens(self) -> int:
+        return len(self.prompt_token_ids) + len(self.output_token_ids)
+
+    @property
+    def num_pending(self) -> int:
+        """Tokens known but not yet in the KV cache."""
+        return self.num_tokens - self.num_computed
+
+    @property
+    def prefill_done(self) -> bool:
+        return self.num_computed >= len(self.prompt_token_ids)
+
+    @property
+    def finished(self) -> bool:
+        return self.status is Status.FINISHED
+
+    def sort_key(self) -> tuple[int, float, int]:
+        """Lower runs first: priority, then arrival, then sample index."""
+        return (self.params.priority, self.arrival, self.sample_index)

@@ -1,0 +1,62 @@
+"""The data contract between scheduler and runner: plain data, one object per step."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from plait.params import SamplingParams
+
+
+@dataclass
+class NewRequestData:
+    """Sent once, the first time the runner sees a request: what it needs to sample for it."""
+
+    request_id: str
+    prompt_token_ids: list[int]
+    params: SamplingParams
+    seed: int | None
+
+
+@dataclass
+class ScheduledChunk:
+    """Compute `token_ids` at positions start.. of this request; sample a token after it when `sample`."""
+
+    request_id: str
+    token_ids: list[int]
+    start: int
+    block_table: list[int]
+    sample: bool
+    # Positions of this chunk whose next-token logprobs the caller asked for (prompt_logprobs), else False.
+    prompt_logprobs: bool = False
+
+
+@dataclass
+class SchedulerOutput:
+    chunks: list[ScheduledChunk] = field(default_factory=list)
+    new_requests: list[NewRequestData] = field(default_factory=list)
+    finished_ids: list[str] = field(default_factory=list)  # runner may drop their state
+    num_preempted: int = 0
+
+    @property
+    def num_tokens(self) -> int:
+        return sum(len(c.token_ids) for c in self.chunks)
+
+    @property
+    def empty(self) -> bool:
+        return not self.chunks
+
+
+@dataclass
+class SampledToken:
+    token_id: int
+    # [(token_id, logprob, rank)]: chosen first, then the top alternatives; None when not asked for.
+    logprobs: list[tuple[int, float, int]] | None = None
+
+
+@dataclass
+class ModelOutput:
+    """What the runner returns for one step: a sampled token per chunk that asked for one."""
+
+    sampled: dict[str, SampledToken] = field(default_factory=dict)
+    # request id -> per-position logprob entries for prompt tokens computed this step
+    prompt_logprobs: dict[str, list[list[tuple[int, float, int]]]] = field(default_factory=dict)

@@ -1,0 +1,196 @@
+"""Token-budget continuous batching (pure Python).
+
+Every step hands out at most `max_num_batched_tokens` tokens: first one token to each running decode, then
+chunks of partially computed prompts (chunked prefill), then new requests while KV blocks and `max_num_seqs`
+allow. Prefill, decode, chunked prefill, prefix-cache hits and recompute after preemption are all the same
+thing: "compute these pending tokens of this request".
+"""
+
+from __future__ import annotations
+
+import bisect
+
+from plait.cache.kv_manager import KVCacheManager, PrefixMatch
+from plait.config import SchedulerConfig
+from plait.core.request import Request, Status
+from plait.core.sched_output import ModelOutput, NewRequestData, ScheduledChunk, SchedulerOutput
+
+
+class Scheduler:
+    def __init__(self, config: SchedulerConfig, kv: KVCacheManager, max_model_len: int) -> None:
+        self.config = config
+        self.kv = kv
+        self.max_model_len = max_model_len
+        self.waiting: list[Request] = []  # kept sorted by Request.sort_key
+        self.running: list[Request] = []
+        self.requests: dict[str, Request] = {}
+        self._seen_by_runner: set[str] = set()
+        self._finished_for_runner: list[str] = []
+        self.num_preemptions = 0
+        self.num_prompt_tokens_computed = 0
+        self.num_generated_tokens = 0
+
+    # ----------------------------------------------------------------------------------------- requests
+    def check_fits(self, prompt_len: int, max_tokens: int) -> None:
+        """Refuse at submission what could never run, instead of leaving it waiting forever."""
+        if prompt_len + max_tokens > self.max_model_len:
+            raise ValueError(
+                f"prompt ({prompt_len} tokens) + max_tokens ({max_tokens}) must be <= the model's context "
+                f"length {self.max_model_len}")
+        needed = self.kv.blocks_for(prompt_len + max_tokens)
+        if needed > self.kv.num_blocks:
+            raise ValueError(
+                f"prompt + max_tokens ({prompt_len + max_tokens} tokens) needs {needed} KV blocks but the whole "
+                f"pool has {self.kv.num_blocks} ({self.kv.num_blocks * self.kv.block_size} tokens); raise "
+                f"kv_cache_memory or lower max_tokens")
+
+    def add(self, request: Request) -> None:
+        if request.request_id in self.requests:
+            raise ValueError(f"request_id {request.request_id!r} is already in use")
+        self.check_fits(len(request.prompt_token_ids), request.max_tokens)
+        self.requests[request.request_id] = request
+        bisect.insort(self.waiting, request, key=Request.sort_key)
+
+    def abort(self, request_id: str) -> Request | None:
+        request = self.requests.get(request_id)
+        if request is not None and not request.finished:
+            self.finish(request, "abort")
+        return request
+
+    def finish(self, request: Request, reason: str, stop_reason: str | int | None = None) -> None:
+        request.status = Status.FINISHED
+        request.finish_reason, request.stop_reason = reason, stop_reason
+        if request in self.running:
+            self.running.remove(request)
+        elif request in self.waiting:
+            self.waiting.remove(request)
+        self.kv.free(request.request_id)
+        del self.requests[request.request_id]
+        if request.request_id in self._seen_by_runner:
+            self._seen_by_runner.discard(request.request_id)
+            self._finished_for_runner.append(request.request_id)
+
+    def has_unfinished(self) -> bool:
+        return bool(self.waiting or self.running)
+
+    # ----------------------------------------------------------------------------------------- schedule
+    def schedule(self) -> SchedulerOutput:
+        out = SchedulerOutput(finished_ids=self._finished_for_runner)
+        self._finished_for_runner = []
+        budget = self.config.max_num_batched_tokens
+        scheduled: set[str] = set()
+        # Decodes (one pending token) first, then partial prefills, each in priority/arrival order.
+        for request in sorted(self.running, key=lambda r: (r.num_pending > 1, r.sort_key())):
+            if budget == 0:
+                break
+            if request.status is not Status.RUNNING:
+                continue  # preempted earlier in this loop
+            num_new = min(request.num_pending, budget)
+            while not self.kv.allocate(request.request_id, request.num_computed, num_new):
+                victim = max((r for r in self.running if r.request_id not in scheduled), key=Request.sort_key)
+                self._preempt(victim)
+                out.num_preempted += 1
+                if victim is request:
+                    break
+            if request.status is not Status.RUNNING:
+                continue
+            self._emit(out, request, num_new)
+            scheduled.add(request.request_id)
+            budget -= num_new
+
+        if out.num_preempted == 0:
+            self._admit(out, budget)
+        return out
+
+    def _admit(self, out: SchedulerOutput, budget: int) -> None:
+        index = 0
+        while index < len(self.waiting) and budget > 0 and len(self.running) < self.config.max_num_seqs:
+            request = self.waiting[index]
+            leader = request.wait_for
+            if leader is not None and not (leader.finished or leader.prefill_done):
+                index += 1  # its sibling is still computing the shared prompt
+                continue
+            tokens = request.all_token_ids
+            prefix = (self.kv.match_prefix(tokens) if request.params.prompt_logprobs is None
+                      else PrefixMatch([], [], self.kv.block_size))
+            num_new = min(len(tokens) - prefix.num_tokens, budget)
+            if not self.kv.allocate(request.request_id, prefix.num_tokens, num_new, prefix):
+                break  # no KV memory left: later arrivals wait too (FCFS)
+            self.waiting.pop(index)
+            request.num_computed = prefix.num_tokens
+            if request.num_preemptions == 0:
+                request.num_cached_prompt = prefix.num_tokens
+            request.status = Status.RUNNING
+            request.wait_for = None
+            self.running.append(request)
+            self._emit(out, request, num_new)
+            budget -= num_new
+
+    def _emit(self, out: SchedulerOutput, request: Request, num_new: int) -> None:
+        rid = request.request_id
+        if rid not in self._seen_by_runner:
+            self._seen_by_runner.add(rid)
+            seed = None if request.params.seed is None else request.params.seed + request.sample_index
+            out.new_requests.append(NewRequestData(rid, request.prompt_token_ids, request.params, seed))
+        start = request.num_computed
+        prompt_len = len(request.prompt_token_ids)
+        if start < prompt_len:
+            tokens = request.prompt_token_ids[start: start + num_new]
+            if len(tokens) < num_new:
+                tokens = tokens + request.output_token_ids[: num_new - len(tokens)]
+        else:
+            tokens = request.output_token_ids[start - prompt_len: start - prompt_len + num_new]
+        out.chunks.append(ScheduledChunk(
+            request_id=rid, token_ids=tokens, start=start,
+            block_table=list(self.kv.block_table(rid)),
+            sample=start + num_new == request.num_tokens,
+            prompt_logprobs=request.params.prompt_logprobs is not None and start < prompt_len,
+        ))
+
+    def _preempt(self, request: Request) -> None:
+        """Free its KV and requeue it; it recomputes prompt + output so far and continues unchanged."""
+        self.running.remove(request)
+        self.kv.free(request.request_id)
+        request.num_computed = 0
+        request.status = Status.WAITING
+        request.num_preemptions += 1
+        self.num_preemptions += 1
+        bisect.insort(self.waiting, request, key=Request.sort_key)
+
+    # ----------------------------------------------------------------------------------------- update
+    def update(self, sched: SchedulerOutput, model_out: ModelOutput) -> list[Request]:
+        """Apply one step's results. Returns requests that got a new token (finished ones included)."""
+        changed = []
+        bs = self.kv.block_size
+        for chunk in sched.chunks:
+            request = self.requests.get(chunk.request_id)
+            if request is None:
+                continue  # finished (aborted) while the step ran
+            before = request.num_computed
+            request.num_computed += len(chunk.token_ids)
+            prompt_len = len(request.prompt_token_ids)
+            if before < prompt_len:
+                self.num_prompt_tokens_computed += min(request.num_computed, prompt_len) - before
+            if request.num_computed // bs > before // bs:
+                self.kv.commit(request.request_id, request.all_token_ids, request.num_computed)
+            if not chunk.sample:
+                continue
+            token = model_out.sampled[chunk.request_id].token_id
+            request.output_token_ids.append(token)
+            self.num_generated_tokens += 1
+            changed.append(request)
+            self._check_stop(request, token)
+        return changed
+
+    def _check_stop(self, request: Request, token: int) -> None:
+        params = request.params
+        num_out = len(request.output_token_ids)
+        if num_out > params.min_tokens:
+            if not params.ignore_eos and token in request.eos_token_ids:
+                self.finish(request, "stop")
+                return
+            if params.stop_token_ids and token in params.stop_token_ids:
+                self.finish(request, "stop", token)
+                return
+        if num_out >= request.max_tokens or request.num_tokens >= self.max_model_len:
+            self.finish(request, "length")

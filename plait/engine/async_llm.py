@@ -1,0 +1,217 @@
+"""AsyncLLM: the engine core loop in a background thread, one asyncio queue per request.
+
+Callers on any event loop submit requests without blocking on the model: `generate` validates at once (raising
+ValueError), hands the request to the loop thread through a command queue, and streams outputs as they come.
+Breaking out of the iterator, cancelling the task or `abort()` all abort the request; its KV is freed at the
+next step.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import itertools
+import logging
+import threading
+import traceback
+from dataclasses import dataclass, replace
+from typing import Any, AsyncIterator
+
+from plait.config import EngineConfig
+from plait.engine.builder import build_engine, describe
+from plait.engine.prompts import encode_prompt
+from plait.outputs import CompletionOutput, RequestOutput
+from plait.params import SamplingParams
+
+log = logging.getLogger("plait")
+
+
+class EngineDeadError(RuntimeError):
+    """The engine loop raised; no request can make progress."""
+
+
+class QueueFullError(RuntimeError):
+    """More requests are waiting than `max_waiting_requests` allows."""
+
+
+@dataclass
+class _Stream:
+    loop: asyncio.AbstractEventLoop
+    queue: asyncio.Queue
+    finished: bool = False
+
+
+class AsyncLLM:
+    def __init__(self, model: str | None = None, *, max_waiting_requests: int | None = None, verbose: bool = False,
+                 _prebuilt=None, **config: Any) -> None:
+        self.config = EngineConfig(model=model, **config)
+        self._built = _prebuilt if _prebuilt is not None else build_engine(self.config)
+        self.engine = self._built.core
+        self.tokenizer = self._built.tokenizer
+        self.max_waiting_requests = max_waiting_requests
+        if verbose:
+            print(describe(self._built))
+        self._commands: collections.deque = collections.deque()
+        self._wake = threading.Condition()
+        self._streams: dict[str, _Stream] = {}
+        self._ids = itertools.count()
+        self._stopping = False
+        self.error: BaseException | None = None
+        self._thread = threading.Thread(target=self._loop, name="plait-engine", daemon=True)
+        self._thread.start()
+
+    # ------------------------------------------------------------------------------------ public API
+    @property
+    def is_running(self) -> bool:
+        return self._thread.is_alive() and self.error is None
+
+    @property
+    def num_pending(self) -> int:
+        """Requests submitted but not yet finished (waiting + running + not yet picked up)."""
+        return len(self._streams)
+
+    def encode(self, prompt: Any) -> tuple[str | None, list[int]]:
+        return encode_prompt(self.tokenizer, prompt)
+
+    async def generate(self, prompt: Any, sampling_params: SamplingParams | None = None,
+                       request_id: str | None = None, output_kind: str = "delta") -> AsyncIterator[RequestOutput]:
+        """Stream outputs for one prompt. output_kind 'delta' yields new text/tokens only, 'cumulative' all so far,
+        'final' only the finished output."""
+        if output_kind not in ("delta", "cumulative", "final"):
+            raise ValueError(f"output_kind must be 'delta', 'cumulative' or 'final', got {output_kind!r}")
+        stream = self.submit(prompt, sampling_params, request_id)
+        request_id = stream[0]
+        queue = stream[1].queue
+        sent: dict[int, tuple[int, int, int]] = {}
+        try:
+            while True:
+                item = await queue.get()
+                if isinstance(item, BaseException):
+                    raise item
+                if output_kind == "final" and not item.finished:
+                    continue
+                yield _delta(item, sent) if output_kind == "delta" else item
+                if item.finished:
+                    return
+        finally:
+            if not stream[1].finished:
+                self.abort_nowait(request_id)
+
+    def submit(self, prompt: Any, sampling_params: SamplingParams | None = None,
+               request_id: str | None = None) -> tuple[str, _Stream]:
+        """Queue a request without waiting for anything; returns (request_id, stream). Raises ValueError."""
+        if self.error is not None:
+            raise EngineDeadError(f"the engine loop has died: {self.error!r}")
+        params = sampling_params or SamplingParams()
+        text, token_ids = self.encode(prompt)
+        request_id = request_id or f"req-{next(self._ids)}"
+        if request_id in self._streams:
+            raise ValueError(f"request_id {request_id!r} is already in use")
+        if self.max_waiting_requests is not None and len(self._streams) >= self.max_waiting_requests:
+            raise QueueFullError(f"{len(self._streams)} requests pending; the limit is {self.max_waiting_requests}")
+        self._validate(token_ids, params)
+        stream = _Stream(asyncio.get_running_loop(), asyncio.Queue())
+        self._streams[request_id] = stream
+        with self._wake:
+            self._commands.append(("add", request_id, token_ids, params, text))
+            self._wake.notify()
+        return request_id, stream
+
+    async def abort(self, request_id: str) -> None:
+        self.abort_nowait(request_id)
+
+    def abort_nowait(self, request_id: str) -> None:
+        with self._wake:
+            self._commands.append(("abort", request_id))
+            self._wake.notify()
+
+    def stats(self):
+        return self.engine.stats()
+
+    def shutdown(self, timeout: float = 5.0) -> None:
+        with self._wake:
+            self._stopping = True
+            self._wake.notify()
+        self._thread.join(timeout)
+
+    # ------------------------------------------------------------------------------------ engine thread
+    def _validate(self, token_ids: list[int], params: SamplingParams) -> None:
+        """The same checks add_request makes, run on the caller's side so it gets its ValueError at once."""
+        core = self.engine
+        max_len = core.scheduler.max_model_len
+        if len(token_ids) >= max_len:
+            raise ValueError(f"prompt is {len(token_ids)} tokens; it must be shorter than the context length "
+                             f"{max_len}")
+        if any(not 0 <= t < core.vocab_size for t in token_ids):
+            raise ValueError(f"prompt token ids must be in [0, {core.vocab_size})")
+        max_tokens = params.max_tokens if params.max_tokens is not None else max_len - len(token_ids)
+        core.scheduler.check_fits(len(token_ids), max_tokens)
+
+    def _loop(self) -> None:
+        try:
+            while True:
+                with self._wake:
+                    while not self._commands and not self.engine.has_unfinished() and not self._stopping:
+                        self._wake.wait()
+                    if self._stopping:
+                        break
+                    commands = list(self._commands)
+                    self._commands.clear()
+                for command in commands:
+                    self._apply(command)
+                for out in self.engine.step():
+                    self._deliver(out)
+        except BaseException as exc:  # noqa: BLE001 - every in-flight caller must hear about it
+            self.error = exc
+            log.error("engine loop died:\n%s", traceback.format_exc())
+            for request_id in list(self._streams):
+                self._deliver_error(request_id, EngineDeadError(f"the engine loop has died: {exc!r}"))
+            return
+        for request_id in list(self._streams):
+            out = self.engine.abort(request_id)
+            if out is not None:
+                self._deliver(out)
+
+    def _apply(self, command: tuple) -> None:
+        if command[0] == "add":
+            _, request_id, token_ids, params, text = command
+            if request_id not in self._streams:
+                return  # aborted before it was picked up
+            try:
+                self.engine.add_request(request_id, token_ids, params, prompt=text)
+            except ValueError as exc:
+                self._deliver_error(request_id, exc)
+        else:
+            out = self.engine.abort(command[1])
+            if out is not None:
+                self._deliver(out)
+            else:
+                self._streams.pop(command[1], None)
+
+    def _deliver(self, out: RequestOutput) -> None:
+        stream = self._streams.get(out.request_id)
+        if stream is None:
+            return
+        if out.finished:
+            stream.finished = True
+            del self._streams[out.request_id]
+        stream.loop.call_soon_threadsafe(stream.queue.put_nowait, out)
+
+    def _deliver_error(self, request_id: str, exc: BaseException) -> None:
+        stream = self._streams.pop(request_id, None)
+        if stream is not None:
+            stream.finished = True
+            stream.loop.call_soon_threadsafe(stream.queue.put_nowait, exc)
+
+
+def _delta(out: RequestOutput, sent: dict[int, tuple[int, int, int]]) -> RequestOutput:
+    """Only what is new since the last output of this stream (text, token ids, logprobs)."""
+    outputs = []
+    for c in out.outputs:
+        text_len, tok_len, lp_len = sent.get(c.index, (0, 0, 0))
+        outputs.append(CompletionOutput(
+            index=c.index, text=c.text[text_len:], token_ids=c.token_ids[tok_len:],
+            finish_reason=c.finish_reason, stop_reason=c.stop_reason,
+            logprobs=None if c.logprobs is None else c.logprobs[lp_len:], cumulative_logprob=c.cumulative_logprob))
+        sent[c.index] = (len(c.text), len(c.token_ids), len(c.logprobs or []))
+    return replace(out, outputs=outputs)

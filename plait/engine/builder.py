@@ -1,0 +1,112 @@
+"""Assembles an EngineCore: load weights, pick dtype and device, size the KV pool."""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+
+import torch
+
+from plait.cache.kv_manager import KVCacheManager
+from plait.config import EngineConfig, ModelConfig, SchedulerConfig
+from plait.core.engine_core import EngineCore
+from plait.core.scheduler import Scheduler
+from plait.models import build_model
+from plait.runner.attention import KVCache
+from plait.runner.model_runner import ModelRunner
+from plait.runner.packed_linear import can_pack, pack_linears
+
+_DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+           "float16": torch.float16, "fp16": torch.float16}
+# The default pool is capped: zero-filling a huge pool costs start-up time and most workloads need far less.
+_DEFAULT_KV_CAP = 1 << 30
+
+
+@dataclass
+class BuiltEngine:
+    core: EngineCore
+    tokenizer: object
+    model_config: ModelConfig
+    config: EngineConfig
+    dtype: torch.dtype
+    device: torch.device
+    load_seconds: float
+    generation_defaults: dict
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def pick_dtype(name: str, device: torch.device) -> torch.dtype:
+    if name != "auto":
+        return _DTYPES[name]
+    if device.type == "cuda":
+        return torch.bfloat16
+    # bf16 only where the CPU has native bf16 matmuls (AVX-512 BF16 / AMX); emulated bf16 is slower than fp32.
+    return torch.bfloat16 if torch.ops.mkldnn._is_mkldnn_bf16_supported() else torch.float32
+
+
+def _available_memory() -> int:
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 8 << 30
+
+
+def build_engine(config: EngineConfig, model_config: ModelConfig | None = None,
+                 weights: dict[str, torch.Tensor] | None = None, tokenizer=None) -> BuiltEngine:
+    """Load `config.model` (or use the given config/weights/tokenizer, as tests do) and wire the engine."""
+    start = time.perf_counter()
+    if config.num_threads:
+        torch.set_num_threads(config.num_threads)
+    generation_defaults: dict = {}
+    if model_config is None:
+        from plait.loading import load_model
+
+        loaded = load_model(config.model)
+        model_config, weights, tokenizer = loaded.config, loaded.weights, loaded.tokenizer
+        generation_defaults = loaded.generation_defaults
+    device = pick_device(config.device)
+    dtype = pick_dtype(config.dtype, device)
+
+    max_model_len = min(config.max_model_len or model_config.max_position, model_config.max_position)
+    model = build_model(model_config).to(dtype)
+    model.load_weights(weights)
+    model.to(device).eval()
+    del weights
+    if config.packed_weights and can_pack(dtype, device):
+        pack_linears(model)
+
+    per_block = KVCache.bytes_per_block(model_config.num_layers, config.block_size, model_config.num_kv_heads,
+                                        model_config.head_dim, dtype)
+    budget = config.kv_cache_memory
+    if budget is None:
+        wanted = config.max_num_seqs * max_model_len // config.block_size * per_block
+        budget = min(wanted, _DEFAULT_KV_CAP, _available_memory() // 8)
+    num_blocks = max(1, budget // per_block)
+    cache = KVCache(model_config.num_layers, num_blocks, config.block_size, model_config.num_kv_heads,
+                    model_config.head_dim, dtype, device)
+
+    eos = sorted(set(model_config.eos_token_ids) | set(getattr(tokenizer, "eos_token_ids", []) or []))
+    kv = KVCacheManager(num_blocks, config.block_size, config.enable_prefix_caching)
+    scheduler = Scheduler(SchedulerConfig(config.max_num_seqs, config.max_num_batched_tokens, max_model_len),
+                          kv, max_model_len)
+    runner = ModelRunner(model, cache, eos, device)
+    core = EngineCore(scheduler, runner, tokenizer, eos, model_config.vocab_size)
+    return BuiltEngine(core, tokenizer, model_config, config, dtype, device, time.perf_counter() - start,
+                       generation_defaults)
+
+
+def describe(built: BuiltEngine) -> str:
+    kv = built.core.scheduler.kv
+    return (f"model {built.config.model or 'smollm2-135m'} loaded in {built.load_seconds:.2f} s "
+            f"({built.dtype}, {built.device}, {torch.get_num_threads()} threads); KV pool {kv.num_blocks} blocks "
+            f"x {kv.block_size} tokens; pid {os.getpid()}")

@@ -1,0 +1,94 @@
+"""LLM: the offline API. Queue everything, drive the engine core until all finish, return in input order."""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+from plait.config import EngineConfig
+from plait.engine.builder import build_engine, describe
+from plait.engine.prompts import encode_prompt, normalize_batch
+from plait.outputs import RequestOutput
+from plait.params import SamplingParams
+
+
+class LLM:
+    """`LLM(model=None, **engine_config)`; see `plait.config.EngineConfig` for the settings."""
+
+    def __init__(self, model: str | None = None, *, verbose: bool = False, _prebuilt=None, **config: Any) -> None:
+        self.config = EngineConfig(model=model, **config)
+        self._built = _prebuilt if _prebuilt is not None else build_engine(self.config)
+        self.engine = self._built.core
+        self.tokenizer = self._built.tokenizer
+        self._next_id = 0
+        if verbose:
+            print(describe(self._built))
+
+    @property
+    def load_seconds(self) -> float:
+        return self._built.load_seconds
+
+    def generate(self, prompts: Any, sampling_params: SamplingParams | Sequence[SamplingParams] | None = None,
+                 use_tqdm: bool = True) -> list[RequestOutput]:
+        """Generate for one prompt or a list (text or token ids). Returns outputs in input order."""
+        batch = normalize_batch(prompts)
+        if sampling_params is None:
+            params_list = [SamplingParams()] * len(batch)
+        elif isinstance(sampling_params, SamplingParams):
+            params_list = [sampling_params] * len(batch)
+        else:
+            params_list = list(sampling_params)
+            if len(params_list) != len(batch):
+                raise ValueError(f"sampling_params has {len(params_list)} entries for {len(batch)} prompts")
+        encoded = [encode_prompt(self.tokenizer, p) for p in batch]  # all errors before anything is queued
+        ids = []
+        try:
+            for (text, token_ids), params in zip(encoded, params_list):
+                request_id = f"offline-{self._next_id}"
+                self._next_id += 1
+                self.engine.add_request(request_id, token_ids, params, prompt=text)
+                ids.append(request_id)
+        except ValueError:
+            for request_id in ids:
+                self.engine.abort(request_id)
+            raise
+        return self._run(ids, use_tqdm and len(ids) > 1)
+
+    def chat(self, conversations: list[dict] | list[list[dict]],
+             sampling_params: SamplingParams | Sequence[SamplingParams] | None = None,
+             add_generation_prompt: bool = True, use_tqdm: bool = True) -> list[RequestOutput]:
+        """Apply the model's chat template to each conversation (a list of {role, content}) and generate."""
+        if conversations and isinstance(conversations[0], dict):
+            conversations = [conversations]
+        prompts = [self.tokenizer.apply_chat_template(c, add_generation_prompt=add_generation_prompt)
+                   for c in conversations]
+        token_prompts = [self.tokenizer.encode(p, add_special_tokens=False) for p in prompts]
+        return self.generate(token_prompts, sampling_params, use_tqdm)
+
+    def _run(self, ids: list[str], use_tqdm: bool) -> list[RequestOutput]:
+        finished: dict[str, RequestOutput] = {}
+        bar = None
+        if use_tqdm:
+            from tqdm import tqdm
+
+            bar = tqdm(total=len(ids), desc="generating", unit="req", dynamic_ncols=True)
+        generated = 0
+        wanted = set(ids)
+        while len(finished) < len(ids):
+            for out in self.engine.step():
+                if out.request_id not in wanted:
+                    continue
+                if out.finished:
+                    finished[out.request_id] = out
+                    generated += sum(len(c.token_ids) for c in out.outputs)
+                    if bar is not None:
+                        bar.update(1)
+                        rate = bar.format_dict["elapsed"] or 1e-9
+                        bar.set_postfix_str(f"{generated / rate:.0f} out tok/s")
+            if not self.engine.has_unfinished() and len(finished) < len(ids):
+                raise RuntimeError("engine went idle before all requests finished")
+        if bar is not None:
+            bar.close()
+        return [finished[i] for i in ids]
+
+    def stats(self):
+        return self.engine.stats()

@@ -1,0 +1,18 @@
+"""Model families. Every supported architecture maps to one module; Llama covers SmolLM2, Mistral, Qwen2/3."""
+
+from __future__ import annotations
+
+from plait.config import ModelConfig
+
+SUPPORTED_ARCHITECTURES = ("llama", "mistral", "qwen2", "qwen3", "smollm")
+
+
+def build_model(config: ModelConfig):
+    """An empty model of the family `config.architecture` names (weights are loaded afterwards)."""
+    arch = config.architecture.lower()
+    if not any(arch.startswith(name) for name in SUPPORTED_ARCHITECTURES):
+        raise ValueError(f"architecture {config.architecture!r} is not supported "
+                         f"(supported: {', '.join(SUPPORTED_ARCHITECTURES)})")
+    from plait.models.llama import LlamaForCausalLM
+
+    return LlamaForCausalLM(config)

@@ -1,0 +1,131 @@
+"""Llama-family decoder (Llama 2/3, SmolLM2, Mistral, Qwen2, Qwen3) over a packed, unpadded token batch.
+
+The model sees only `input_ids[T]`, `positions[T]` and an `attention` callable that knows where each request's
+tokens begin and end and where its KV lives. It never sees the scheduler or the cache layout.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from plait.config import ModelConfig
+from plait.models.layers import RMSNorm, RotaryEmbedding, apply_rope
+
+
+class Attention(Protocol):
+    def __call__(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """q: [T, heads, d], k/v: [T, kv_heads, d] (RoPE applied) -> attention output [T, heads, d].
+        Stores k/v in the KV cache as a side effect."""
+        ...
+
+
+class Linear(nn.Module):
+    """A bias-optional linear layer whose matmul can be swapped (e.g. prepacked oneDNN) without touching models."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = False) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(out_features, in_features), requires_grad=False)
+        self.bias = nn.Parameter(torch.zeros(out_features), requires_grad=False) if bias else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.weight, self.bias)
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, cfg: ModelConfig, index: int) -> None:
+        super().__init__()
+        self.index = index
+        self.num_heads, self.num_kv_heads, self.head_dim = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+        q_size, kv_size = cfg.num_heads * cfg.head_dim, cfg.num_kv_heads * cfg.head_dim
+        self.split = (q_size, kv_size, kv_size)
+        # q, k and v in one matmul; gate and up in another: fewer, larger ops per step.
+        self.qkv_proj = Linear(cfg.hidden_size, sum(self.split), bias=cfg.attention_bias)
+        self.o_proj = Linear(q_size, cfg.hidden_size)
+        self.gate_up_proj = Linear(cfg.hidden_size, 2 * cfg.intermediate_size)
+        self.down_proj = Linear(cfg.intermediate_size, cfg.hidden_size)
+        self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.q_norm = RMSNorm(cfg.head_dim, cfg.rms_norm_eps) if cfg.qk_norm else None
+        self.k_norm = RMSNorm(cfg.head_dim, cfg.rms_norm_eps) if cfg.qk_norm else None
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, attention: Attention) -> torch.Tensor:
+        T = x.shape[0]
+        h = self.input_layernorm(x)
+        q, k, v = self.qkv_proj(h).split(self.split, dim=-1)
+        q = q.view(T, self.num_heads, self.head_dim)
+        k = k.view(T, self.num_kv_heads, self.head_dim)
+        v = v.view(T, self.num_kv_heads, self.head_dim)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        attn = attention(self.index, q, k, v).reshape(T, -1)
+        x = x + self.o_proj(attn)
+        gate, up = self.gate_up_proj(self.post_attention_layernorm(x)).chunk(2, dim=-1)
+        return x + self.down_proj(F.silu(gate) * up)
+
+
+class LlamaForCausalLM(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.config = cfg
+        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
+        self.embed_tokens.weight.requires_grad_(False)
+        self.layers = nn.ModuleList(DecoderLayer(cfg, i) for i in range(cfg.num_layers))
+        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.lm_head = Linear(cfg.hidden_size, cfg.vocab_size)
+        self.rotary = RotaryEmbedding(cfg.head_dim, cfg.max_position, cfg.rope_theta, cfg.rope_scaling)
+
+    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, attention: Attention) -> torch.Tensor:
+        """Hidden states [T, hidden] after the final norm."""
+        x = self.embed_tokens(input_ids)
+        cos, sin = self.rotary.tables(positions, x.dtype)
+        for layer in self.layers:
+            x = layer(x, cos, sin, attention)
+        return self.norm(x)
+
+    def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.lm_head(hidden)
+
+    @torch.no_grad()
+    def load_weights(self, weights: dict[str, torch.Tensor]) -> None:
+        """Load HF-named tensors, fusing q/k/v and gate/up. Raises if a parameter is left unset."""
+        cfg = self.config
+        params = dict(self.named_parameters())
+        loaded: set[str] = set()
+
+        def put(name: str, tensor: torch.Tensor) -> None:
+            params[name].copy_(tensor)
+            loaded.add(name)
+
+        def get(name: str) -> torch.Tensor:
+            if name not in weights:
+                raise ValueError(f"checkpoint is missing tensor {name!r}")
+            return weights[name]
+
+        put("embed_tokens.weight", get("model.embed_tokens.weight"))
+        put("norm.weight", get("model.norm.weight"))
+        head = weights.get("lm_head.weight")
+        put("lm_head.weight", head if head is not None and not cfg.tie_word_embeddings
+            else get("model.embed_tokens.weight"))
+        for i in range(cfg.num_layers):
+            src, dst = f"model.layers.{i}.", f"layers.{i}."
+            attn = src + "self_attn."
+            put(dst + "qkv_proj.weight", torch.cat([get(attn + f"{p}_proj.weight") for p in "qkv"]))
+            if cfg.attention_bias:
+                put(dst + "qkv_proj.bias", torch.cat([get(attn + f"{p}_proj.bias") for p in "qkv"]))
+            put(dst + "o_proj.weight", get(attn + "o_proj.weight"))
+            put(dst + "gate_up_proj.weight",
+                torch.cat([get(src + "mlp.gate_proj.weight"), get(src + "mlp.up_proj.weight")]))
+            put(dst + "down_proj.weight", get(src + "mlp.down_proj.weight"))
+            put(dst + "input_layernorm.weight", get(src + "input_layernorm.weight"))
+            put(dst + "post_attention_layernorm.weight", get(src + "post_attention_layernorm.weight"))
+            if cfg.qk_norm:
+                put(dst + "q_norm.weight", get(attn + "q_norm.weight"))
+                put(dst + "k_norm.weight", get(attn + "k_norm.weight"))
+        missing = set(params) - loaded
+        if missing:
+            raise ValueError(f"parameters not loaded from the checkpoint: {sorted(missing)[:5]}")

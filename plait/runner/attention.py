@@ -1,0 +1,108 @@
+"""Attention over a packed batch with a paged KV cache.
+
+The packed batch is ordered: single-token queries first (decodes, and prompt chunks of one token), then
+multi-token spans (prefill chunks). Single-token queries run together as one grouped-query batched matmul over
+their gathered context; PyTorch's CPU SDPA is ~15x slower for one-token queries in bf16 (design.md). Multi-token
+spans are few per step and run through SDPA, one call each.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+
+@dataclass
+class PrefillSpan:
+    start: int  # first token of the span in the packed batch
+    end: int
+    num_past: int  # tokens of this request already in the cache before this span
+    context_slots: torch.Tensor | None  # [num_past + (end - start)] cache slots; None when num_past == 0
+
+
+@dataclass
+class AttentionMetadata:
+    slot_mapping: torch.Tensor  # [T] cache slot of every token in the batch
+    num_single: int  # the first num_single tokens are one-token queries, one request each
+    single_slots: torch.Tensor | None  # [B, L] cache slots of each single query's context (padded)
+    single_mask: torch.Tensor | None  # [1, B, 1, L] additive mask: 0 for real context, -inf for padding
+    prefills: list[PrefillSpan]
+
+
+class KVCache:
+    """One preallocated pool: [layers, 2 (k/v), kv_heads, num_slots, head_dim]; slot = block * block_size + offset.
+
+    Heads lead so that gathering a request's context gives [kv_heads, B, L, head_dim], which batched matmuls take
+    as it is (the transpose for q @ k^T is a BLAS flag, not a copy).
+    """
+
+    def __init__(self, num_layers: int, num_blocks: int, block_size: int, num_kv_heads: int, head_dim: int,
+                 dtype: torch.dtype, device: torch.device | str = "cpu") -> None:
+        self.block_size = block_size
+        self.num_blocks = num_blocks
+        # Zeros, not empty: padded context slots are read (and multiplied by 0 probability); garbage NaNs would leak.
+        self.tensor = torch.zeros(num_layers, 2, num_kv_heads, num_blocks * block_size, head_dim,
+                                  dtype=dtype, device=device)
+
+    @staticmethod
+    def bytes_per_block(num_layers: int, block_size: int, num_kv_heads: int, head_dim: int,
+                        dtype: torch.dtype) -> int:
+        return num_layers * 2 * block_size * num_kv_heads * head_dim * torch.empty((), dtype=dtype).element_size()
+
+
+class PagedAttention:
+    """The `attention` callable a model receives for one step."""
+
+    def __init__(self, cache: KVCache, meta: AttentionMetadata, num_heads: int, num_kv_heads: int,
+                 head_dim: int) -> None:
+        self.cache, self.meta = cache, meta
+        self.num_heads, self.num_kv_heads, self.head_dim = num_heads, num_kv_heads, head_dim
+        self.scale = head_dim ** -0.5
+
+    def __call__(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        meta = self.meta
+        k_cache, v_cache = self.cache.tensor[layer, 0], self.cache.tensor[layer, 1]
+        k_cache.index_copy_(1, meta.slot_mapping, k.transpose(0, 1))
+        v_cache.index_copy_(1, meta.slot_mapping, v.transpose(0, 1))
+        if not meta.prefills:
+            return self._single(q, k_cache, v_cache)
+        out = torch.empty_like(q)
+        if meta.num_single:
+            out[: meta.num_single] = self._single(q[: meta.num_single], k_cache, v_cache)
+        for span in meta.prefills:
+            out[span.start: span.end] = self._span(q, k, v, k_cache, v_cache, span)
+        return out
+
+    def _single(self, q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor) -> torch.Tensor:
+        meta = self.meta
+        batch = q.shape[0]
+        group = self.num_heads // self.num_kv_heads
+        slots = meta.single_slots
+        # Context of every query: [kv, B, L, d]; queries grouped per kv head: [kv, B, group, d].
+        keys = k_cache.index_select(1, slots.flatten()).view(self.num_kv_heads, batch, -1, self.head_dim)
+        values = v_cache.index_select(1, slots.flatten()).view(self.num_kv_heads, batch, -1, self.head_dim)
+        queries = q.view(batch, self.num_kv_heads, group, self.head_dim).transpose(0, 1)
+        scores = torch.matmul(queries, keys.transpose(-1, -2)).float() * self.scale + meta.single_mask
+        probs = torch.softmax(scores, dim=-1).to(q.dtype)
+        out = torch.matmul(probs, values)  # [kv, B, group, d]
+        return out.transpose(0, 1).reshape(batch, self.num_heads, self.head_dim)
+
+    def _span(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor,
+              v_cache: torch.Tensor, span: PrefillSpan) -> torch.Tensor:
+        queries = q[span.start: span.end].transpose(0, 1)[None]
+        if span.num_past == 0:
+            keys = k[span.start: span.end].transpose(0, 1)
+            values = v[span.start: span.end].transpose(0, 1)
+            mask, causal = None, True
+        else:
+            keys = k_cache.index_select(1, span.context_slots)
+            values = v_cache.index_select(1, span.context_slots)
+            q_pos = torch.arange(span.num_past, span.num_past + span.end - span.start, device=q.device)
+            mask = torch.arange(keys.shape[1], device=q.device)[None, :] <= q_pos[:, None]
+            causal = False
+        out = F.scaled_dot_product_attention(
+            queries, keys[None], values[None],
+            attn_mask=mask, is_causal=causal, scale=self.scale, enable_gqa=True)
+        return out[0].transpose(0, 1)

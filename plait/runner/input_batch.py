@@ -1,0 +1,69 @@
+"""SchedulerOutput -> the packed tensors one forward pass needs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from plait.core.sched_output import ScheduledChunk
+from plait.runner.attention import AttentionMetadata, PrefillSpan
+
+
+@dataclass
+class InputBatch:
+    chunks: list[ScheduledChunk]  # in packed order: single-token chunks first
+    input_ids: torch.Tensor  # [T]
+    positions: torch.Tensor  # [T]
+    attention: AttentionMetadata
+    offsets: list[int]  # first packed index of each chunk
+
+
+def build_input_batch(chunks: list[ScheduledChunk], block_size: int, device: torch.device) -> InputBatch:
+    singles = [c for c in chunks if len(c.token_ids) == 1]
+    spans = [c for c in chunks if len(c.token_ids) > 1]
+    ordered = singles + spans
+    input_ids: list[int] = []
+    positions: list[int] = []
+    offsets: list[int] = []
+    for chunk in ordered:
+        offsets.append(len(input_ids))
+        input_ids.extend(chunk.token_ids)
+        positions.extend(range(chunk.start, chunk.start + len(chunk.token_ids)))
+
+    # Block tables as one padded tensor, so slot lookups for every token are a single gather.
+    width = max(len(c.block_table) for c in ordered)
+    tables = torch.tensor([c.block_table + [0] * (width - len(c.block_table)) for c in ordered],
+                          dtype=torch.long)
+    lengths = torch.tensor([len(c.token_ids) for c in ordered])
+    pos = torch.tensor(positions, dtype=torch.long)
+    chunk_of_token = torch.repeat_interleave(torch.arange(len(ordered)), lengths)
+    slot_mapping = tables[chunk_of_token, pos // block_size] * block_size + pos % block_size
+
+    single_slots = single_mask = None
+    if singles:
+        context = torch.tensor([c.start + 1 for c in singles])
+        max_blocks = -(-int(context.max()) // block_size)
+        all_slots = (tables[: len(singles), :max_blocks, None] * block_size + torch.arange(block_size)).flatten(1)
+        length = int(context.max())
+        single_slots = all_slots[:, :length]
+        valid = torch.arange(length)[None, :] < context[:, None]
+        single_mask = torch.zeros(valid.shape).masked_fill_(~valid, float("-inf"))[None, :, None, :]
+
+    prefills = []
+    for i, chunk in enumerate(spans, start=len(singles)):
+        context_slots = None
+        if chunk.start > 0:
+            n_ctx = chunk.start + len(chunk.token_ids)
+            row = tables[i, : -(-n_ctx // block_size), None] * block_size + torch.arange(block_size)
+            context_slots = row.flatten()[:n_ctx].to(device)
+        prefills.append(PrefillSpan(offsets[i], offsets[i] + len(chunk.token_ids), chunk.start, context_slots))
+
+    meta = AttentionMetadata(
+        slot_mapping=slot_mapping.to(device),
+        num_single=len(singles),
+        single_slots=None if single_slots is None else single_slots.to(device),
+        single_mask=None if single_mask is None else single_mask.to(device),
+        prefills=prefills,
+    )
+    return InputBatch(ordered, torch.tensor(input_ids, device=device), pos.to(device), meta, offsets)

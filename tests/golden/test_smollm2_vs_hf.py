@@ -1,0 +1,56 @@
+"""Golden: plait on the default SmolLM2 GGUF equals HF transformers on the same file (fp32)."""
+
+import pytest
+import torch
+
+from plait import SamplingParams
+from tests.helpers import plait_logits
+
+pytestmark = pytest.mark.slow
+transformers = pytest.importorskip("transformers")
+
+PROMPTS = [
+    "The capital of France is",
+    "def fibonacci(n):",
+    "Once upon a time, in a small village,",
+    "List three primary colors:",
+    "2 + 2 =",
+    "Translate to French: Good morning, my friend.",
+    "The quick brown fox",
+    "<|im_start|>user\nWhat is the boiling point of water?<|im_end|>\n<|im_start|>assistant\n",
+]
+
+
+@pytest.fixture(scope="module")
+def engines():
+    from plait import LLM
+    from plait.loading.sources import resolve_model
+
+    path = resolve_model(None)
+    hf = transformers.AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name,
+                                                           dtype=torch.float32).eval()
+    llm = LLM(dtype="float32", max_num_seqs=16)
+    return llm, hf
+
+
+def test_greedy_tokens_equal_hf_generate(engines):
+    llm, hf = engines
+    token_prompts = [llm.tokenizer.encode(p) for p in PROMPTS]
+    outs = llm.generate(token_prompts, SamplingParams(max_tokens=32, min_tokens=32, temperature=0),
+                        use_tqdm=False)
+    for ids, out in zip(token_prompts, outs):
+        with torch.no_grad():
+            ref = hf.generate(torch.tensor([ids]), max_new_tokens=32, min_new_tokens=32, do_sample=False)
+        assert out.outputs[0].token_ids == ref[0, len(ids):].tolist(), llm.tokenizer.decode(ids)
+    assert llm.engine.scheduler.kv.all_blocks_free()
+
+
+def test_last_position_logits_within_1e3(engines):
+    llm, hf = engines
+    model = llm.engine.runner.model
+    for prompt in PROMPTS[:4]:
+        ids = llm.tokenizer.encode(prompt)
+        with torch.no_grad():
+            expected = hf(torch.tensor([ids])).logits[0, -1]
+        got = plait_logits(model, ids, block_size=16)[-1]
+        assert (got - expected).abs().max().item() < 1e-3
