@@ -1,0 +1,143 @@
+"""AsyncLLM: streaming, many concurrent callers, aborts by break / cancel / abort(), engine failure."""
+
+import asyncio
+
+import pytest
+
+from plait import SamplingParams
+from plait.engine.async_llm import AsyncLLM, EngineDeadError, QueueFullError
+from tests.engine.test_llm import prompts
+
+GREEDY = SamplingParams(max_tokens=16, temperature=0, ignore_eos=True)
+
+
+def wait_idle(engine, timeout=10.0):
+    async def idle():
+        for _ in range(int(timeout / 0.01)):
+            if engine.num_pending == 0 and not engine.engine.has_unfinished():
+                return
+            await asyncio.sleep(0.01)
+    return idle()
+
+
+def test_deltas_add_up_and_match_offline(make_engine):
+    from plait.engine.llm import LLM
+
+    offline = make_engine(LLM)
+    batch = prompts(6, seed=11)
+    expected = offline.generate(batch, GREEDY, use_tqdm=False)
+    engine = make_engine(AsyncLLM)
+
+    async def collect(p):
+        text, ids, last = "", [], None
+        async for out in engine.generate(p, GREEDY):
+            text += out.outputs[0].text
+            ids += out.outputs[0].token_ids
+            last = out
+        assert last.finished and last.outputs[0].finish_reason == "length"
+        return text, ids
+
+    async def main():
+        return await asyncio.gather(*(collect(p) for p in batch))
+
+    results = asyncio.run(main())
+    assert [r[1] for r in results] == [o.outputs[0].token_ids for o in expected]
+    assert [r[0] for r in results] == [o.outputs[0].text for o in expected]
+    assert engine.engine.scheduler.kv.all_blocks_free()
+
+
+def test_cumulative_and_final_kinds(make_engine):
+    engine = make_engine(AsyncLLM)
+
+    async def main():
+        outs = [o async for o in engine.generate(prompts(1)[0], GREEDY, output_kind="cumulative")]
+        finals = [o async for o in engine.generate(prompts(1)[0], GREEDY, output_kind="final")]
+        return outs, finals
+
+    outs, finals = asyncio.run(main())
+    lengths = [len(o.outputs[0].token_ids) for o in outs]
+    assert lengths == sorted(lengths) and lengths[-1] == 16
+    assert len(finals) == 1 and finals[0].outputs[0].token_ids == outs[-1].outputs[0].token_ids
+
+
+def test_break_cancel_and_abort_free_kv(make_engine):
+    engine = make_engine(AsyncLLM)
+    long = SamplingParams(max_tokens=400, temperature=0, ignore_eos=True)
+
+    async def breaker(p):
+        async for out in engine.generate(p, long):
+            break
+
+    async def main():
+        # 8 streams dropped after their first token, 4 tasks cancelled, 4 aborted by id, 4 completing normally.
+        await asyncio.gather(*(breaker(p) for p in prompts(8, seed=1)))
+        tasks = [asyncio.create_task(breaker(p)) for p in prompts(4, seed=2)]
+        await asyncio.sleep(0)
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+        async def aborted(i, p):
+            outs = []
+            async for out in engine.generate(p, long, request_id=f"ab{i}"):
+                outs.append(out)
+                await engine.abort(f"ab{i}")
+            return outs[-1]
+
+        ends = await asyncio.gather(*(aborted(i, p) for i, p in enumerate(prompts(4, seed=3))))
+        assert all(o.outputs[0].finish_reason == "abort" for o in ends)
+        async def last(p):
+            return [o async for o in engine.generate(p, GREEDY)][-1]
+
+        fine = await asyncio.gather(*(last(p) for p in prompts(4, seed=4)))
+        assert all(o.finished for o in fine)
+        await wait_idle(engine)
+
+    asyncio.run(main())
+    assert engine.engine.scheduler.kv.all_blocks_free()
+    assert engine.stats().running == 0 and engine.stats().waiting == 0
+
+
+def test_bad_input_raises_at_once_and_others_continue(make_engine):
+    engine = make_engine(AsyncLLM)
+
+    async def main():
+        with pytest.raises(ValueError, match="empty"):
+            async for _ in engine.generate("", GREEDY):
+                pass
+        with pytest.raises(ValueError, match="context length"):
+            async for _ in engine.generate([5] * 600, GREEDY):
+                pass
+        return [o async for o in engine.generate(prompts(1)[0], GREEDY)][-1]
+
+    assert asyncio.run(main()).finished
+
+
+def test_queue_full_is_refused(make_engine):
+    engine = make_engine(AsyncLLM, max_waiting_requests=2)
+
+    async def main():
+        long = SamplingParams(max_tokens=300, temperature=0, ignore_eos=True)
+        engine.submit(prompts(1)[0], long)
+        engine.submit(prompts(1, seed=1)[0], long)
+        with pytest.raises(QueueFullError):
+            engine.submit(prompts(1, seed=2)[0], long)
+
+    asyncio.run(main())
+
+
+def test_engine_failure_reaches_callers(make_engine):
+    engine = make_engine(AsyncLLM)
+
+    def broken(sched):
+        raise RuntimeError("simulated device failure")
+
+    engine.engine.runner.execute = broken
+
+    async def main():
+        with pytest.raises(EngineDeadError, match="simulated"):
+            async for _ in engine.generate(prompts(1)[0], GREEDY):
+                pass
+
+    asyncio.run(main())
+    assert not engine.is_running
