@@ -1,0 +1,44 @@
+"""`plait bench offline | latency`: argument parsing and dispatch (heavy imports wait until a run)."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+
+def add_bench_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Register `bench` and its sub-commands on plait's top-level sub-parsers."""
+    from plait.bench.latency import add_latency_args
+    from plait.bench.offline import add_offline_args
+    from plait.cli import add_engine_args
+
+    bench = subparsers.add_parser("bench", help="benchmarks: offline throughput, batch-1 latency")
+    sub = bench.add_subparsers(dest="bench_command", required=True, metavar="BENCHMARK")
+    fmt = argparse.ArgumentDefaultsHelpFormatter
+    p = sub.add_parser("offline", formatter_class=fmt,
+                       help="throughput of one LLM.generate call over a seeded workload",
+                       description="Throughput of one LLM.generate call over a seeded workload "
+                                   "(greedy, EOS ignored), optionally against HF transformers.")
+    add_offline_args(p)
+    add_engine_args(p)
+    p = sub.add_parser("latency", formatter_class=fmt, help="batch-1 time to first token and decode tok/s",
+                       description="Batch-1 time to first token and decode tok/s, median of --repeats.")
+    add_latency_args(p)
+    add_engine_args(p)
+    bench.set_defaults(func=run_bench)
+    return bench
+
+
+def run_bench(args: argparse.Namespace) -> int:
+    """Run the chosen benchmark; it prints its table and writes its JSON."""
+    if args.bench_command == "offline":
+        from plait.bench.offline import run_offline
+
+        run_offline(args)
+    elif args.bench_command == "latency":
+        from plait.bench.latency import run_latency
+
+        run_latency(args)
+    else:
+        raise ValueError(f"unknown benchmark {args.bench_command!r}")
+    return 0

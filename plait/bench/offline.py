@@ -1,0 +1,212 @@
+"""`plait bench offline`: a whole workload through one `LLM.generate` call, optionally against HF transformers.
+
+One call with every request is how offline batch jobs use plait, so that is what is timed: scheduling,
+continuous batching, prefill and decode together. Outputs are forced to their full length (ignore_eos, greedy)
+so every engine produces the same number of tokens and tok/s compare like with like.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from typing import Any
+
+from plait.bench import report
+from plait.bench.report import Throughput
+from plait.bench.workloads import Workload, make_workload
+from plait.params import SamplingParams
+
+
+def add_offline_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("workload")
+    g.add_argument("--workload", choices=["random", "fixed"], default="random",
+                   help="random: input lengths uniform in [--min-input-len, --max-input-len]; "
+                        "fixed: every input --input-len")
+    g.add_argument("--num-prompts", type=int, default=256, help="requests in the workload")
+    g.add_argument("--input-len", type=int, default=128, help="prompt tokens (fixed workload)")
+    g.add_argument("--min-input-len", type=int, default=64, help="shortest prompt (random workload)")
+    g.add_argument("--max-input-len", type=int, default=512, help="longest prompt (random workload)")
+    g.add_argument("--output-len", type=int, default=128, help="tokens generated per request (EOS ignored)")
+    g.add_argument("--seed", type=int, default=0, help="workload seed; the same seed gives the same prompts")
+    add_run_args(p)
+    b = p.add_argument_group("baseline")
+    b.add_argument("--hf-batch-size", type=int, default=None,
+                   help="static batch size for HF generate (default: --max-num-seqs, at most 64)")
+    b.add_argument("--hf-num-prompts", type=int, default=None,
+                   help="HF runs the first this-many prompts only, to stay affordable (default: min(N, 64))")
+
+
+def add_run_args(p: argparse.ArgumentParser) -> None:
+    """Flags shared by the offline and latency benchmarks."""
+    g = p.add_argument_group("run")
+    g.add_argument("--baseline", choices=["none", "hf"], default="none",
+                   help="hf: also run HuggingFace transformers on the same model file and prompts")
+    g.add_argument("--repeats", type=int, default=None,
+                   help="timed passes (default: 1 offline, 3 latency); with a baseline they alternate A B A B")
+    g.add_argument("--no-warmup", action="store_true", help="skip the short untimed warm-up pass")
+    g.add_argument("--no-tqdm", action="store_true", help="no progress bars")
+    g.add_argument("--output", "-o", default=None, help="JSON results path (default results/bench-<kind>-<time>.json)")
+
+
+def engine_dtype_name(llm: Any) -> str:
+    """The dtype plait actually resolved ('auto' becomes bf16 or fp32 depending on the CPU)."""
+    built = getattr(llm, "_built", None)
+    dtype = getattr(built, "dtype", None)
+    return str(dtype).removeprefix("torch.") if dtype is not None else str(llm.config.dtype)
+
+
+def reset_prefix_cache(llm: Any) -> None:
+    """Repeats reuse the same prompts; without this the second pass would be served from the prefix cache."""
+    kv = getattr(getattr(llm.engine, "scheduler", None), "kv", None)
+    if kv is not None and hasattr(kv, "reset_prefix_cache"):
+        kv.reset_prefix_cache()
+
+
+def build_workload(args: argparse.Namespace, tokenizer: Any) -> Workload:
+    return make_workload(args.workload, args.num_prompts, tokenizer.vocab_size, tokenizer.all_special_ids,
+                         input_len=args.input_len, input_len_range=(args.min_input_len, args.max_input_len),
+                         output_len=args.output_len, seed=args.seed)
+
+
+def run_plait(llm: Any, workload: Workload, progress: bool = True) -> Throughput:
+    """One timed `generate` call over the whole workload."""
+    params = [SamplingParams(max_tokens=n, temperature=0, ignore_eos=True) for n in workload.output_lens]
+    before = llm.stats().prompt_tokens
+    start = time.perf_counter()
+    outs = llm.generate(workload.prompts, params, use_tqdm=progress)
+    wall = time.perf_counter() - start
+    output_tokens = sum(len(o.outputs[0].token_ids) for o in outs)
+    return Throughput(wall, workload.prompt_tokens, output_tokens, len(workload),
+                      prefill_tokens=llm.stats().prompt_tokens - before)
+
+
+def warm_up(llm: Any, hf_model: Any | None, tokenizer: Any) -> None:
+    """A few short requests through each engine so one-time costs (allocations, kernel choice) are not timed."""
+    tiny = make_workload("fixed", 2, tokenizer.vocab_size, tokenizer.all_special_ids, input_len=16,
+                         output_len=4, seed=12345)
+    run_plait(llm, tiny, progress=False)
+    reset_prefix_cache(llm)
+    if hf_model is not None:
+        from plait.bench.hf_baseline import run_hf_batches
+
+        run_hf_batches(hf_model, tiny, batch_size=2, progress=False)
+
+
+def load_baseline(args: argparse.Namespace, llm: Any) -> Any:
+    """HF on the same model file, in the dtype plait resolved to."""
+    import torch
+
+    from plait.bench.hf_baseline import load_hf_model
+    from plait.loading.sources import resolve_model
+
+    dtype = getattr(torch, engine_dtype_name(llm))
+    print(f"loading HF baseline ({dtype}) from {resolve_model(args.model)} ...", file=sys.stderr)
+    return load_hf_model(resolve_model(args.model), dtype)
+
+
+def run_offline(args: argparse.Namespace, llm: Any = None, hf_model: Any = None) -> dict[str, Any]:
+    """Run the benchmark described by `args`; `llm`/`hf_model` may be prebuilt (tests pass tiny ones)."""
+    from plait.cli import engine_kwargs
+
+    if llm is None:
+        from plait.engine.llm import LLM
+
+        llm = LLM(**engine_kwargs(args))
+    repeats = args.repeats or 1
+    progress = not args.no_tqdm
+    workload = build_workload(args, llm.tokenizer)
+    want_hf = args.baseline == "hf"
+    if want_hf and hf_model is None:
+        hf_model = load_baseline(args, llm)
+    hf_workload = workload.subset(args.hf_num_prompts or min(len(workload), 64)) if want_hf else None
+    hf_batch = args.hf_batch_size or min(llm.config.max_num_seqs, 64)
+    if not args.no_warmup:
+        warm_up(llm, hf_model if want_hf else None, llm.tokenizer)
+
+    plait_runs: list[Throughput] = []
+    hf_runs: list[Throughput] = []
+    for _ in range(repeats):
+        reset_prefix_cache(llm)
+        plait_runs.append(run_plait(llm, workload, progress))
+        if want_hf:
+            from plait.bench.hf_baseline import run_hf_batches
+
+            hf_runs.append(run_hf_batches(hf_model, hf_workload, hf_batch, progress))
+
+    result = summarize(args, llm, workload, plait_runs, hf_runs, hf_workload, hf_batch)
+    print(format_result(result))
+    path = report.save_json(args.output or report.default_output("offline"), result)
+    print(f"results saved to {path}")
+    return result
+
+
+def _medians(runs: list[Throughput]) -> dict[str, float]:
+    return {k: report.median([getattr(r, k) for r in runs]) for k in ("wall_s", "output_tps", "total_tps")}
+
+
+def summarize(args: argparse.Namespace, llm: Any, workload: Workload, plait_runs: list[Throughput],
+              hf_runs: list[Throughput], hf_workload: Workload | None, hf_batch: int) -> dict[str, Any]:
+    """Everything the JSON holds: config, machine, per-run numbers, medians and per-pair ratios."""
+    from plait.cli import engine_kwargs
+
+    dtype = engine_dtype_name(llm)
+    result: dict[str, Any] = {
+        "benchmark": "offline",
+        "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "command": sys.argv,
+        "config": {
+            "workload": args.workload, "num_prompts": len(workload), "input_len": args.input_len,
+            "input_len_range": [args.min_input_len, args.max_input_len], "output_len": args.output_len,
+            "seed": args.seed, "repeats": len(plait_runs), "warmup": not args.no_warmup,
+            "sampling": {"temperature": 0, "ignore_eos": True},
+            "engine": engine_kwargs(args),
+            "max_num_seqs": llm.config.max_num_seqs, "max_num_batched_tokens": llm.config.max_num_batched_tokens,
+            "workload_description": workload.describe(),
+        },
+        "machine": report.machine_info(dtype),
+        "plait": {"runs": [r.to_dict() for r in plait_runs], "median": _medians(plait_runs),
+                  "load_seconds": llm.load_seconds},
+    }
+    if hf_runs:
+        out_ratios = report.ratios([r.output_tps for r in plait_runs], [r.output_tps for r in hf_runs])
+        total_ratios = report.ratios([r.total_tps for r in plait_runs], [r.total_tps for r in hf_runs])
+        result["hf"] = {"runs": [r.to_dict() for r in hf_runs], "median": _medians(hf_runs),
+                        "num_prompts": len(hf_workload), "batch_size": hf_batch, "dtype": dtype,
+                        "padding": "left, static batches, prompts sorted by length"}
+        result["ratio"] = {"output_tps_per_pair": out_ratios, "output_tps_median": report.median(out_ratios),
+                           "total_tps_per_pair": total_ratios, "total_tps_median": report.median(total_ratios)}
+    return result
+
+
+def format_result(result: dict[str, Any]) -> str:
+    """The printed table: one row per engine (per run too when repeated), then the plait/HF ratio."""
+    cfg, machine = result["config"], result["machine"]
+    lines = [f"\nplait bench offline: {cfg['workload_description']}",
+             f"max_num_seqs {cfg['max_num_seqs']}, {machine['dtype']}, {machine['torch_threads']} threads, "
+             f"{cfg['repeats']} repeat(s)\n"]
+    headers = ["engine", "prompts", "wall s", "output tok/s", "total tok/s", "prefill tok"]
+    rows: list[list[Any]] = []
+    engines = [("plait", cfg["num_prompts"])]
+    if "hf" in result:
+        engines.append((f"hf (batch {result['hf']['batch_size']})", result["hf"]["num_prompts"]))
+    for name, n in engines:
+        data = result["plait" if name == "plait" else "hf"]
+        runs = data["runs"]
+        for i, run in enumerate(runs):
+            label = name if len(runs) == 1 else f"{name} #{i + 1}"
+            rows.append([label, n, run["wall_s"], run["output_tps"], run["total_tps"],
+                         run["prefill_tokens"] if run["prefill_tokens"] is not None else run["prompt_tokens"]])
+        if len(runs) > 1:
+            m = data["median"]
+            rows.append([f"{name} median", n, m["wall_s"], m["output_tps"], m["total_tps"], ""])
+    lines.append(report.table(headers, rows))
+    if "ratio" in result:
+        r = result["ratio"]
+        pairs = ", ".join(f"{x:.2f}x" for x in r["output_tps_per_pair"])
+        lines.append(f"\nplait / hf output tok/s: {r['output_tps_median']:.2f}x "
+                     f"(total tok/s {r['total_tps_median']:.2f}x; per pair: {pairs})")
+        if result["hf"]["num_prompts"] != cfg["num_prompts"]:
+            lines.append(f"note: HF ran the first {result['hf']['num_prompts']} of {cfg['num_prompts']} prompts; "
+                         f"rates (tok/s) are compared, not wall times")
+    return "\n".join(lines)
