@@ -55,13 +55,18 @@ class DecoderLayer(nn.Module):
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, attention: Attention) -> torch.Tensor:
         T = x.shape[0]
         h = self.input_layernorm(x)
-        q, k, v = self.qkv_proj(h).split(self.split, dim=-1)
-        q = q.view(T, self.num_heads, self.head_dim)
-        k = k.view(T, self.num_kv_heads, self.head_dim)
-        v = v.view(T, self.num_kv_heads, self.head_dim)
-        if self.q_norm is not None:
-            q, k = self.q_norm(q), self.k_norm(k)
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        qkv = self.qkv_proj(h)
+        q_size, kv_size, _ = self.split
+        v = qkv[:, q_size + kv_size:].view(T, self.num_kv_heads, self.head_dim)
+        if self.q_norm is None:
+            # q and k are adjacent in the fused projection: rotate both with one set of ops.
+            qk = apply_rope(qkv[:, : q_size + kv_size].view(T, self.num_heads + self.num_kv_heads, self.head_dim),
+                            cos, sin)
+            q, k = qk[:, : self.num_heads], qk[:, self.num_heads:]
+        else:
+            q = self.q_norm(qkv[:, :q_size].reshape(T, self.num_heads, self.head_dim))
+            k = self.k_norm(qkv[:, q_size: q_size + kv_size].reshape(T, self.num_kv_heads, self.head_dim))
+            q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         attn = attention(self.index, q, k, v).reshape(T, -1)
         x = x + self.o_proj(attn)
         gate, up = self.gate_up_proj(self.post_attention_layernorm(x)).chunk(2, dim=-1)

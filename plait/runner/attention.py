@@ -84,6 +84,7 @@ class PagedAttention:
         keys = k_cache.index_select(1, slots.flatten()).view(self.num_kv_heads, batch, -1, self.head_dim)
         values = v_cache.index_select(1, slots.flatten()).view(self.num_kv_heads, batch, -1, self.head_dim)
         queries = q.view(batch, self.num_kv_heads, group, self.head_dim).transpose(0, 1)
+        # Scores and softmax in fp32 whatever the model dtype: bf16 softmax over long contexts loses too much.
         scores = torch.matmul(queries, keys.transpose(-1, -2)).float() * self.scale + meta.single_mask
         probs = torch.softmax(scores, dim=-1).to(q.dtype)
         out = torch.matmul(probs, values)  # [kv, B, group, d]
