@@ -58,8 +58,8 @@ def sampling_params(args: argparse.Namespace):
 def cmd_generate(args: argparse.Namespace) -> int:
     from plait.engine.llm import LLM
 
+    params = sampling_params(args)  # bad flags fail before the model loads
     llm = LLM(verbose=True, **engine_kwargs(args))
-    params = sampling_params(args)
     prompts = args.prompt or [line.rstrip("\n") for line in sys.stdin if line.strip()]
     if args.chat:
         outs = llm.chat([[{"role": "user", "content": p}] for p in prompts], params, use_tqdm=len(prompts) > 1)
@@ -76,7 +76,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
 def cmd_chat(args: argparse.Namespace) -> int:
     from plait.engine.chat_repl import run_chat
 
-    return run_chat(engine_kwargs(args), sampling_params(args), args.system)
+    params = sampling_params(args)
+    return run_chat(engine_kwargs(args), params, args.system)
 
 
 def cmd_pull(args: argparse.Namespace) -> int:
