@@ -1,4 +1,4 @@
-"""`plait bench offline | latency`: argument parsing and dispatch (heavy imports wait until a run)."""
+"""`plait bench offline | latency | serve`: argument parsing and dispatch (heavy imports wait until a run)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ def add_bench_parser(subparsers: Any) -> argparse.ArgumentParser:
     from plait.bench.offline import add_offline_args
     from plait.cli import add_engine_args
 
-    bench = subparsers.add_parser("bench", help="benchmarks: offline throughput, batch-1 latency")
+    bench = subparsers.add_parser("bench", help="benchmarks: offline throughput, batch-1 latency, serving load")
     sub = bench.add_subparsers(dest="bench_command", required=True, metavar="BENCHMARK")
     fmt = argparse.ArgumentDefaultsHelpFormatter
     p = sub.add_parser("offline", formatter_class=fmt,
@@ -25,6 +25,9 @@ def add_bench_parser(subparsers: Any) -> argparse.ArgumentParser:
                        description="Batch-1 time to first token and decode tok/s, median of --repeats.")
     add_latency_args(p)
     add_engine_args(p)
+    from plait.bench.serve import add_serve_parser
+
+    add_serve_parser(sub)
     bench.set_defaults(func=run_bench)
     return bench
 
@@ -39,6 +42,10 @@ def run_bench(args: argparse.Namespace) -> int:
         from plait.bench.latency import run_latency
 
         run_latency(args)
+    elif args.bench_command == "serve":
+        from plait.bench.serve import run_serve_bench
+
+        return run_serve_bench(args)
     else:
         raise ValueError(f"unknown benchmark {args.bench_command!r}")
     return 0

@@ -81,11 +81,9 @@ class EngineCore:
         self.num_steps = 0
 
     # ------------------------------------------------------------------------------------ requests
-    def add_request(self, request_id: str, prompt_token_ids: list[int], params: SamplingParams,
-                    prompt: str | None = None) -> None:
-        """Validate and queue a request; raises ValueError (and queues nothing) for bad input."""
-        if request_id in self._groups:
-            raise ValueError(f"request_id {request_id!r} is already in use")
+    def validate(self, prompt_token_ids: list[int], params: SamplingParams) -> int:
+        """Raise ValueError for a request that cannot run; return its resolved max_tokens.
+        Reads only settings, never engine state, so any thread may call it."""
         if not prompt_token_ids:
             raise ValueError("prompt must not be empty")
         if any(not isinstance(t, int) or not 0 <= t < self.vocab_size for t in prompt_token_ids):
@@ -98,6 +96,14 @@ class EngineCore:
         self.scheduler.check_fits(len(prompt_token_ids), max_tokens)
         if params.logit_bias and any(not 0 <= t < self.vocab_size for t in params.logit_bias):
             raise ValueError(f"logit_bias keys must be token ids in [0, {self.vocab_size})")
+        return max_tokens
+
+    def add_request(self, request_id: str, prompt_token_ids: list[int], params: SamplingParams,
+                    prompt: str | None = None) -> None:
+        """Validate and queue a request; raises ValueError (and queues nothing) for bad input."""
+        if request_id in self._groups:
+            raise ValueError(f"request_id {request_id!r} is already in use")
+        max_tokens = self.validate(prompt_token_ids, params)
         now = time.monotonic()
         children, detoks, completions = [], [], []
         for i in range(params.n):
@@ -187,6 +193,9 @@ class EngineCore:
                 stop_reason=completion.stop_reason,
                 logprobs=None if completion.logprobs is None else list(completion.logprobs),
                 cumulative_logprob=completion.cumulative_logprob))
+        first_scheduled = group.children[0].first_scheduled
+        if first_scheduled is not None:
+            group.metrics["queue_time"] = first_scheduled - group.arrival
         if finished:
             group.metrics["e2e_time"] = time.monotonic() - group.arrival
             del self._groups[group.request_id]

@@ -9,6 +9,7 @@ thing: "compute these pending tokens of this request".
 from __future__ import annotations
 
 import bisect
+import time
 
 from plait.cache.kv_manager import KVCacheManager, PrefixMatch
 from plait.config import SchedulerConfig
@@ -122,6 +123,8 @@ class Scheduler:
                 request.num_cached_prompt = prefix.num_tokens
             request.status = Status.RUNNING
             request.wait_for = None
+            if request.first_scheduled is None:
+                request.first_scheduled = time.monotonic()
             self.running.append(request)
             self._emit(out, request, num_new)
             budget -= num_new

@@ -67,21 +67,27 @@ class AsyncLLM:
 
     @property
     def num_pending(self) -> int:
-        """Requests submitted but not yet finished (waiting + running + not yet picked up)."""
+        """Requests submitted but not yet finished (waiting + running + not yet picked up).
+        `max_waiting_requests` bounds this number."""
         return len(self._streams)
 
     def encode(self, prompt: Any) -> tuple[str | None, list[int]]:
         return encode_prompt(self.tokenizer, prompt)
 
-    async def generate(self, prompt: Any, sampling_params: SamplingParams | None = None,
-                       request_id: str | None = None, output_kind: str = "delta") -> AsyncIterator[RequestOutput]:
-        """Stream outputs for one prompt. output_kind 'delta' yields new text/tokens only, 'cumulative' all so far,
-        'final' only the finished output."""
+    def generate(self, prompt: Any, sampling_params: SamplingParams | None = None,
+                 request_id: str | None = None, output_kind: str = "delta") -> AsyncIterator[RequestOutput]:
+        """Submit now (bad input raises ValueError here, a full queue QueueFullError) and return the stream.
+
+        output_kind 'delta' yields new text/tokens only, 'cumulative' everything so far, 'final' only the finished
+        output. Call it from a coroutine; closing the iterator early aborts the request.
+        """
         if output_kind not in ("delta", "cumulative", "final"):
             raise ValueError(f"output_kind must be 'delta', 'cumulative' or 'final', got {output_kind!r}")
-        stream = self.submit(prompt, sampling_params, request_id)
-        request_id = stream[0]
-        queue = stream[1].queue
+        request_id, stream = self.submit(prompt, sampling_params, request_id)
+        return self._iterate(request_id, stream, output_kind)
+
+    async def _iterate(self, request_id: str, stream: "_Stream", output_kind: str) -> AsyncIterator[RequestOutput]:
+        queue = stream.queue
         sent: dict[int, tuple[int, int, int]] = {}
         try:
             while True:
@@ -94,7 +100,7 @@ class AsyncLLM:
                 if item.finished:
                     return
         finally:
-            if not stream[1].finished:
+            if not stream.finished:
                 self.abort_nowait(request_id)
 
     def submit(self, prompt: Any, sampling_params: SamplingParams | None = None,
@@ -109,7 +115,7 @@ class AsyncLLM:
             raise ValueError(f"request_id {request_id!r} is already in use")
         if self.max_waiting_requests is not None and len(self._streams) >= self.max_waiting_requests:
             raise QueueFullError(f"{len(self._streams)} requests pending; the limit is {self.max_waiting_requests}")
-        self._validate(token_ids, params)
+        self.engine.validate(token_ids, params)  # the caller gets its ValueError now, not mid-stream
         stream = _Stream(asyncio.get_running_loop(), asyncio.Queue())
         self._streams[request_id] = stream
         with self._wake:
@@ -135,18 +141,6 @@ class AsyncLLM:
         self._thread.join(timeout)
 
     # ------------------------------------------------------------------------------------ engine thread
-    def _validate(self, token_ids: list[int], params: SamplingParams) -> None:
-        """The same checks add_request makes, run on the caller's side so it gets its ValueError at once."""
-        core = self.engine
-        max_len = core.scheduler.max_model_len
-        if len(token_ids) >= max_len:
-            raise ValueError(f"prompt is {len(token_ids)} tokens; it must be shorter than the context length "
-                             f"{max_len}")
-        if any(not 0 <= t < core.vocab_size for t in token_ids):
-            raise ValueError(f"prompt token ids must be in [0, {core.vocab_size})")
-        max_tokens = params.max_tokens if params.max_tokens is not None else max_len - len(token_ids)
-        core.scheduler.check_fits(len(token_ids), max_tokens)
-
     def _loop(self) -> None:
         try:
             while True:

@@ -68,17 +68,17 @@ def build_engine(config: EngineConfig, model_config: ModelConfig | None = None,
     if config.num_threads:
         torch.set_num_threads(config.num_threads)
     generation_defaults: dict = {}
+    device = pick_device(config.device)
+    dtype = pick_dtype(config.dtype, device)
     if model_config is None:
         from plait.loading import load_model
 
-        loaded = load_model(config.model)
+        loaded = load_model(config.model, dtype=dtype)
         model_config, weights, tokenizer = loaded.config, loaded.weights, loaded.tokenizer
         generation_defaults = loaded.generation_defaults
-    device = pick_device(config.device)
-    dtype = pick_dtype(config.dtype, device)
 
     max_model_len = min(config.max_model_len or model_config.max_position, model_config.max_position)
-    model = build_model(model_config).to(dtype)
+    model = build_model(model_config, dtype)
     model.load_weights(weights)
     model.to(device).eval()
     del weights

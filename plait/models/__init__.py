@@ -7,12 +7,15 @@ from plait.config import ModelConfig
 SUPPORTED_ARCHITECTURES = ("llama", "mistral", "qwen2", "qwen3", "smollm")
 
 
-def build_model(config: ModelConfig):
-    """An empty model of the family `config.architecture` names (weights are loaded afterwards)."""
+def build_model(config: ModelConfig, dtype=None):
+    """An empty model of the family `config.architecture` names, parameters in `dtype` (default float32);
+    weights are loaded afterwards with `load_weights`."""
     arch = config.architecture.lower()
     if not any(arch.startswith(name) for name in SUPPORTED_ARCHITECTURES):
         raise ValueError(f"architecture {config.architecture!r} is not supported "
                          f"(supported: {', '.join(SUPPORTED_ARCHITECTURES)})")
     from plait.models.llama import LlamaForCausalLM
 
-    return LlamaForCausalLM(config)
+    import torch
+
+    return LlamaForCausalLM(config, dtype or torch.float32)

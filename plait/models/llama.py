@@ -26,31 +26,32 @@ class Attention(Protocol):
 class Linear(nn.Module):
     """A bias-optional linear layer whose matmul can be swapped (e.g. prepacked oneDNN) without touching models."""
 
-    def __init__(self, in_features: int, out_features: int, bias: bool = False) -> None:
+    def __init__(self, in_features: int, out_features: int, bias: bool = False,
+                 dtype: torch.dtype = torch.float32) -> None:
         super().__init__()
-        self.weight = nn.Parameter(torch.empty(out_features, in_features), requires_grad=False)
-        self.bias = nn.Parameter(torch.zeros(out_features), requires_grad=False) if bias else None
+        self.weight = nn.Parameter(torch.empty(out_features, in_features, dtype=dtype), requires_grad=False)
+        self.bias = nn.Parameter(torch.zeros(out_features, dtype=dtype), requires_grad=False) if bias else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.linear(x, self.weight, self.bias)
 
 
 class DecoderLayer(nn.Module):
-    def __init__(self, cfg: ModelConfig, index: int) -> None:
+    def __init__(self, cfg: ModelConfig, index: int, dtype: torch.dtype) -> None:
         super().__init__()
         self.index = index
         self.num_heads, self.num_kv_heads, self.head_dim = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
         q_size, kv_size = cfg.num_heads * cfg.head_dim, cfg.num_kv_heads * cfg.head_dim
         self.split = (q_size, kv_size, kv_size)
         # q, k and v in one matmul; gate and up in another: fewer, larger ops per step.
-        self.qkv_proj = Linear(cfg.hidden_size, sum(self.split), bias=cfg.attention_bias)
-        self.o_proj = Linear(q_size, cfg.hidden_size)
-        self.gate_up_proj = Linear(cfg.hidden_size, 2 * cfg.intermediate_size)
-        self.down_proj = Linear(cfg.intermediate_size, cfg.hidden_size)
-        self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
-        self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
-        self.q_norm = RMSNorm(cfg.head_dim, cfg.rms_norm_eps) if cfg.qk_norm else None
-        self.k_norm = RMSNorm(cfg.head_dim, cfg.rms_norm_eps) if cfg.qk_norm else None
+        self.qkv_proj = Linear(cfg.hidden_size, sum(self.split), cfg.attention_bias, dtype)
+        self.o_proj = Linear(q_size, cfg.hidden_size, dtype=dtype)
+        self.gate_up_proj = Linear(cfg.hidden_size, 2 * cfg.intermediate_size, dtype=dtype)
+        self.down_proj = Linear(cfg.intermediate_size, cfg.hidden_size, dtype=dtype)
+        self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, dtype)
+        self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, dtype)
+        self.q_norm = RMSNorm(cfg.head_dim, cfg.rms_norm_eps, dtype) if cfg.qk_norm else None
+        self.k_norm = RMSNorm(cfg.head_dim, cfg.rms_norm_eps, dtype) if cfg.qk_norm else None
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, attention: Attention) -> torch.Tensor:
         T = x.shape[0]
@@ -74,19 +75,21 @@ class DecoderLayer(nn.Module):
 
 
 class LlamaForCausalLM(nn.Module):
-    def __init__(self, cfg: ModelConfig) -> None:
+    def __init__(self, cfg: ModelConfig, dtype: torch.dtype = torch.float32) -> None:
         super().__init__()
         self.config = cfg
-        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
-        self.embed_tokens.weight.requires_grad_(False)
-        self.layers = nn.ModuleList(DecoderLayer(cfg, i) for i in range(cfg.num_layers))
-        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
-        self.lm_head = Linear(cfg.hidden_size, cfg.vocab_size)
+        # Parameters are allocated uninitialised in their final dtype: random init and casts of 135M values
+        # would cost a second of start-up for numbers load_weights overwrites anyway.
+        self.embed_tokens = nn.Parameter(torch.empty(cfg.vocab_size, cfg.hidden_size, dtype=dtype),
+                                         requires_grad=False)
+        self.layers = nn.ModuleList(DecoderLayer(cfg, i, dtype) for i in range(cfg.num_layers))
+        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, dtype)
+        self.lm_head = Linear(cfg.hidden_size, cfg.vocab_size, dtype=dtype)
         self.rotary = RotaryEmbedding(cfg.head_dim, cfg.max_position, cfg.rope_theta, cfg.rope_scaling)
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, attention: Attention) -> torch.Tensor:
         """Hidden states [T, hidden] after the final norm."""
-        x = self.embed_tokens(input_ids)
+        x = F.embedding(input_ids, self.embed_tokens)
         cos, sin = self.rotary.tables(positions, x.dtype)
         for layer in self.layers:
             x = layer(x, cos, sin, attention)
@@ -103,7 +106,11 @@ class LlamaForCausalLM(nn.Module):
         loaded: set[str] = set()
 
         def put(name: str, tensor: torch.Tensor) -> None:
-            params[name].copy_(tensor)
+            param = params[name]
+            if tensor.shape != param.shape:
+                raise ValueError(f"{name}: checkpoint shape {tuple(tensor.shape)} != model {tuple(param.shape)}")
+            # Adopt the tensor rather than copy into the (untouched) parameter: no second pass over memory.
+            param.data = tensor.to(param.dtype).contiguous()
             loaded.add(name)
 
         def get(name: str) -> torch.Tensor:
@@ -111,7 +118,7 @@ class LlamaForCausalLM(nn.Module):
                 raise ValueError(f"checkpoint is missing tensor {name!r}")
             return weights[name]
 
-        put("embed_tokens.weight", get("model.embed_tokens.weight"))
+        put("embed_tokens", get("model.embed_tokens.weight"))
         put("norm.weight", get("model.norm.weight"))
         head = weights.get("lm_head.weight")
         put("lm_head.weight", head if head is not None and not cfg.tie_word_embeddings

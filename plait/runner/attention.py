@@ -42,8 +42,9 @@ class KVCache:
                  dtype: torch.dtype, device: torch.device | str = "cpu") -> None:
         self.block_size = block_size
         self.num_blocks = num_blocks
-        # Zeros, not empty: padded context slots are read (and multiplied by 0 probability); garbage NaNs would leak.
-        self.tensor = torch.zeros(num_layers, 2, num_kv_heads, num_blocks * block_size, head_dim,
+        # Uninitialised on purpose: pages are only touched when KV is written, so a large pool costs no start-up
+        # time. Attention never reads a slot that was not written (see input_batch's padding).
+        self.tensor = torch.empty(num_layers, 2, num_kv_heads, num_blocks * block_size, head_dim,
                                   dtype=dtype, device=device)
 
     @staticmethod

@@ -46,8 +46,10 @@ def build_input_batch(chunks: list[ScheduledChunk], block_size: int, device: tor
         max_blocks = -(-int(context.max()) // block_size)
         all_slots = (tables[: len(singles), :max_blocks, None] * block_size + torch.arange(block_size)).flatten(1)
         length = int(context.max())
-        single_slots = all_slots[:, :length]
         valid = torch.arange(length)[None, :] < context[:, None]
+        # Padding reads the request's own first slot (always written, so finite) instead of whatever an
+        # unwritten slot holds: a masked score gives probability 0, and 0 * NaN would still be NaN.
+        single_slots = torch.where(valid, all_slots[:, :length], all_slots[:, :1])
         single_mask = torch.zeros(valid.shape).masked_fill_(~valid, float("-inf"))[None, :, None, :]
 
     prefills = []

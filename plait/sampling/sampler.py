@@ -6,11 +6,14 @@ Every stage is batched over rows with per-row parameter tensors and skipped when
 
 Two choices here come from measurements on the CPU target (2 cores, [64, 49152] float32 logits):
 
-* Sampling draws ONE uniform per row and inverts the row's CDF (`cumsum` + `searchsorted`, ~3 ms), instead of
-  the Gumbel / exponential trick `argmax(probs / q)`, whose V exponential draws per row cost ~60 ms per step on
-  CPU. The distribution is the same; the CDF runs in float64 with a float64 uniform, so tail tokens keep their
-  probability to ~1e-16. A seeded row draws its uniform from its own generator, so its tokens do not depend on
-  what else is in the batch or at which row it sits.
+* Sampling draws ONE uniform per row and inverts the row's CDF (~0.2 ms), instead of the Gumbel / exponential
+  trick `argmax(probs / q)`, whose V exponential draws per row cost ~60 ms per step on CPU. The distribution is
+  the same. The CDF is taken in two levels (256-token block sums, then within the chosen block), in float64
+  with a float64 uniform, so every token keeps its probability to ~1e-7 relative, tail tokens included, and no
+  [B, V] float64 tensor is ever built. A seeded row draws its uniform from its own generator, so its tokens do
+  not depend on what else is in the batch or at which row it sits.
+* Probabilities stay unnormalised (`exp(logits / T - max)`, computed in place): inverse CDF, min-p (a ratio to
+  the max) and top-p (a fraction of the row's mass) are all scale-free, so the softmax division is skipped.
 * top-k / top-p need the row's tokens in probability order; a full sort costs ~120 ms on CPU. Rows are first
   tried on a small `topk` candidate set (64, then 1024, then 8192 tokens); only rows whose kept set is larger
   fall through to a full sort. Which level a row finishes at depends only on that row, and every level samples
@@ -96,39 +99,42 @@ class Sampler:
         if needs_processing(params, [len(o) for o in batch.output_token_ids]):
             # Work on an owned contiguous copy: the caller's logits stay raw (logprobs, speculative decoding).
             x = torch.empty((num_rows, vocab), dtype=torch.float32, device=device).copy_(logits)
+            owned = True
             apply_logit_bias(x, params)
             apply_min_tokens(x, params, batch.output_token_ids, batch.eos_token_ids)
             if any(p.uses_penalties for p in params):
                 apply_penalties(x, params, batch.output_token_ids, batch.prompt_token_ids)
         else:
-            x = logits.float()  # no copy when already float32; nothing below writes into x
+            x = logits.float()  # no copy when already float32: then nothing may write into x
+            owned = x is not logits
 
         greedy_rows = [i for i, p in enumerate(params) if p.temperature < GREEDY_EPS]
         sample_rows = [i for i, p in enumerate(params) if p.temperature >= GREEDY_EPS]
         if not sample_rows:
             tokens = x.argmax(dim=-1)
         elif not greedy_rows:
-            tokens = self._sample(x, params, batch.generators)
+            tokens = self._sample(x, params, batch.generators, owned)
         else:
             tokens = torch.empty(num_rows, dtype=torch.long, device=device)
             g_idx = torch.tensor(greedy_rows, device=device)
             s_idx = torch.tensor(sample_rows, device=device)
             tokens[g_idx] = x[g_idx].argmax(dim=-1)
             tokens[s_idx] = self._sample(x[s_idx], [params[i] for i in sample_rows],
-                                         [batch.generators[i] for i in sample_rows])
+                                         [batch.generators[i] for i in sample_rows], owned=True)
 
         token_ids = tokens.tolist()
         return SamplerOutput(token_ids=token_ids, logprobs=self._logprobs(logits, tokens, params))
 
     # ----------------------------------------------------------------------------------------- sampling
 
-    def _sample(self, x: torch.Tensor, params: list[SamplingParams],
-                generators: list[torch.Generator | None]) -> torch.Tensor:
-        """Sample one token per row of processed logits `x` (no greedy rows here)."""
+    def _sample(self, x: torch.Tensor, params: list[SamplingParams], generators: list[torch.Generator | None],
+                owned: bool) -> torch.Tensor:
+        """Sample one token per row of processed logits `x` (no greedy rows here); `owned`: x may be overwritten."""
         n, vocab = x.shape
         device = x.device
         temperature = torch.tensor([p.temperature for p in params], dtype=torch.float32, device=device)
-        probs = torch.softmax(x / temperature[:, None], dim=-1)
+        probs = x.div_(temperature[:, None]) if owned else x / temperature[:, None]
+        probs = probs.sub_(probs.amax(dim=-1, keepdim=True)).exp_()  # unnormalised: the row max is 1
         uniform = _uniforms(generators, device)
         min_p = [p.min_p for p in params]
         min_p_t = torch.tensor(min_p, dtype=torch.float32, device=device) if any(min_p) else None
@@ -143,27 +149,41 @@ class Sampler:
         if plain:
             idx = torch.tensor(plain, device=device)
             tokens[idx] = _sample_unsorted(probs[idx], uniform[idx], None if min_p_t is None else min_p_t[idx])
-
         top_k_t = torch.tensor(top_k, dtype=torch.long, device=device)
         top_p_t = torch.tensor([p.top_p for p in params], dtype=torch.float64, device=device)
-        sizes = self.candidate_sizes if device.type == "cpu" else ()
-        pending = torch.tensor(truncated, device=device)
-        row_total = probs.sum(dim=-1, dtype=torch.float64) if sizes else None
-        for size in [s for s in sizes if s < vocab] + [vocab]:
-            rows = probs[pending]
-            if size < vocab:
-                vals, ids = rows.topk(size, dim=-1)
-            else:
-                vals, ids = rows.sort(dim=-1, descending=True)
-            got, fits = _sample_sorted(vals, ids, top_k_t[pending], top_p_t[pending],
-                                       None if min_p_t is None else min_p_t[pending], uniform[pending],
-                                       row_total[pending] if size < vocab else None, vocab)
-            if size == vocab or bool(fits.all()):
-                tokens[pending] = got
-                break
-            tokens[pending[fits]] = got[fits]
-            pending = pending[~fits]
+        self._sample_truncated(probs, torch.tensor(truncated, device=device), top_k_t, top_p_t, min_p_t, uniform,
+                               out=tokens)
         return tokens
+
+    def _sample_truncated(self, probs: torch.Tensor, pending: torch.Tensor, top_k: torch.Tensor,
+                          top_p: torch.Tensor, min_p: torch.Tensor | None, uniform: torch.Tensor,
+                          out: torch.Tensor) -> None:
+        """Sample rows `pending` (top-k / top-p rows) into `out`, trying growing candidate sets (see module doc).
+
+        Parameter tensors are per row of `probs`; top_k holds vocab where top-k is disabled.
+        """
+        n, vocab = probs.shape
+        sizes = [s for s in self.candidate_sizes if s < vocab] if probs.device.type == "cpu" else []
+        row_total = probs.sum(dim=-1).double() if sizes else None
+        # Lower bound on each row's kept-set size, learnt at each level: rows skip sizes that cannot hold it.
+        need = torch.zeros(n, dtype=torch.float64, device=probs.device)
+        for size in sizes + [vocab]:
+            now = pending[need[pending] <= size] if size < vocab else pending
+            if now.numel() == 0:
+                continue
+            rows = probs if now.numel() == n else probs[now]
+            vals, ids = rows.topk(size, dim=-1) if size < vocab else rows.sort(dim=-1, descending=True)
+            got, need[now] = _sample_sorted(vals, ids, top_k[now], top_p[now],
+                                            None if min_p is None else min_p[now], uniform[now],
+                                            row_total[now] if size < vocab else None, vocab)
+            if size == vocab:  # a full sort always fits
+                out[now] = got
+                return
+            done = need[now] <= size
+            out[now[done]] = got[done]
+            pending = pending[need[pending] > size]
+            if pending.numel() == 0:
+                return
 
     # ----------------------------------------------------------------------------------------- logprobs
 
@@ -229,20 +249,42 @@ def _uniforms(generators: list[torch.Generator | None], device: torch.device) ->
     return u.clamp_(max=_MAX_UNIFORM)
 
 
-def _inverse_cdf(weights: torch.Tensor, uniform: torch.Tensor) -> torch.Tensor:
-    """Column index per row drawn with probability weights / row sum (weights >= 0, any scale).
+def _inverse_cdf(weights: torch.Tensor, uniform: torch.Tensor, block: int = 256) -> torch.Tensor:
+    """Column index per row drawn with probability weights / row sum (weights >= 0, any scale, not modified).
 
-    First index whose float64 cumulative sum exceeds u * total; zero-weight entries are never chosen.
+    Two levels so that no [rows, V] float64 cumsum is built: float64 cumsum of the block sums picks a block, a
+    float64 cumsum inside that block picks the token. Each block sum is a short float32 sum (relative error
+    ~1e-7), so every token keeps its probability to ~1e-7 relative. Zero-weight entries are never chosen.
     """
-    cdf = weights.cumsum(dim=-1, dtype=torch.float64)
-    target = (uniform * cdf[:, -1])[:, None]
-    return torch.searchsorted(cdf, target, right=True).clamp_(max=weights.shape[1] - 1)[:, 0]
+    n, vocab = weights.shape
+    if vocab <= 4 * block:
+        return _search(weights.cumsum(dim=-1, dtype=torch.float64), uniform, None)
+    pad = -vocab % block
+    blocks = torch.nn.functional.pad(weights, (0, pad)).view(n, -1, block) if pad else weights.view(n, -1, block)
+    block_cdf = blocks.sum(dim=-1).cumsum(dim=-1, dtype=torch.float64)
+    target = uniform * block_cdf[:, -1]
+    b = _search(block_cdf, uniform, None)
+    before = torch.where(b > 0, block_cdf.gather(1, (b - 1).clamp(min=0)[:, None])[:, 0], 0.0)
+    inner = blocks.gather(1, b[:, None, None].expand(n, 1, block))[:, 0]
+    inner_cdf = inner.cumsum(dim=-1, dtype=torch.float64)
+    # Rounding between the block sum and the inner cumsum could push the target just outside the block: keep it
+    # in [0, inner total) so the pick is always a positive-weight token of this block.
+    inner_u = ((target - before) / inner_cdf[:, -1]).clamp(min=0.0, max=_MAX_UNIFORM)
+    return b * block + _search(inner_cdf, inner_u, None)
+
+
+def _search(cdf: torch.Tensor, uniform: torch.Tensor, limit: torch.Tensor | None) -> torch.Tensor:
+    """Per row, the first index whose cdf value exceeds u * cdf[limit - 1] (limit: a prefix length, default
+    the whole row). Zero-width entries are never returned."""
+    last = cdf[:, -1] if limit is None else cdf.gather(1, (limit - 1)[:, None])[:, 0]
+    pick = torch.searchsorted(cdf, (uniform * last)[:, None], right=True)[:, 0]
+    return pick.clamp_(max=cdf.shape[1] - 1) if limit is None else torch.minimum(pick, limit - 1)
 
 
 def _sample_unsorted(probs: torch.Tensor, uniform: torch.Tensor, min_p: torch.Tensor | None) -> torch.Tensor:
-    """Rows without top-k / top-p: sample straight from the vocabulary order, no sort needed."""
+    """Rows without top-k / top-p: sample straight from the vocabulary order, no sort needed. Overwrites probs."""
     if min_p is not None:
-        probs = probs.masked_fill(probs < min_p[:, None] * probs.amax(dim=-1, keepdim=True), 0.0)
+        probs.masked_fill_(probs < min_p[:, None] * probs.amax(dim=-1, keepdim=True), 0.0)
     return _inverse_cdf(probs, uniform)
 
 
@@ -254,8 +296,10 @@ def _sample_sorted(vals: torch.Tensor, ids: torch.Tensor, top_k: torch.Tensor, t
     `vals` are probabilities sorted descending with their token `ids`; `row_total` is each row's whole
     probability mass (None when K == vocab, i.e. a full sort). In descending order every filter keeps a prefix,
     so the kept set is the first `n_keep` candidates, found by counting on one float64 cumsum: no [rows, K]
-    masks. Returns (tokens, fits): `fits[i]` says row i's kept set lies inside the candidates, so its token is
-    exact; rows that do not fit are retried with a larger K.
+    masks.
+
+    Returns (tokens, need). need <= K: the row's kept set lies inside the candidates and its token is exact.
+    need > K: the token is invalid and `need` is a lower bound on the kept-set size, to retry with a larger K.
     """
     size = vals.shape[1]
     cum = vals.cumsum(dim=-1, dtype=torch.float64)
@@ -266,20 +310,23 @@ def _sample_sorted(vals: torch.Tensor, ids: torch.Tensor, top_k: torch.Tensor, t
     total = mass_k if row_total is None else torch.where(k_fits, mass_k, row_total)
     # Token j stays while the mass strictly before it, cum[j - 1], is below top_p * total: the smallest prefix
     # whose mass reaches top_p, never empty.
-    below = torch.searchsorted(cum, (top_p * total)[:, None], right=False)[:, 0]
+    p_mass = top_p * total
+    below = torch.searchsorted(cum, p_mass[:, None], right=False)[:, 0]
     n_keep = torch.minimum(n_keep, (below + 1).clamp(max=size))
     if min_p is not None:
         n_min_p = (vals >= (min_p * vals[:, 0])[:, None]).sum(dim=-1)
         n_keep = torch.minimum(n_keep, n_min_p)
-    # Inverse CDF restricted to the prefix: the first index whose cumsum exceeds u * (mass of the prefix).
-    target = uniform * cum.gather(1, (n_keep - 1)[:, None])[:, 0]
-    pick = torch.minimum(torch.searchsorted(cum, target[:, None], right=True)[:, 0], n_keep - 1)
-    tokens = ids.gather(1, pick[:, None])[:, 0]
+    tokens = ids.gather(1, _search(cum, uniform, n_keep)[:, None])[:, 0]  # inverse CDF inside the prefix
     if row_total is None:
-        return tokens, torch.ones_like(k_fits)
+        return tokens, n_keep.double()
     # The kept set is inside the candidates when top-k is within them, or top-k is off and the candidates hold
     # top_p of the mass, or min-p already cut inside them (when top-p's total is known).
-    fits = k_fits | ((top_k >= vocab) & (cum[:, -1] >= top_p * total))
+    fits = k_fits | ((top_k >= vocab) & (cum[:, -1] >= p_mass))
     if min_p is not None:
         fits |= (n_min_p < size) & ((top_k >= vocab) | (top_p >= 1.0))
-    return tokens, fits
+    # A row that does not fit needs at least one more candidate. With top-k off and no min-p, every missing
+    # token has probability <= vals[-1], so it needs at least (p_mass - cum[-1]) / vals[-1] more.
+    bounded = top_k >= vocab if min_p is None else (top_k >= vocab) & (min_p == 0)
+    bound = ((p_mass - cum[:, -1]) / vals[:, -1].double().clamp(min=1e-30)).ceil().clamp(min=1.0)
+    more = torch.where(bounded, bound, 1.0)
+    return tokens, torch.where(fits, n_keep.double(), size + more)

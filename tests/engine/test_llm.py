@@ -82,7 +82,9 @@ def test_preemption_keeps_outputs(make_engine):
 
 def test_seeded_sampling_same_alone_and_in_batch(make_engine):
     llm = make_engine()
-    params = SamplingParams(max_tokens=16, temperature=0.9, top_p=0.9, seed=123)
+    # top_k keeps the distribution realistic: over the tiny random model's near-uniform 49k-token distribution,
+    # ulp-level logit differences between batch shapes could move an inverse-CDF draw across a token boundary.
+    params = SamplingParams(max_tokens=16, temperature=0.9, top_p=0.9, top_k=50, seed=123)
     target = prompts(1, seed=5)[0]
     alone = tokens(llm.generate([target], params, use_tqdm=False))[0]
     others = [SamplingParams(max_tokens=16, temperature=1.0)] * 7

@@ -10,6 +10,7 @@ import torch
 from plait.params import SamplingParams
 from plait.sampling import Sampler, SamplingBatch
 from plait.sampling.penalties import apply_logit_bias, apply_min_tokens, apply_penalties
+from plait.sampling.sampler import _inverse_cdf
 
 
 def make_batch(params: list[SamplingParams], output: list[list[int]] | None = None,
@@ -187,6 +188,24 @@ def test_temperature_distribution_chi_square() -> None:
         observed = torch.bincount(draws, minlength=4).float()
         chi2 = ((observed - expected) ** 2 / expected).sum().item()
         assert chi2 < 25.0, (temperature, observed, expected)  # 3 dof: p(chi2 > 25) ~ 1.5e-5
+
+
+@pytest.mark.parametrize("vocab", [3000, 4096, 700])  # padded last block, whole blocks, single level
+def test_inverse_cdf_distribution_and_zero_weights(vocab: int) -> None:
+    # A few positive tokens scattered over blocks (block edges, last token), everything else exactly zero.
+    support = torch.tensor([0, 255, 256, 511, 690, vocab - 1])
+    p = torch.tensor([0.05, 0.3, 0.15, 0.2, 0.1, 0.2])
+    weights = torch.zeros(vocab)
+    weights[support] = p * 7.0  # any scale
+    n = 20000
+    picks = _inverse_cdf(repeat_rows(weights, n), torch.rand(n, dtype=torch.float64).clamp(max=1 - 1e-12))
+    assert set(picks.tolist()) <= set(support.tolist())
+    observed = torch.stack([(picks == s).sum() for s in support]).float()
+    chi2 = ((observed - p * n) ** 2 / (p * n)).sum().item()
+    assert chi2 < 35.0, observed  # 5 dof: p(chi2 > 35) ~ 1.5e-6
+    # The extreme uniforms pick the first and the last positive token.
+    edges = _inverse_cdf(repeat_rows(weights, 2), torch.tensor([0.0, 1 - 1e-12], dtype=torch.float64))
+    assert edges.tolist() == [0, vocab - 1]
 
 
 def test_seeded_rows_have_the_right_distribution_too() -> None:

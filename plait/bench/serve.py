@@ -1,0 +1,242 @@
+"""`plait bench serve`: a load generator for any OpenAI-compatible server, reporting what `vllm bench serve` does.
+
+Prompts are token ids from a seeded workload (plait.bench.workloads), sent to /v1/completions, so plait and
+another server on the same model (llama.cpp's llama-server, vLLM) see exactly the same tokens and produce exactly
+`--output-len` tokens each (`ignore_eos`). Every request streams; timings are taken at the client:
+
+- TTFT: request sent -> first chunk carrying text.   E2E: request sent -> last chunk.
+- TPOT: (E2E - TTFT) / (output tokens - 1), per request.   ITL: gaps between successive text chunks.
+- Throughput over the benchmark's wall time: requests/s, output tokens/s, total (prompt + output) tokens/s.
+Arrivals are a Poisson process at `--request-rate` (default: all at once), capped by `--max-concurrency`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import random
+import socket
+import statistics
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from plait.bench import report
+from plait.bench.workloads import WORKLOADS, Workload, make_workload
+
+PERCENTILES = (50, 90, 99)
+
+
+def add_serve_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Register `serve` under `plait bench`'s sub-parsers."""
+    p = subparsers.add_parser("serve", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                              help="load-test a running OpenAI-compatible server (plait, llama-server, vLLM)",
+                              description=__doc__.split("\n\n")[0])
+    g = p.add_argument_group("target")
+    g.add_argument("--base-url", default="http://127.0.0.1:8000", help="server root (without /v1)")
+    g.add_argument("--model", default=None, help="model name to send (default: the first of GET /v1/models)")
+    g.add_argument("--api-key", default=None, help="Bearer token, if the server wants one")
+    g.add_argument("--tokenizer", default=None,
+                   help="model whose vocabulary the prompt ids are drawn from (default: plait's default model)")
+    w = p.add_argument_group("workload")
+    w.add_argument("--workload", choices=WORKLOADS, default="fixed")
+    w.add_argument("--num-prompts", type=int, default=128)
+    w.add_argument("--input-len", type=int, default=128, help="prompt tokens (fixed workload)")
+    w.add_argument("--min-input-len", type=int, default=64, help="shortest prompt (random workload)")
+    w.add_argument("--max-input-len", type=int, default=512, help="longest prompt (random workload)")
+    w.add_argument("--output-len", type=int, default=128, help="tokens generated per request (EOS ignored)")
+    w.add_argument("--seed", type=int, default=0)
+    r = p.add_argument_group("load")
+    r.add_argument("--request-rate", type=float, default=float("inf"),
+                   help="mean arrivals per second (Poisson); inf sends everything at once")
+    r.add_argument("--max-concurrency", type=int, default=None, help="requests in flight at most")
+    r.add_argument("--warmup", type=int, default=1, help="untimed requests sent first")
+    r.add_argument("--timeout", type=float, default=600.0, help="seconds per request")
+    p.add_argument("--output", "-o", default=None, help="JSON results path (default results/bench-serve-<time>.json)")
+    p.set_defaults(func=run_serve_bench)
+    return p
+
+
+@dataclass
+class RequestResult:
+    prompt_len: int
+    ok: bool = False
+    error: str | None = None
+    output_tokens: int = 0
+    ttft: float = 0.0
+    latency: float = 0.0
+    itl: list[float] = field(default_factory=list)
+
+    @property
+    def tpot(self) -> float | None:
+        return (self.latency - self.ttft) / (self.output_tokens - 1) if self.output_tokens > 1 else None
+
+
+async def send_one(client: Any, url: str, headers: dict[str, str], model: str, prompt: list[int],
+                   output_len: int, timeout: float) -> RequestResult:
+    """One streaming completion; times every chunk that carries text."""
+    body = {"model": model, "prompt": prompt, "max_tokens": output_len, "temperature": 0, "stream": True,
+            "ignore_eos": True, "stream_options": {"include_usage": True}}
+    res = RequestResult(prompt_len=len(prompt))
+    chunks, usage_tokens = 0, None
+    start = last = time.perf_counter()
+    try:
+        async with client.stream("POST", url, json=body, headers=headers, timeout=timeout) as resp:
+            if resp.status_code != 200:
+                res.error = f"HTTP {resp.status_code}: {(await resp.aread())[:200]!r}"
+                return res
+            async for line in resp.aiter_lines():
+                if not line.startswith("data:"):
+                    continue
+                data = line[5:].strip()
+                if data == "[DONE]":
+                    break
+                payload = json.loads(data)
+                if "error" in payload:
+                    res.error = str(payload["error"])
+                    return res
+                if payload.get("usage"):
+                    usage_tokens = payload["usage"].get("completion_tokens")
+                if any(c.get("text") for c in payload.get("choices") or ()):
+                    now = time.perf_counter()
+                    if chunks == 0:
+                        res.ttft = now - start
+                    else:
+                        res.itl.append(now - last)
+                    last = now
+                    chunks += 1
+    except Exception as exc:  # noqa: BLE001 - a failed request is a result, not a crash of the benchmark
+        res.error = f"{type(exc).__name__}: {exc}"
+        return res
+    res.latency = last - start
+    res.output_tokens = usage_tokens if usage_tokens is not None else chunks
+    res.ok = chunks > 0
+    if not res.ok:
+        res.error = "no text received"
+    return res
+
+
+def summarize(results: list[RequestResult], duration: float) -> dict[str, Any]:
+    """vLLM's serving metrics (times in ms) over the successful requests."""
+    ok = [r for r in results if r.ok]
+    out_tokens = sum(r.output_tokens for r in ok)
+    in_tokens = sum(r.prompt_len for r in ok)
+    summary: dict[str, Any] = {
+        "completed": len(ok), "failed": len(results) - len(ok), "duration_s": duration,
+        "total_input_tokens": in_tokens, "total_output_tokens": out_tokens,
+        "request_throughput": len(ok) / duration if duration else 0.0,
+        "output_throughput": out_tokens / duration if duration else 0.0,
+        "total_token_throughput": (in_tokens + out_tokens) / duration if duration else 0.0,
+    }
+    series = {"ttft": [r.ttft for r in ok], "tpot": [r.tpot for r in ok if r.tpot is not None],
+              "itl": [x for r in ok for x in r.itl], "e2el": [r.latency for r in ok]}
+    for name, values in series.items():
+        ms = [v * 1000 for v in values]
+        summary[f"mean_{name}_ms"] = statistics.fmean(ms) if ms else None
+        summary[f"median_{name}_ms"] = statistics.median(ms) if ms else None
+        for p in PERCENTILES[1:]:
+            summary[f"p{p}_{name}_ms"] = _percentile(ms, p)
+    errors = [r.error for r in results if not r.ok]
+    summary["errors"] = errors[:10]
+    return summary
+
+
+def _percentile(values: list[float], p: float) -> float | None:
+    """Linear interpolation between closest ranks (numpy's default), without needing numpy here."""
+    if not values:
+        return None
+    s = sorted(values)
+    k = (len(s) - 1) * p / 100
+    lo = int(k)
+    hi = min(lo + 1, len(s) - 1)
+    return s[lo] + (s[hi] - s[lo]) * (k - lo)
+
+
+async def run_load(args: argparse.Namespace, workload: Workload, model: str) -> tuple[list[RequestResult], float]:
+    import httpx
+
+    url = args.base_url.rstrip("/") + "/v1/completions"
+    headers = {"Authorization": f"Bearer {args.api_key}"} if args.api_key else {}
+    limit = args.max_concurrency or len(workload)
+    sem = asyncio.Semaphore(limit)
+    rng = random.Random(args.seed)
+    # TCP_NODELAY: httpx writes a POST's headers and body separately; with Nagle on, the body waits for the
+    # server's delayed ACK (~40 ms on Linux), which would land in every TTFT.
+    transport = httpx.AsyncHTTPTransport(
+        limits=httpx.Limits(max_connections=limit + 4, max_keepalive_connections=limit + 4),
+        socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)])
+    async with httpx.AsyncClient(transport=transport, timeout=args.timeout) as client:
+        for i in range(args.warmup):
+            await send_one(client, url, headers, model, workload.prompts[i % len(workload)], 4, args.timeout)
+
+        async def limited(prompt: list[int], output_len: int) -> RequestResult:
+            async with sem:
+                return await send_one(client, url, headers, model, prompt, output_len, args.timeout)
+
+        tasks = []
+        start = time.perf_counter()
+        for prompt, output_len in zip(workload.prompts, workload.output_lens):
+            tasks.append(asyncio.ensure_future(limited(prompt, output_len)))
+            if args.request_rate != float("inf"):
+                await asyncio.sleep(rng.expovariate(args.request_rate))
+        results = await asyncio.gather(*tasks)
+        return list(results), time.perf_counter() - start
+
+
+def _vocabulary(name: str | None) -> tuple[int, set[int]]:
+    """(vocab size, special ids) of the tokenizer the prompts are drawn for; special ids are never sent."""
+    from pathlib import Path
+
+    from plait.loading.sources import resolve_model
+    from plait.loading.tokenizer import Tokenizer
+
+    path = Path(resolve_model(name))
+    if path.is_dir():
+        tok = Tokenizer.from_hf_dir(path)
+    else:
+        from plait.loading.gguf_file import read_gguf
+
+        tok = Tokenizer.from_gguf_metadata(read_gguf(path).metadata)
+    return tok.vocab_size, set(tok.all_special_ids)
+
+
+def _served_model(args: argparse.Namespace) -> str:
+    import httpx
+
+    headers = {"Authorization": f"Bearer {args.api_key}"} if args.api_key else {}
+    r = httpx.get(args.base_url.rstrip("/") + "/v1/models", headers=headers, timeout=30)
+    r.raise_for_status()
+    return r.json()["data"][0]["id"]
+
+
+def run_serve_bench(args: argparse.Namespace) -> int:
+    """Run the load, print vLLM-style tables, save JSON; exit status 1 if no request succeeded."""
+    model = args.model or _served_model(args)
+    vocab_size, special = _vocabulary(args.tokenizer)
+    workload = make_workload(args.workload, args.num_prompts, vocab_size, special, input_len=args.input_len,
+                             input_len_range=(args.min_input_len, args.max_input_len), output_len=args.output_len,
+                             seed=args.seed)
+    print(f"{args.base_url} model={model}: {workload.describe()}, rate={args.request_rate}, "
+          f"max concurrency={args.max_concurrency}")
+    results, duration = asyncio.run(run_load(args, workload, model))
+    summary = summarize(results, duration)
+    print(report.table(["metric", "value"], [
+        ["completed / failed", f"{summary['completed']} / {summary['failed']}"],
+        ["duration (s)", report.fmt(duration, 2)],
+        ["request throughput (req/s)", report.fmt(summary["request_throughput"], 2)],
+        ["output throughput (tok/s)", report.fmt(summary["output_throughput"], 1)],
+        ["total throughput (tok/s)", report.fmt(summary["total_token_throughput"], 1)]]))
+    rows = [[name.upper()] + [report.fmt(summary[f"{stat}_{name}_ms"], 1) for stat in ("mean", "median", "p90", "p99")]
+            for name in ("ttft", "tpot", "itl", "e2el")]
+    print(report.table(["ms", "mean", "median", "p90", "p99"], rows))
+    for err in summary["errors"][:3]:
+        print(f"error: {err}")
+    payload = {"benchmark": "serve", "base_url": args.base_url, "model": model,
+               "workload": {"name": workload.name, "num_prompts": len(workload), "seed": workload.seed,
+                            "input_tokens": workload.prompt_tokens, "output_len": args.output_len},
+               "request_rate": None if args.request_rate == float("inf") else args.request_rate,
+               "max_concurrency": args.max_concurrency, "machine": report.machine_info(), **summary}
+    path = report.save_json(args.output or report.default_output("serve"), payload)
+    print(f"saved {path}")
+    return 0 if summary["completed"] else 1

@@ -1,0 +1,240 @@
+"""Request and response schemas of the OpenAI-compatible API (they also generate the OpenAPI document).
+
+Requests are validated strictly (no "0.5" for a float, no 1 for a bool) because OpenAI's service rejects those
+too, and a client that gets away with them here would break there. Ranges are checked once, by SamplingParams,
+so the server and the offline API cannot drift apart; the schemas check types and the API-only limits.
+Unknown fields are ignored, as vLLM does, so clients that send newer OpenAI fields keep working.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Literal, Optional, Union
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from plait.params import SamplingParams
+from plait.server.errors import bad_request
+
+MAX_N = 128  # choices per prompt; n children share the prompt's KV but each holds its own decode blocks
+
+TokenIds = list[int]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(strict=True, extra="ignore")
+
+
+class StreamOptions(_Strict):
+    include_usage: bool = False
+
+
+class _SamplingRequest(_Strict):
+    """Fields both generation endpoints share, including vLLM's extra engine parameters."""
+
+    model: Optional[str] = Field(None, description="must be the served model name (GET /v1/models)")
+    n: int = Field(1, description=f"choices to generate per prompt, 1..{MAX_N}")
+    temperature: Optional[float] = Field(None, description="0 = greedy; default 1")
+    top_p: Optional[float] = None
+    stop: Union[str, list[str], None] = None
+    seed: Optional[int] = None
+    presence_penalty: Optional[float] = None
+    frequency_penalty: Optional[float] = None
+    logit_bias: Optional[dict[str, float]] = Field(None, description="token id (as a string) -> bias")
+    stream: bool = False
+    stream_options: Optional[StreamOptions] = None
+    user: Optional[str] = None
+    # vLLM-style extra parameters (the openai client sends them through `extra_body`).
+    top_k: Optional[int] = None
+    min_p: Optional[float] = None
+    repetition_penalty: Optional[float] = None
+    ignore_eos: bool = False
+    min_tokens: int = 0
+    priority: int = 0
+    stop_token_ids: Optional[list[int]] = None
+    include_stop_str_in_output: bool = False
+    skip_special_tokens: bool = True
+
+    def check_common(self, vocab_size: int) -> None:
+        """API-level rules that SamplingParams does not know about (checked here so a stream gets a 400 too)."""
+        if not 1 <= self.n <= MAX_N:
+            raise bad_request(f"n must be in [1, {MAX_N}], got {self.n}", "n")
+        if self.stream_options is not None and not self.stream:
+            raise bad_request("stream_options is only allowed when stream is true", "stream_options")
+        if self.logit_bias:
+            for key in self.logit_bias:
+                if not key.isdigit() or int(key) >= vocab_size:
+                    raise bad_request(f"logit_bias keys must be token ids in [0, {vocab_size}), got {key!r}",
+                                      "logit_bias")
+
+    def to_sampling_params(self, max_tokens: Optional[int], logprobs: Optional[int],
+                           prompt_logprobs: Optional[int] = None) -> SamplingParams:
+        """Raises ValueError naming the field (mapped to a 400 by the caller)."""
+        given = dict(
+            temperature=self.temperature, top_p=self.top_p, seed=self.seed, presence_penalty=self.presence_penalty,
+            frequency_penalty=self.frequency_penalty, top_k=self.top_k, min_p=self.min_p,
+            repetition_penalty=self.repetition_penalty)
+        return SamplingParams(
+            n=self.n, max_tokens=max_tokens, min_tokens=self.min_tokens, stop=self.stop,
+            stop_token_ids=self.stop_token_ids, ignore_eos=self.ignore_eos,
+            include_stop_str_in_output=self.include_stop_str_in_output, logprobs=logprobs,
+            prompt_logprobs=prompt_logprobs, skip_special_tokens=self.skip_special_tokens, priority=self.priority,
+            logit_bias={int(k): v for k, v in self.logit_bias.items()} if self.logit_bias else None,
+            **{k: v for k, v in given.items() if v is not None})
+
+
+class CompletionRequest(_SamplingRequest):
+    prompt: Union[str, list[str], TokenIds, list[TokenIds]] = Field(
+        ..., description="a string, a list of strings, a list of token ids, or a list of token-id lists")
+    max_tokens: Optional[int] = Field(16, description="default 16, as OpenAI's")
+    logprobs: Optional[int] = Field(None, description="top alternatives per token, 0..20")
+    echo: bool = False
+    suffix: Optional[str] = Field(None, description="not supported; must be null")
+
+
+class ChatContentPart(_Strict):
+    type: Literal["text"]
+    text: str
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(strict=True, extra="allow")  # tool_calls etc. reach the chat template
+
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: Union[str, list[ChatContentPart], None] = None
+    name: Optional[str] = None
+
+    def for_template(self) -> dict[str, Any]:
+        """The dict the chat template sees: content parts flattened to text."""
+        out = self.model_dump(exclude_none=True)
+        if isinstance(self.content, list):
+            out["content"] = "".join(part.text for part in self.content)
+        out.setdefault("content", "")
+        return out
+
+
+class ChatCompletionRequest(_SamplingRequest):
+    messages: list[ChatMessage]
+    max_tokens: Optional[int] = Field(None, description="deprecated alias of max_completion_tokens")
+    max_completion_tokens: Optional[int] = Field(None, description="default: up to the context length")
+    logprobs: bool = False
+    top_logprobs: Optional[int] = Field(None, description="0..20; needs logprobs=true")
+    add_generation_prompt: bool = True
+    tools: Optional[list[Any]] = Field(None, description="not supported; must be null or empty")
+
+
+# ---------------------------------------------------------------------------------------------- responses
+class PromptTokensDetails(BaseModel):
+    cached_tokens: int = 0
+
+
+class Usage(BaseModel):
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    total_tokens: int = 0
+    prompt_tokens_details: PromptTokensDetails = Field(default_factory=PromptTokensDetails)
+
+    def add(self, prompt: int, completion: int, cached: int) -> None:
+        self.prompt_tokens += prompt
+        self.completion_tokens += completion
+        self.total_tokens = self.prompt_tokens + self.completion_tokens
+        self.prompt_tokens_details.cached_tokens += cached
+
+
+class CompletionLogprobs(BaseModel):
+    tokens: list[str] = Field(default_factory=list)
+    token_logprobs: list[Optional[float]] = Field(default_factory=list)
+    top_logprobs: list[Optional[dict[str, float]]] = Field(default_factory=list)
+    text_offset: list[int] = Field(default_factory=list)
+
+
+class CompletionChoice(BaseModel):
+    index: int
+    text: str
+    logprobs: Optional[CompletionLogprobs] = None
+    finish_reason: Optional[str] = None
+    stop_reason: Union[int, str, None] = None
+
+
+class CompletionResponse(BaseModel):
+    id: str
+    object: Literal["text_completion"] = "text_completion"
+    created: int = Field(default_factory=lambda: int(time.time()))
+    model: str
+    choices: list[CompletionChoice]
+    usage: Usage
+    system_fingerprint: Optional[str] = None
+
+
+class TopLogprob(BaseModel):
+    token: str
+    logprob: float
+    bytes: Optional[list[int]] = None
+
+
+class TokenLogprob(TopLogprob):
+    top_logprobs: list[TopLogprob] = Field(default_factory=list)
+
+
+class ChatLogprobs(BaseModel):
+    content: Optional[list[TokenLogprob]] = None
+
+
+class ResponseMessage(BaseModel):
+    role: Literal["assistant"] = "assistant"
+    content: Optional[str] = None
+
+
+class ChatChoice(BaseModel):
+    index: int
+    message: ResponseMessage
+    logprobs: Optional[ChatLogprobs] = None
+    finish_reason: Optional[str] = None
+    stop_reason: Union[int, str, None] = None
+
+
+class ChatCompletionResponse(BaseModel):
+    id: str
+    object: Literal["chat.completion"] = "chat.completion"
+    created: int = Field(default_factory=lambda: int(time.time()))
+    model: str
+    choices: list[ChatChoice]
+    usage: Usage
+    system_fingerprint: Optional[str] = None
+
+
+# ---------------------------------------------------------------------------------------------- utilities
+class TokenizeRequest(_Strict):
+    model: Optional[str] = None
+    prompt: Optional[str] = None
+    messages: Optional[list[ChatMessage]] = None
+    add_special_tokens: bool = True
+    add_generation_prompt: bool = True
+
+
+class TokenizeResponse(BaseModel):
+    tokens: list[int]
+    count: int
+    max_model_len: int
+
+
+class DetokenizeRequest(_Strict):
+    model: Optional[str] = None
+    tokens: list[int]
+
+
+class DetokenizeResponse(BaseModel):
+    prompt: str
+
+
+class ModelCard(BaseModel):
+    id: str
+    object: Literal["model"] = "model"
+    created: int = Field(default_factory=lambda: int(time.time()))
+    owned_by: str = "plait"
+    max_model_len: Optional[int] = None
+
+
+class ModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ModelCard]
