@@ -14,6 +14,7 @@ from plait.core.engine_core import EngineCore
 from plait.core.scheduler import Scheduler
 from plait.models import build_model
 from plait.runner.attention import KVCache
+from plait.runner.cpu_memory import keep_freed_memory
 from plait.runner.model_runner import ModelRunner
 from plait.runner.packed_linear import can_pack, pack_linears
 
@@ -67,8 +68,10 @@ def build_engine(config: EngineConfig, model_config: ModelConfig | None = None,
     start = time.perf_counter()
     if config.num_threads:
         torch.set_num_threads(config.num_threads)
-    generation_defaults: dict = {}
     device = pick_device(config.device)
+    if device.type == "cpu":
+        keep_freed_memory()
+    generation_defaults: dict = {}
     dtype = pick_dtype(config.dtype, device)
     if model_config is None:
         from plait.loading import load_model

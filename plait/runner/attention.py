@@ -32,16 +32,19 @@ class AttentionMetadata:
 
 
 class KVCache:
-    """One preallocated pool: [layers, 2 (k/v), kv_heads, num_slots, head_dim]; slot = block * block_size + offset.
+    """One preallocated pool: [layers, 2 (K, V), kv_heads, num_slots, head_dim]; slot = block * block_size + offset.
 
     Heads lead so that gathering a request's context gives [kv_heads, B, L, head_dim], which batched matmuls take
-    as it is (the transpose for q @ k^T is a BLAS flag, not a copy).
+    as it is (the transpose for q @ k^T is a BLAS flag, not a copy). Keeping K and V in separate tensors matters:
+    an interleaved [.., 2 * head_dim] row halves the gathers but makes bmm copy its strided operands (measured
+    1.6x slower per decode step).
     """
 
     def __init__(self, num_layers: int, num_blocks: int, block_size: int, num_kv_heads: int, head_dim: int,
                  dtype: torch.dtype, device: torch.device | str = "cpu") -> None:
         self.block_size = block_size
         self.num_blocks = num_blocks
+        self.head_dim = head_dim
         # Uninitialised on purpose: pages are only touched when KV is written, so a large pool costs no start-up
         # time. Attention never reads a slot that was not written (see input_batch's padding).
         self.tensor = torch.empty(num_layers, 2, num_kv_heads, num_blocks * block_size, head_dim,
@@ -64,7 +67,7 @@ class PagedAttention:
 
     def __call__(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         meta = self.meta
-        k_cache, v_cache = self.cache.tensor[layer, 0], self.cache.tensor[layer, 1]
+        k_cache, v_cache = self.cache.tensor[layer, 0], self.cache.tensor[layer, 1]  # [kv, slots, d]
         k_cache.index_copy_(1, meta.slot_mapping, k.transpose(0, 1))
         v_cache.index_copy_(1, meta.slot_mapping, v.transpose(0, 1))
         if not meta.prefills:
@@ -72,39 +75,63 @@ class PagedAttention:
         out = torch.empty_like(q)
         if meta.num_single:
             out[: meta.num_single] = self._single(q[: meta.num_single], k_cache, v_cache)
-        for span in meta.prefills:
-            out[span.start: span.end] = self._span(q, k, v, k_cache, v_cache, span)
+        for run in _fresh_runs(meta.prefills):
+            if len(run) > 1 or run[0].num_past == 0:
+                self._fresh(q, k, v, run, out)
+            else:
+                span = run[0]
+                out[span.start: span.end] = self._span(q, k_cache, v_cache, span)
         return out
 
     def _single(self, q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor) -> torch.Tensor:
         meta = self.meta
-        batch = q.shape[0]
+        batch, d = q.shape[0], self.head_dim
         group = self.num_heads // self.num_kv_heads
-        slots = meta.single_slots
         # Context of every query: [kv, B, L, d]; queries grouped per kv head: [kv, B, group, d].
-        keys = k_cache.index_select(1, slots.flatten()).view(self.num_kv_heads, batch, -1, self.head_dim)
-        values = v_cache.index_select(1, slots.flatten()).view(self.num_kv_heads, batch, -1, self.head_dim)
-        queries = q.view(batch, self.num_kv_heads, group, self.head_dim).transpose(0, 1)
+        slots = meta.single_slots.flatten()
+        keys = k_cache.index_select(1, slots).view(self.num_kv_heads, batch, -1, d)
+        values = v_cache.index_select(1, slots).view(self.num_kv_heads, batch, -1, d)
+        queries = q.view(batch, self.num_kv_heads, group, d).transpose(0, 1)
         # Scores and softmax in fp32 whatever the model dtype: bf16 softmax over long contexts loses too much.
         scores = torch.matmul(queries, keys.transpose(-1, -2)).float() * self.scale + meta.single_mask
         probs = torch.softmax(scores, dim=-1).to(q.dtype)
         out = torch.matmul(probs, values)  # [kv, B, group, d]
-        return out.transpose(0, 1).reshape(batch, self.num_heads, self.head_dim)
+        return out.transpose(0, 1).reshape(batch, self.num_heads, d)
 
-    def _span(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor,
-              v_cache: torch.Tensor, span: PrefillSpan) -> torch.Tensor:
+    def _fresh(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, run: list[PrefillSpan],
+               out: torch.Tensor) -> None:
+        """Equal-length prompt chunks with nothing cached before them: one causal SDPA call for all of them."""
+        start, end, n = run[0].start, run[-1].end, len(run)
+        length = run[0].end - run[0].start
+
+        def heads_first(x: torch.Tensor) -> torch.Tensor:
+            return x[start:end].view(n, length, x.shape[1], self.head_dim).transpose(1, 2)
+
+        result = F.scaled_dot_product_attention(heads_first(q), heads_first(k), heads_first(v), is_causal=True,
+                                                scale=self.scale, enable_gqa=True)
+        out[start:end] = result.transpose(1, 2).reshape(end - start, self.num_heads, self.head_dim)
+
+    def _span(self, q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+              span: PrefillSpan) -> torch.Tensor:
+        """A prompt chunk continuing a request whose earlier tokens are in the cache."""
         queries = q[span.start: span.end].transpose(0, 1)[None]
-        if span.num_past == 0:
-            keys = k[span.start: span.end].transpose(0, 1)
-            values = v[span.start: span.end].transpose(0, 1)
-            mask, causal = None, True
-        else:
-            keys = k_cache.index_select(1, span.context_slots)
-            values = v_cache.index_select(1, span.context_slots)
-            q_pos = torch.arange(span.num_past, span.num_past + span.end - span.start, device=q.device)
-            mask = torch.arange(keys.shape[1], device=q.device)[None, :] <= q_pos[:, None]
-            causal = False
-        out = F.scaled_dot_product_attention(
-            queries, keys[None], values[None],
-            attn_mask=mask, is_causal=causal, scale=self.scale, enable_gqa=True)
+        keys = k_cache.index_select(1, span.context_slots)
+        values = v_cache.index_select(1, span.context_slots)
+        q_pos = torch.arange(span.num_past, span.num_past + span.end - span.start, device=q.device)
+        mask = torch.arange(keys.shape[1], device=q.device)[None, :] <= q_pos[:, None]
+        out = F.scaled_dot_product_attention(queries, keys[None], values[None],
+                                             attn_mask=mask, scale=self.scale, enable_gqa=True)
         return out[0].transpose(0, 1)
+
+
+def _fresh_runs(spans: list[PrefillSpan]) -> list[list[PrefillSpan]]:
+    """Split spans into runs that can share one SDPA call: adjacent, uncached, equal length. Others stand alone."""
+    runs: list[list[PrefillSpan]] = []
+    for span in spans:
+        prev = runs[-1][-1] if runs else None
+        if (prev is not None and span.num_past == 0 and prev.num_past == 0 and prev.end == span.start
+                and span.end - span.start == prev.end - prev.start):
+            runs[-1].append(span)
+        else:
+            runs.append([span])
+    return runs

@@ -173,3 +173,12 @@ def test_abort_frees_kv(make_engine):
     while core.has_unfinished():
         core.step()
     assert_no_leak(llm)
+
+
+def test_equal_length_prompts_share_one_attention_call_and_match_alone(make_engine):
+    """Equal-length uncached chunks in a step run as one batched SDPA call; outputs equal those run alone."""
+    llm = make_engine(max_num_batched_tokens=256, enable_prefix_caching=False)
+    batch = prompts(8, seed=12, lo=40, hi=40) + prompts(3, seed=13, lo=17, hi=17)
+    alone = [tokens(llm.generate([p], GREEDY, use_tqdm=False))[0] for p in batch]
+    assert tokens(llm.generate(batch, GREEDY, use_tqdm=False)) == alone
+    assert_no_leak(llm)
