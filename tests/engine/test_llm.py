@@ -182,3 +182,16 @@ def test_equal_length_prompts_share_one_attention_call_and_match_alone(make_engi
     alone = [tokens(llm.generate([p], GREEDY, use_tqdm=False))[0] for p in batch]
     assert tokens(llm.generate(batch, GREEDY, use_tqdm=False)) == alone
     assert_no_leak(llm)
+
+
+@pytest.mark.parametrize("budget", [1, 7, 64])
+def test_chunked_prefill_through_the_engine_matches_one_pass(make_engine, budget):
+    """Token budgets 1/7/64 split the prompt into chunks; prompt logprobs and greedy tokens equal one pass."""
+    p = prompts(1, seed=14, lo=90, hi=90)[0]
+    params = SamplingParams(max_tokens=8, temperature=0, ignore_eos=True, prompt_logprobs=0, logprobs=0)
+    whole = make_engine(max_num_batched_tokens=512).generate([p], params, use_tqdm=False)[0]
+    chunked = make_engine(max_num_batched_tokens=budget).generate([p], params, use_tqdm=False)[0]
+    assert chunked.outputs[0].token_ids == whole.outputs[0].token_ids
+    for a, b in zip(chunked.prompt_logprobs[1:], whole.prompt_logprobs[1:]):
+        (ta, la), (tb, lb) = next(iter(a.items())), next(iter(b.items()))
+        assert ta == tb and la.logprob == pytest.approx(lb.logprob, abs=1e-4)
