@@ -21,8 +21,9 @@ def add_engine_args(parser: argparse.ArgumentParser) -> None:
                    help="bytes for the KV cache pool, e.g. 2GiB (default: from free memory, at most 1 GiB)")
     g.add_argument("--block-size", type=int, default=d.block_size, help="tokens per KV block")
     g.add_argument("--max-num-seqs", type=int, default=d.max_num_seqs, help="sequences running at once")
-    g.add_argument("--max-num-batched-tokens", type=int, default=d.max_num_batched_tokens,
-                   help="token budget of one step (chunked prefill size)")
+    g.add_argument("--max-num-batched-tokens", type=int, default=None,
+                   help="token budget of one step = chunked prefill size (default: 2048 for generate and "
+                        "offline benchmarks, 512 for serve and chat, which favour steady streaming)")
     g.add_argument("--max-model-len", type=int, default=None, help="context length cap")
     g.add_argument("--no-prefix-caching", action="store_true", help="disable the automatic prefix cache")
     g.add_argument("--threads", type=int, default=None, help="CPU threads for torch")

@@ -100,6 +100,10 @@ def parse_memory(value: int | float | str | None) -> int | None:
     return int(float(text))
 
 
+OFFLINE_TOKEN_BUDGET = 2048
+ONLINE_TOKEN_BUDGET = 512
+
+
 @dataclass
 class EngineConfig:
     """Everything `LLM(...)`, `AsyncLLM(...)` and `plait serve|generate` accept besides the model."""
@@ -110,7 +114,10 @@ class EngineConfig:
     kv_cache_memory: int | str | None = None  # bytes, or "2GiB"; None: sized from free memory
     block_size: int = 16
     max_num_seqs: int = 128
-    max_num_batched_tokens: int = 512
+    # Token budget of one step (= chunked-prefill size). None picks by use: 2048 for offline LLM (throughput:
+    # measured 1.3x faster than 512 on 64 x 128/128 here), 512 for AsyncLLM / the server (a 2048-token step
+    # stalls every running stream for ~2 s on a 2-core CPU).
+    max_num_batched_tokens: int | None = None
     max_model_len: int | None = None
     enable_prefix_caching: bool = True
     num_threads: int | None = None  # torch intra-op threads on CPU; None keeps torch's default
@@ -124,4 +131,9 @@ class EngineConfig:
         self.kv_cache_memory = parse_memory(self.kv_cache_memory)
         if self.kv_cache_memory is not None and self.kv_cache_memory <= 0:
             raise ValueError(f"kv_cache_memory must be > 0 bytes, got {self.kv_cache_memory}")
-        SchedulerConfig(self.max_num_seqs, self.max_num_batched_tokens)  # validates both
+        SchedulerConfig(self.max_num_seqs, self.token_budget(offline=False))  # validates both
+
+    def token_budget(self, offline: bool) -> int:
+        if self.max_num_batched_tokens is not None:
+            return self.max_num_batched_tokens
+        return OFFLINE_TOKEN_BUDGET if offline else ONLINE_TOKEN_BUDGET

@@ -63,8 +63,10 @@ def _available_memory() -> int:
 
 
 def build_engine(config: EngineConfig, model_config: ModelConfig | None = None,
-                 weights: dict[str, torch.Tensor] | None = None, tokenizer=None) -> BuiltEngine:
-    """Load `config.model` (or use the given config/weights/tokenizer, as tests do) and wire the engine."""
+                 weights: dict[str, torch.Tensor] | None = None, tokenizer=None,
+                 offline: bool = False) -> BuiltEngine:
+    """Load `config.model` (or use the given config/weights/tokenizer, as tests do) and wire the engine.
+    `offline` picks the throughput-oriented default token budget (see EngineConfig.max_num_batched_tokens)."""
     start = time.perf_counter()
     if config.num_threads:
         torch.set_num_threads(config.num_threads)
@@ -100,7 +102,7 @@ def build_engine(config: EngineConfig, model_config: ModelConfig | None = None,
 
     eos = sorted(set(model_config.eos_token_ids) | set(getattr(tokenizer, "eos_token_ids", []) or []))
     kv = KVCacheManager(num_blocks, config.block_size, config.enable_prefix_caching)
-    scheduler = Scheduler(SchedulerConfig(config.max_num_seqs, config.max_num_batched_tokens, max_model_len),
+    scheduler = Scheduler(SchedulerConfig(config.max_num_seqs, config.token_budget(offline), max_model_len),
                           kv, max_model_len)
     runner = ModelRunner(model, cache, eos, device)
     core = EngineCore(scheduler, runner, tokenizer, eos, model_config.vocab_size)

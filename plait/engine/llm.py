@@ -16,7 +16,7 @@ class LLM:
 
     def __init__(self, model: str | None = None, *, verbose: bool = False, _prebuilt=None, **config: Any) -> None:
         self.config = EngineConfig(model=model, **config)
-        self._built = _prebuilt if _prebuilt is not None else build_engine(self.config)
+        self._built = _prebuilt if _prebuilt is not None else build_engine(self.config, offline=True)
         self.engine = self._built.core
         self.tokenizer = self._built.tokenizer
         self._next_id = 0
