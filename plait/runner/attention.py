@@ -91,10 +91,10 @@ class PagedAttention:
         slots = meta.single_slots.flatten()
         keys = k_cache.index_select(1, slots).view(self.num_kv_heads, batch, -1, d)
         values = v_cache.index_select(1, slots).view(self.num_kv_heads, batch, -1, d)
-        queries = q.view(batch, self.num_kv_heads, group, d).transpose(0, 1)
-        # Scores and softmax in fp32 whatever the model dtype: bf16 softmax over long contexts loses too much.
-        scores = torch.matmul(queries, keys.transpose(-1, -2)).float() * self.scale + meta.single_mask
-        probs = torch.softmax(scores, dim=-1).to(q.dtype)
+        # Scale the few queries rather than the many scores; softmax accumulates in fp32 whatever the model dtype.
+        queries = (q * self.scale).view(batch, self.num_kv_heads, group, d).transpose(0, 1)
+        scores = torch.matmul(queries, keys.transpose(-1, -2)) + meta.single_mask
+        probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)
         out = torch.matmul(probs, values)  # [kv, B, group, d]
         return out.transpose(0, 1).reshape(batch, self.num_heads, d)
 

@@ -19,7 +19,9 @@ class InputBatch:
     offsets: list[int]  # first packed index of each chunk
 
 
-def build_input_batch(chunks: list[ScheduledChunk], block_size: int, device: torch.device) -> InputBatch:
+def build_input_batch(chunks: list[ScheduledChunk], block_size: int, device: torch.device,
+                      dtype: torch.dtype = torch.float32) -> InputBatch:
+    """`dtype` is the model's: the additive attention mask is built in it."""
     singles = [c for c in chunks if len(c.token_ids) == 1]
     spans = [c for c in chunks if len(c.token_ids) > 1]
     ordered = singles + spans
@@ -50,7 +52,7 @@ def build_input_batch(chunks: list[ScheduledChunk], block_size: int, device: tor
         # Padding reads the request's own first slot (always written, so finite) instead of whatever an
         # unwritten slot holds: a masked score gives probability 0, and 0 * NaN would still be NaN.
         single_slots = torch.where(valid, all_slots[:, :length], all_slots[:, :1])
-        single_mask = torch.zeros(valid.shape).masked_fill_(~valid, float("-inf"))[None, :, None, :]
+        single_mask = torch.zeros(valid.shape, dtype=dtype).masked_fill_(~valid, float("-inf"))[None, :, None, :]
 
     prefills = []
     for i, chunk in enumerate(spans, start=len(singles)):

@@ -51,7 +51,7 @@ class ModelRunner:
         out = ModelOutput()
         if not sched.chunks:
             return out
-        batch = build_input_batch(sched.chunks, self.cache.block_size, self.device)
+        batch = build_input_batch(sched.chunks, self.cache.block_size, self.device, self.cache.tensor.dtype)
         attention = PagedAttention(self.cache, batch.attention, *self._heads)
         hidden = self.model(batch.input_ids, batch.positions, attention)
 
