@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 
 # Upper bound on top-k alternatives returned per position; keeps one request from blowing up memory.
 MAX_LOGPROBS = 20
+# torch generators take 64-bit seeds; n>1 children use seed + index, so leave room below the top.
+MAX_SEED = 2**63 - 2**16
 
 
 def _fail(name: str, allowed: str, value: object) -> None:
@@ -78,8 +80,9 @@ class SamplingParams:
                     _fail("logit_bias", "values in [-100, 100]", bias)
                 clean[tok_id] = float(bias)
             self.logit_bias = clean
-        if self.seed is not None and not isinstance(self.seed, int):
-            _fail("seed", "an integer or None", self.seed)
+        if self.seed is not None and (not isinstance(self.seed, int) or isinstance(self.seed, bool)
+                                      or not -(2**63) <= self.seed <= MAX_SEED):
+            _fail("seed", f"an integer in [-2**63, {MAX_SEED}] or None", self.seed)
         for name in ("logprobs", "prompt_logprobs"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or not 0 <= value <= MAX_LOGPROBS):

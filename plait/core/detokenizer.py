@@ -32,8 +32,9 @@ class IncrementalDetokenizer:
         self.text = ""
         self._holdback = max((len(s) for s in stop), default=1) - 1
 
-    def add(self, token_id: int) -> str | None:
-        """Append a token; returns the stop string if the text now contains one (the text is cut there)."""
+    def add(self, token_id: int, stop_allowed: bool = True) -> str | None:
+        """Append a token; returns the stop string if the text now contains one (the text is cut there).
+        `stop_allowed` False (before min_tokens) skips the stop-string check for this token."""
         self.tokens.append(token_id)
         decode = self.tokenizer.decode
         prefix = decode(self.tokens[self.prefix_offset: self.read_offset], self.skip_special_tokens)
@@ -43,7 +44,7 @@ class IncrementalDetokenizer:
         previous = len(self.text)
         self.text += full[len(prefix):]
         self.prefix_offset, self.read_offset = self.read_offset, len(self.tokens)
-        return self._find_stop(previous)
+        return self._find_stop(previous) if stop_allowed else None
 
     def _find_stop(self, previous_len: int) -> str | None:
         if not self.stop:

@@ -104,14 +104,20 @@ class EngineCore:
         if request_id in self._groups:
             raise ValueError(f"request_id {request_id!r} is already in use")
         max_tokens = self.validate(prompt_token_ids, params)
+        child_ids = [request_id] if params.n == 1 else [f"{request_id}#{i}" for i in range(params.n)]
+        taken = [c for c in child_ids if c in self.scheduler.requests or c in self._child_to_group]
+        if taken:
+            raise ValueError(f"request_id {request_id!r} clashes with running request {taken[0]!r}")
+        # Siblings wait for the first one's prompt only when the prefix cache lets them share its blocks.
+        share_prompt = self.scheduler.kv.enable_prefix_caching
         now = time.monotonic()
         children, detoks, completions = [], [], []
         for i in range(params.n):
             child = Request(
-                request_id=request_id if params.n == 1 else f"{request_id}#{i}",
+                request_id=child_ids[i],
                 prompt_token_ids=prompt_token_ids, params=params, max_tokens=max_tokens,
                 eos_token_ids=self.eos_token_ids, arrival=now, group_id=request_id, sample_index=i,
-                wait_for=children[0] if children else None)
+                wait_for=children[0] if children and share_prompt else None)
             children.append(child)
             detoks.append(IncrementalDetokenizer(self.tokenizer, prompt_token_ids, params.stop_strings,
                                                  params.include_stop_str_in_output, params.skip_special_tokens))
@@ -149,9 +155,10 @@ class EngineCore:
         model_out = self.runner.execute(sched)
         self.num_steps += 1
         changed_groups: dict[str, _Group] = {}
-        for rid, entries in model_out.prompt_logprobs.items():
-            group = self._child_to_group[rid]
-            self._record_prompt_logprobs(group, entries)
+        for rid, (start, entries) in model_out.prompt_logprobs.items():
+            group = self._child_to_group.get(rid)
+            if group is not None:
+                self._record_prompt_logprobs(group, start, entries)
         for child in self.scheduler.update(sched, model_out):
             group = self._child_to_group[child.request_id]
             self._apply_token(group, child, model_out.sampled[child.request_id].logprobs)
@@ -168,20 +175,26 @@ class EngineCore:
             completion.logprobs.append({tid: Logprob(lp, rank, self.tokenizer.id_to_token_text(tid))
                                         for tid, lp, rank in logprobs})
             completion.cumulative_logprob += logprobs[0][1]
-        stop = group.detokenizers[child.sample_index].add(token)
-        if stop is not None and not child.finished:
-            self.scheduler.finish(child, "stop", stop)
+        stop = group.detokenizers[child.sample_index].add(token, stop_allowed=len(completion.token_ids) >
+                                                          group.params.min_tokens)
+        if stop is not None:
+            if not child.finished:
+                self.scheduler.finish(child, "stop", stop)
+            elif child.finish_reason == "length":
+                child.finish_reason, child.stop_reason = "stop", stop  # the last allowed token ended a stop string
         if child.finished:
             completion.finish_reason, completion.stop_reason = child.finish_reason, child.stop_reason
 
-    def _record_prompt_logprobs(self, group: _Group, entries) -> None:
+    def _record_prompt_logprobs(self, group: _Group, start: int, entries) -> None:
+        """Entry j is the logprob of prompt token start + 1 + j. Positions already recorded (recomputed after a
+        preemption) are skipped, so the list stays aligned with the prompt."""
         if group.prompt_logprobs is None:
             group.prompt_logprobs = [None]
-        if len(group.prompt_logprobs) >= len(group.prompt_token_ids):
-            return  # recomputed after a preemption: already recorded
         decode = self.tokenizer.id_to_token_text
-        for entry in entries:
-            group.prompt_logprobs.append({tid: Logprob(lp, rank, decode(tid)) for tid, lp, rank in entry})
+        for j, entry in enumerate(entries):
+            position = start + 1 + j
+            if position == len(group.prompt_logprobs) and position < len(group.prompt_token_ids):
+                group.prompt_logprobs.append({tid: Logprob(lp, rank, decode(tid)) for tid, lp, rank in entry})
 
     def _emit(self, group: _Group) -> RequestOutput:
         finished = group.finished

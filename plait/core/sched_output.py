@@ -58,5 +58,6 @@ class ModelOutput:
     """What the runner returns for one step: a sampled token per chunk that asked for one."""
 
     sampled: dict[str, SampledToken] = field(default_factory=dict)
-    # request id -> per-position logprob entries for prompt tokens computed this step
-    prompt_logprobs: dict[str, list[list[tuple[int, float, int]]]] = field(default_factory=dict)
+    # request id -> (position of the chunk's first token, logprob entries of the prompt tokens after each
+    # position of the chunk); the position lets the engine place them right after a preemption recomputes.
+    prompt_logprobs: dict[str, tuple[int, list[list[tuple[int, float, int]]]]] = field(default_factory=dict)

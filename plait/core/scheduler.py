@@ -38,7 +38,7 @@ class Scheduler:
             raise ValueError(
                 f"prompt ({prompt_len} tokens) + max_tokens ({max_tokens}) must be <= the model's context "
                 f"length {self.max_model_len}")
-        needed = self.kv.blocks_for(prompt_len + max_tokens)
+        needed = self.kv.blocks_for(prompt_len + max_tokens - 1)  # the last sampled token never needs KV
         if needed > self.kv.num_blocks:
             raise ValueError(
                 f"prompt + max_tokens ({prompt_len + max_tokens} tokens) needs {needed} KV blocks but the whole "

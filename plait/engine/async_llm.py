@@ -101,13 +101,12 @@ class AsyncLLM:
                     return
         finally:
             if not stream.finished:
-                self.abort_nowait(request_id)
+                self._abort_stream(request_id, stream)
 
     def submit(self, prompt: Any, sampling_params: SamplingParams | None = None,
                request_id: str | None = None) -> tuple[str, _Stream]:
         """Queue a request without waiting for anything; returns (request_id, stream). Raises ValueError."""
-        if self.error is not None:
-            raise EngineDeadError(f"the engine loop has died: {self.error!r}")
+        self._check_alive()
         params = sampling_params or SamplingParams()
         text, token_ids = self.encode(prompt)
         request_id = request_id or f"req-{next(self._ids)}"
@@ -117,18 +116,31 @@ class AsyncLLM:
             raise QueueFullError(f"{len(self._streams)} requests pending; the limit is {self.max_waiting_requests}")
         self.engine.validate(token_ids, params)  # the caller gets its ValueError now, not mid-stream
         stream = _Stream(asyncio.get_running_loop(), asyncio.Queue())
-        self._streams[request_id] = stream
         with self._wake:
-            self._commands.append(("add", request_id, token_ids, params, text))
+            self._check_alive()  # again under the lock: the loop cannot die or stop between check and insert
+            self._streams[request_id] = stream
+            self._commands.append(("add", request_id, stream, token_ids, params, text))
             self._wake.notify()
         return request_id, stream
+
+    def _check_alive(self) -> None:
+        if self.error is not None:
+            raise EngineDeadError(f"the engine loop has died: {self.error!r}")
+        if self._stopping:
+            raise EngineDeadError("the engine is shut down")
 
     async def abort(self, request_id: str) -> None:
         self.abort_nowait(request_id)
 
     def abort_nowait(self, request_id: str) -> None:
+        stream = self._streams.get(request_id)
+        if stream is not None:
+            self._abort_stream(request_id, stream)
+
+    def _abort_stream(self, request_id: str, stream: _Stream) -> None:
+        # The command names the stream, so a late abort can never hit a new request that reuses the id.
         with self._wake:
-            self._commands.append(("abort", request_id))
+            self._commands.append(("abort", request_id, stream))
             self._wake.notify()
 
     def stats(self):
@@ -158,29 +170,36 @@ class AsyncLLM:
         except BaseException as exc:  # noqa: BLE001 - every in-flight caller must hear about it
             self.error = exc
             log.error("engine loop died:\n%s", traceback.format_exc())
-            for request_id in list(self._streams):
+            with self._wake:
+                streams = list(self._streams)
+            for request_id in streams:
                 self._deliver_error(request_id, EngineDeadError(f"the engine loop has died: {exc!r}"))
             return
-        for request_id in list(self._streams):
+        with self._wake:
+            streams = list(self._streams)
+        for request_id in streams:
             out = self.engine.abort(request_id)
             if out is not None:
                 self._deliver(out)
+            else:  # submitted but never picked up
+                self._deliver_error(request_id, EngineDeadError("the engine was shut down"))
 
     def _apply(self, command: tuple) -> None:
-        if command[0] == "add":
-            _, request_id, token_ids, params, text = command
-            if request_id not in self._streams:
-                return  # aborted before it was picked up
+        kind, request_id, stream = command[:3]
+        if self._streams.get(request_id) is not stream:
+            return  # that stream is gone (aborted before pick-up, or finished); the id may be reused since
+        if kind == "add":
+            _, _, _, token_ids, params, text = command
             try:
                 self.engine.add_request(request_id, token_ids, params, prompt=text)
             except ValueError as exc:
                 self._deliver_error(request_id, exc)
         else:
-            out = self.engine.abort(command[1])
+            out = self.engine.abort(request_id)
             if out is not None:
                 self._deliver(out)
             else:
-                self._streams.pop(command[1], None)
+                self._streams.pop(request_id, None)
 
     def _deliver(self, out: RequestOutput) -> None:
         stream = self._streams.get(out.request_id)
@@ -189,13 +208,24 @@ class AsyncLLM:
         if out.finished:
             stream.finished = True
             del self._streams[out.request_id]
-        stream.loop.call_soon_threadsafe(stream.queue.put_nowait, out)
+        if not self._post(stream, out):
+            # The caller's event loop is closed (it left without waiting): drop its request, not the engine.
+            self._streams.pop(out.request_id, None)
+            self.engine.abort(out.request_id)
 
     def _deliver_error(self, request_id: str, exc: BaseException) -> None:
         stream = self._streams.pop(request_id, None)
         if stream is not None:
             stream.finished = True
-            stream.loop.call_soon_threadsafe(stream.queue.put_nowait, exc)
+            self._post(stream, exc)
+
+    @staticmethod
+    def _post(stream: _Stream, item: object) -> bool:
+        try:
+            stream.loop.call_soon_threadsafe(stream.queue.put_nowait, item)
+            return True
+        except RuntimeError:  # event loop closed
+            return False
 
 
 def _delta(out: RequestOutput, sent: dict[int, tuple[int, int, int]]) -> RequestOutput:

@@ -89,4 +89,4 @@ class ModelRunner:
         logits = self.model.compute_logits(hidden[: len(targets)]).float()
         entries = self.sampler.top_logprobs(
             logits, torch.tensor(targets, device=logits.device), state.params.prompt_logprobs).to_lists()
-        out.prompt_logprobs.setdefault(chunk.request_id, []).extend(entries)
+        out.prompt_logprobs[chunk.request_id] = (chunk.start, entries)

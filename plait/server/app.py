@@ -34,11 +34,19 @@ log = logging.getLogger("plait.server")
 DEFAULT_MODEL_NAME = "smollm2-135m"
 SHUTDOWN_GRACE_S = 10.0  # in-flight requests get this long to finish on SIGINT/SIGTERM, then are aborted
 
-_ERRORS = {code: {"description": desc, "content": {"application/json": {"example": {
+_ERROR_SCHEMA = {"type": "object", "required": ["error"], "properties": {"error": {
+    "type": "object", "required": ["message", "type"],
+    "properties": {"message": {"type": "string"}, "type": {"type": "string"},
+                   "param": {"type": ["string", "null"]}, "code": {"type": ["string", "integer", "null"]}}}}}
+_ERRORS = {code: {"description": desc, "content": {"application/json": {"schema": _ERROR_SCHEMA, "example": {
     "error": {"message": "...", "type": "invalid_request_error", "param": "temperature", "code": None}}}}}
     for code, desc in ((400, "invalid parameters or body"), (401, "missing or wrong API key"),
-                       (404, "unknown model"), (503, "queue full (see Retry-After) or engine dead"))}
-_STREAM = {200: {"content": {"text/event-stream": {"schema": {"type": "string"}}},
+                       (404, "unknown model"), (503, "queue full (see Retry-After) or engine dead"),
+                       (504, "the request ran past --request-timeout"))}
+# One server-sent event: `data: <JSON chunk>`, the last one `data: [DONE]`.
+_SSE_EVENT = {"type": "object", "required": ["data"],
+              "properties": {"data": {"type": "string"}, "event": {"type": "string"}}}
+_STREAM = {200: {"content": {"text/event-stream": {"schema": _SSE_EVENT}},
                  "description": "JSON body, or with stream=true server-sent events ending in `data: [DONE]`"}}
 
 
@@ -72,7 +80,10 @@ def build_app(engine: Any, served_model_name: str, api_key: str | None = None,
     if api_key:
         app.add_middleware(APIKeyMiddleware, api_key=api_key)
 
-    @app.get("/health", responses={503: {"description": "the engine loop died"}})
+    @app.get("/health", response_class=Response,
+             responses={200: {"description": "engine running (empty body)"},
+                        503: {"description": "the engine loop died",
+                              "content": {"application/json": {"schema": _ERROR_SCHEMA}}}})
     async def health() -> Response:
         if engine.is_running:
             return Response(status_code=200)

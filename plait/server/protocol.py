@@ -63,7 +63,7 @@ class _SamplingRequest(_Strict):
             raise bad_request("stream_options is only allowed when stream is true", "stream_options")
         if self.logit_bias:
             for key in self.logit_bias:
-                if not key.isdigit() or int(key) >= vocab_size:
+                if not (key.isascii() and key.isdigit()) or int(key) >= vocab_size:
                     raise bad_request(f"logit_bias keys must be token ids in [0, {vocab_size}), got {key!r}",
                                       "logit_bias")
 

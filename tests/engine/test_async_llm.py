@@ -141,3 +141,43 @@ def test_engine_failure_reaches_callers(make_engine):
 
     asyncio.run(main())
     assert not engine.is_running
+
+
+def test_caller_leaving_with_a_closed_loop_does_not_kill_the_engine(make_engine):
+    """asyncio.run closes the caller's loop right after it breaks out; late outputs must not kill the engine."""
+    engine = make_engine(AsyncLLM)
+    long = SamplingParams(max_tokens=300, temperature=0, ignore_eos=True)
+
+    async def take_one(p):
+        async for _ in engine.generate(p, long):
+            break
+
+    for p in prompts(5, seed=21):
+        asyncio.run(take_one(p))
+    assert engine.is_running
+
+    async def full():
+        return [o async for o in engine.generate(prompts(1)[0], GREEDY)][-1]
+
+    assert asyncio.run(full()).finished
+    for _ in range(500):
+        if engine.engine.scheduler.kv.all_blocks_free():
+            break
+        import time
+        time.sleep(0.01)
+    assert engine.engine.scheduler.kv.all_blocks_free()
+
+
+def test_shutdown_fails_pending_and_later_requests(make_engine):
+    engine = make_engine(AsyncLLM)
+
+    async def main():
+        gen = engine.generate(prompts(1)[0], SamplingParams(max_tokens=300, ignore_eos=True))
+        engine.shutdown()
+        with pytest.raises(EngineDeadError):
+            async for _ in gen:
+                pass
+        with pytest.raises(EngineDeadError):
+            engine.generate(prompts(1)[0], GREEDY)
+
+    asyncio.run(asyncio.wait_for(main(), 10))

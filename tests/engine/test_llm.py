@@ -195,3 +195,40 @@ def test_chunked_prefill_through_the_engine_matches_one_pass(make_engine, budget
     for a, b in zip(chunked.prompt_logprobs[1:], whole.prompt_logprobs[1:]):
         (ta, la), (tb, lb) = next(iter(a.items())), next(iter(b.items()))
         assert ta == tb and la.logprob == pytest.approx(lb.logprob, abs=1e-4)
+
+
+def test_prompt_logprobs_stay_aligned_after_preemption_mid_prefill(make_engine):
+    """A request preempted while its prompt is half computed recomputes it; each position is recorded once."""
+    params_plp = SamplingParams(max_tokens=4, temperature=0, ignore_eos=True, prompt_logprobs=0)
+    long_prompt = prompts(1, seed=15, lo=120, hi=120)[0]
+    hogs = prompts(3, seed=16, lo=30, hi=30)
+    hog = SamplingParams(max_tokens=60, temperature=0, ignore_eos=True, priority=-1)
+    expected = make_engine().generate([long_prompt], params_plp, use_tqdm=False)[0].prompt_logprobs
+    tight = make_engine(kv_cache_memory=14 * 16 * 2 * 2 * 2 * 16 * 4, max_num_batched_tokens=48,
+                        enable_prefix_caching=False)
+    outs = tight.generate(hogs + [long_prompt], [hog] * 3 + [params_plp], use_tqdm=False)
+    got = outs[-1].prompt_logprobs
+    assert tight.stats().preemptions > 0
+    assert len(got) == len(long_prompt)
+    for position, (a, b) in enumerate(zip(got[1:], expected[1:]), start=1):
+        (ta, la), (tb, lb) = next(iter(a.items())), next(iter(b.items()))
+        assert ta == tb == long_prompt[position] and la.logprob == pytest.approx(lb.logprob, abs=1e-4)
+    assert_no_leak(tight)
+
+
+def test_stop_string_on_the_last_token_reports_stop_and_respects_min_tokens(make_engine):
+    llm = make_engine()
+    p = prompts(1, seed=8)[0]
+    free = llm.generate([p], SamplingParams(max_tokens=20, temperature=0, ignore_eos=True), use_tqdm=False)[0]
+    ids, text = free.outputs[0].token_ids, free.outputs[0].text
+    # The stop string ends exactly with the 6th token's text: max_tokens=6 must still report "stop".
+    prefix6 = llm.tokenizer.decode(ids[:6])
+    stop = prefix6[-2:]
+    if stop in prefix6[:-2] or not stop.strip():
+        pytest.skip("tiny model's text makes an ambiguous stop string")
+    last = llm.generate([p], SamplingParams(max_tokens=6, temperature=0, ignore_eos=True, stop=[stop]),
+                        use_tqdm=False)[0].outputs[0]
+    assert last.finish_reason == "stop" and last.stop_reason == stop
+    held = llm.generate([p], SamplingParams(max_tokens=20, min_tokens=10, temperature=0, ignore_eos=True,
+                                            stop=[stop]), use_tqdm=False)[0].outputs[0]
+    assert len(held.token_ids) > 6  # the stop string inside the first min_tokens tokens does not end it

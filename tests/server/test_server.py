@@ -396,6 +396,9 @@ BAD = [
     (CHAT, {"messages": MSG, "model": "nope"}, 404, "model"),
     ("/tokenize", {"prompt": "x", "messages": MSG}, 400, "prompt"),
     ("/detokenize", {"tokens": [-1]}, 400, "tokens"),
+    # Found by hand while fuzzing: a 2**70 seed used to kill the engine loop; a non-ASCII digit key was a 500.
+    ("/v1/completions", {"prompt": "hi", "max_tokens": 2, "seed": 2**70}, 400, "seed"),
+    ("/v1/completions", {"prompt": "hi", "max_tokens": 2, "logit_bias": {"\u00b2": 1.0}}, 400, "logit_bias"),
 ]
 
 
