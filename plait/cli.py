@@ -27,13 +27,43 @@ def add_engine_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--max-model-len", type=int, default=None, help="context length cap")
     g.add_argument("--no-prefix-caching", action="store_true", help="disable the automatic prefix cache")
     g.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
+    g.add_argument("--config", default=None,
+                   help="JSON file of engine settings (e.g. the best point `plait bench sweep` wrote); flags given "
+                        "on the command line win")
 
 
 def engine_kwargs(args: argparse.Namespace) -> dict:
-    return dict(model=args.model, dtype=args.dtype, device=args.device, kv_cache_memory=args.kv_cache_memory,
-                block_size=args.block_size, max_num_seqs=args.max_num_seqs,
-                max_num_batched_tokens=args.max_num_batched_tokens, max_model_len=args.max_model_len,
-                enable_prefix_caching=not args.no_prefix_caching, num_threads=args.threads)
+    kwargs = dict(model=args.model, dtype=args.dtype, device=args.device, kv_cache_memory=args.kv_cache_memory,
+                  block_size=args.block_size, max_num_seqs=args.max_num_seqs,
+                  max_num_batched_tokens=args.max_num_batched_tokens, max_model_len=args.max_model_len,
+                  enable_prefix_caching=not args.no_prefix_caching, num_threads=args.threads)
+    if getattr(args, "config", None):
+        kwargs = _merge_config_file(kwargs, args.config)
+    return kwargs
+
+
+def _merge_config_file(kwargs: dict, path: str) -> dict:
+    """Settings from the file fill in whatever the command line left at its default."""
+    import dataclasses
+    import json
+
+    try:
+        with open(path) as f:
+            settings = json.load(f)
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"--config {path}: cannot read a JSON object ({exc})") from None
+    if not isinstance(settings, dict):
+        raise ValueError(f"--config {path}: expected a JSON object of engine settings")
+    settings = {k: v for k, v in settings.items() if not k.startswith("_")}  # "_sweep": provenance, not a setting
+    defaults = {f.name: f.default for f in dataclasses.fields(EngineConfig)}
+    unknown = sorted(set(settings) - set(defaults))
+    if unknown:
+        raise ValueError(f"--config {path}: unknown engine settings {unknown}; known: {sorted(defaults)}")
+    merged = dict(kwargs)
+    for key, value in settings.items():
+        if merged.get(key) == defaults[key]:
+            merged[key] = value
+    return merged
 
 
 def add_sampling_args(parser: argparse.ArgumentParser, max_tokens: int) -> None:

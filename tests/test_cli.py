@@ -47,3 +47,18 @@ def test_bad_input_is_a_clear_error(args, needle):
     out = plait(*args)
     assert out.returncode == 2
     assert needle in out.stderr and "Traceback" not in out.stderr
+
+
+def test_config_file_fills_defaults_and_flags_win(tmp_path):
+    import json
+
+    from plait.cli import build_parser, engine_kwargs
+
+    cfg = tmp_path / "best.json"
+    cfg.write_text(json.dumps({"max_num_seqs": 16, "max_num_batched_tokens": 256, "block_size": 32}))
+    args = build_parser().parse_args(["generate", "hi", "--config", str(cfg), "--block-size", "8"])
+    kw = engine_kwargs(args)
+    assert kw["max_num_seqs"] == 16 and kw["max_num_batched_tokens"] == 256 and kw["block_size"] == 8
+    cfg.write_text(json.dumps({"max_num_sequences": 3}))
+    with pytest.raises(ValueError, match="unknown engine settings"):
+        engine_kwargs(build_parser().parse_args(["generate", "hi", "--config", str(cfg)]))

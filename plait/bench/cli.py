@@ -28,6 +28,13 @@ def add_bench_parser(subparsers: Any) -> argparse.ArgumentParser:
     from plait.bench.serve import add_serve_parser
 
     add_serve_parser(sub)
+    from plait.bench.plots import add_report_parser
+    from plait.bench.roofline import add_roofline_parser
+    from plait.bench.sweep import add_sweep_parser
+
+    add_sweep_parser(sub)
+    add_roofline_parser(sub)
+    add_report_parser(sub)
     bench.set_defaults(func=run_bench)
     return bench
 
@@ -42,6 +49,8 @@ def run_bench(args: argparse.Namespace) -> int:
         from plait.bench.latency import run_latency
 
         run_latency(args)
+    elif args.bench_command in ("sweep", "roofline", "report"):
+        return args.func(args)
     elif args.bench_command == "serve":
         from plait.bench.serve import run_serve_bench
 
