@@ -122,6 +122,8 @@ class EngineConfig:
     enable_prefix_caching: bool = True
     num_threads: int | None = None  # torch intra-op threads on CPU; None keeps torch's default
     packed_weights: bool = True  # CPU bf16: prepack linear weights for oneDNN (bit-identical, faster)
+    # CPU bf16 with a Q4_0/Q4_1 GGUF: steps of few tokens run the file's 4-bit weights (runner/q4_linear.py).
+    native_q4: bool = True
 
     def __post_init__(self) -> None:
         if self.dtype not in ("auto", "float32", "bfloat16", "float16", "fp32", "bf16", "fp16"):

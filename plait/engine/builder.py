@@ -17,6 +17,7 @@ from plait.runner.attention import KVCache
 from plait.runner.cpu_memory import keep_freed_memory
 from plait.runner.model_runner import ModelRunner
 from plait.runner.packed_linear import can_pack, pack_linears
+from plait.runner.q4_linear import attach_q4, can_use_q4
 
 _DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
            "float16": torch.float16, "fp16": torch.float16}
@@ -75,12 +76,14 @@ def build_engine(config: EngineConfig, model_config: ModelConfig | None = None,
         keep_freed_memory()
     generation_defaults: dict = {}
     dtype = pick_dtype(config.dtype, device)
+    source = None
     if model_config is None:
         from plait.loading import load_model
 
         loaded = load_model(config.model, dtype=dtype)
         model_config, weights, tokenizer = loaded.config, loaded.weights, loaded.tokenizer
         generation_defaults = loaded.generation_defaults
+        source = loaded.source
 
     max_model_len = min(config.max_model_len or model_config.max_position, model_config.max_position)
     model = build_model(model_config, dtype)
@@ -89,6 +92,10 @@ def build_engine(config: EngineConfig, model_config: ModelConfig | None = None,
     del weights
     if config.packed_weights and can_pack(dtype, device):
         pack_linears(model)
+    if config.native_q4 and source is not None and source.endswith(".gguf") and can_use_q4(dtype, device):
+        from plait.loading.gguf_file import load_q4_blocks
+
+        attach_q4(model, load_q4_blocks(source))
 
     per_block = KVCache.bytes_per_block(model_config.num_layers, config.block_size, model_config.num_kv_heads,
                                         model_config.head_dim, dtype)

@@ -318,3 +318,65 @@ def load_gguf(path: str | Path, dtype: "torch.dtype | None" = None) -> tuple[Mod
             w = unpermute_qk(w, config.num_kv_heads)
         weights[name] = torch.from_numpy(w).to(dtype)
     return config, weights, tokenizer
+
+
+# ----------------------------------------------------------------------------------------------- 4-bit blocks
+
+
+@dataclass
+class Q4Blocks:
+    """A Q4_0 / Q4_1 weight kept 4-bit: value = (q - 8) * scale + zero per group of 32 along the input dim.
+
+    q: uint8 [out, in] in 0..15; scale, zero: float32 [out, in / 32]. Q4_1 (q * d + m) maps exactly with
+    scale = d, zero = m + 8 d; Q4_0 ((q - 8) * d) with zero = 0.
+    """
+
+    q: np.ndarray
+    scale: np.ndarray
+    zero: np.ndarray
+
+    GROUP = 32
+
+
+def q4_blocks(tensor: GGUFTensor) -> Q4Blocks | None:
+    """The 4-bit form of a Q4_0 / Q4_1 matrix, or None for any other type."""
+    from gguf import GGMLQuantizationType as Q
+
+    if tensor.ggml_type not in (Q.Q4_0, Q.Q4_1) or len(tensor.shape) != 2:
+        return None
+    rows, cols = tensor.shape
+    if tensor.ggml_type == Q.Q4_0:
+        blocks = tensor.data.reshape(-1, 18)
+        scale = _f16_columns(blocks, 1)[:, 0]
+        zero = np.zeros_like(scale)
+        start = 2
+    else:
+        blocks = tensor.data.reshape(-1, 20)
+        dm = _f16_columns(blocks, 2)
+        scale, zero = dm[:, 0], dm[:, 1] + 8.0 * dm[:, 0]
+        start = 4
+    q = np.empty((blocks.shape[0], 32), dtype=np.uint8)
+    q[:, :16] = (blocks & 0x0F)[:, start: start + 16]
+    q[:, 16:] = (blocks >> 4)[:, start: start + 16]
+    groups = cols // Q4Blocks.GROUP
+    return Q4Blocks(q.reshape(rows, cols), scale.reshape(rows, groups), zero.reshape(rows, groups))
+
+
+def load_q4_blocks(path: str | Path) -> dict[str, Q4Blocks]:
+    """HF-named 4-bit forms of every Q4_0 / Q4_1 matrix of a GGUF file (rows un-permuted like the weights)."""
+    gf = read_gguf(path)
+    config = config_from_metadata(gf.metadata, {t.name: t.shape for t in gf.tensors})
+    permuted = gf.architecture in _PERMUTED_QK_ARCHS
+    out: dict[str, Q4Blocks] = {}
+    for tensor in gf.tensors:
+        name = hf_name(tensor.name)
+        blocks = q4_blocks(tensor) if name is not None else None
+        if blocks is None:
+            continue
+        heads = (config.num_heads if ".self_attn.q_proj." in name
+                 else config.num_kv_heads if ".self_attn.k_proj." in name else None)
+        if permuted and heads is not None:
+            blocks = Q4Blocks(unpermute_qk(blocks.q, heads), unpermute_qk(blocks.scale, heads),
+                              unpermute_qk(blocks.zero, heads))
+        out[name] = blocks
+    return out

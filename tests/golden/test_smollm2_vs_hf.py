@@ -54,3 +54,31 @@ def test_last_position_logits_within_1e3(engines):
             expected = hf(torch.tensor([ids])).logits[0, -1]
         got = plait_logits(model, ids, block_size=16)[-1]
         assert (got - expected).abs().max().item() < 1e-3
+
+
+def test_native_q4_path_stays_as_close_to_fp32_as_dense_bf16(engines):
+    """bf16 with the GGUF's 4-bit weights at small batch vs the fp32 reference: first-token logprobs within 0.06
+    and greedy prefixes agreeing about as long as dense bf16's do."""
+    from plait import LLM
+    from plait.runner.q4_linear import Q4Linear, can_use_q4
+
+    if not can_use_q4(torch.bfloat16, torch.device("cpu")) or not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        pytest.skip("needs native bf16 and the CPU int4 kernel")
+    reference, _ = engines
+    native, dense = LLM(dtype="bfloat16"), LLM(dtype="bfloat16", native_q4=False)
+    assert any(isinstance(m, Q4Linear) for m in native.engine.runner.model.modules())
+    params = SamplingParams(max_tokens=32, min_tokens=32, temperature=0, logprobs=0)
+
+    def agree(a, b):
+        return next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), len(a))
+
+    q4_agree, dense_agree = [], []
+    for prompt in PROMPTS:
+        ids = reference.tokenizer.encode(prompt)
+        ref, q4, bf = (llm.generate([ids], params, use_tqdm=False)[0].outputs[0]
+                       for llm in (reference, native, dense))
+        first = [next(iter(x.logprobs[0].values())).logprob for x in (ref, q4)]
+        assert abs(first[0] - first[1]) < 0.06
+        q4_agree.append(agree(ref.token_ids, q4.token_ids))
+        dense_agree.append(agree(ref.token_ids, bf.token_ids))
+    assert sum(q4_agree) >= sum(dense_agree) - 32, (q4_agree, dense_agree)

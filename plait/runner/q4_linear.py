@@ -1,0 +1,75 @@
+"""Module surgery: small batches read the GGUF's own 4-bit weights; larger batches keep the dense bf16 path.
+
+At batch 1 a decode step is bound by reading the weights: 4-bit blocks move a quarter of the bytes of bf16.
+torch's CPU int4 kernel computes (q - 8) * scale + zero per group of 32, which is exactly Q4_1's q * d + m with
+scale = d, zero = m + 8 d (and Q4_0 with zero = 0), so the file's weights are used as stored, with the scales
+rounded to bf16. The kernel is ~2.5x slower than oneDNN bf16 at 64 rows, so steps with more than `max_rows` tokens
+use the dense weights. Consequence: in bf16, a sequence's logits differ slightly depending on whether its step
+ran few or many tokens (fp32 never takes this path).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from plait.loading.gguf_file import Q4Blocks
+
+# Steps of at most this many tokens take the 4-bit kernel.
+DEFAULT_MAX_ROWS = 8
+
+
+class Q4Linear(nn.Module):
+    def __init__(self, dense: nn.Module, blocks: Q4Blocks, max_rows: int = DEFAULT_MAX_ROWS) -> None:
+        super().__init__()
+        self.dense = dense
+        self.max_rows = max_rows
+        self.bias = getattr(dense, "bias", None)
+        self.packed = torch._convert_weight_to_int4pack_for_cpu(torch.from_numpy(blocks.q.astype(np.int32)), 2)
+        scales_zeros = torch.stack([torch.from_numpy(blocks.scale).t(), torch.from_numpy(blocks.zero).t()], -1)
+        self.scales_zeros = scales_zeros.to(torch.bfloat16).contiguous()  # [in / 32, out, 2]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[0] > self.max_rows:
+            return self.dense(x)
+        out = torch._weight_int4pack_mm_for_cpu(x.contiguous(), self.packed, Q4Blocks.GROUP, self.scales_zeros)
+        return out if self.bias is None else out + self.bias
+
+
+def fuse(parts: list[Q4Blocks]) -> Q4Blocks:
+    """Stack the rows of several matrices (as the model fuses q/k/v and gate/up)."""
+    return Q4Blocks(np.concatenate([p.q for p in parts]), np.concatenate([p.scale for p in parts]),
+                    np.concatenate([p.zero for p in parts]))
+
+
+def shape_supported(blocks: Q4Blocks) -> bool:
+    """The CPU int4 kernel packs output rows in 16s and reads the input in groups of 32."""
+    rows, cols = blocks.q.shape
+    return rows % 16 == 0 and cols % Q4Blocks.GROUP == 0
+
+
+def can_use_q4(dtype: torch.dtype, device: torch.device) -> bool:
+    return device.type == "cpu" and dtype == torch.bfloat16 and hasattr(torch, "_weight_int4pack_mm_for_cpu")
+
+
+def attach_q4(model: nn.Module, blocks: dict[str, Q4Blocks], max_rows: int = DEFAULT_MAX_ROWS) -> int:
+    """Wrap every linear layer whose checkpoint matrices are all 4-bit; returns how many were wrapped."""
+    wrapped = 0
+    for i, layer in enumerate(model.layers):
+        p = f"model.layers.{i}."
+        sources = {"qkv_proj": [p + f"self_attn.{n}_proj.weight" for n in "qkv"],
+                   "o_proj": [p + "self_attn.o_proj.weight"],
+                   "gate_up_proj": [p + "mlp.gate_proj.weight", p + "mlp.up_proj.weight"],
+                   "down_proj": [p + "mlp.down_proj.weight"]}
+        for attr, names in sources.items():
+            if all(n in blocks for n in names):
+                fused = fuse([blocks[n] for n in names])
+                if shape_supported(fused):
+                    setattr(layer, attr, Q4Linear(getattr(layer, attr), fused, max_rows))
+                    wrapped += 1
+    head = blocks.get("lm_head.weight")
+    if head is not None and not model.config.tie_word_embeddings and shape_supported(head):
+        model.lm_head = Q4Linear(model.lm_head, blocks["lm_head.weight"], max_rows)
+        wrapped += 1
+    return wrapped
