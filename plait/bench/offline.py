@@ -29,7 +29,7 @@ def add_offline_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--max-input-len", type=int, default=512, help="longest prompt (random workload)")
     g.add_argument("--output-len", type=int, default=128, help="tokens generated per request (EOS ignored)")
     g.add_argument("--seed", type=int, default=0, help="workload seed; the same seed gives the same prompts")
-    add_run_args(p)
+    add_run_args(p, baselines=("hf", "llama.cpp"))
     b = p.add_argument_group("baseline")
     b.add_argument("--hf-batch-size", type=int, default=None,
                    help="static batch size for HF generate (default: --max-num-seqs, at most 64)")
@@ -37,11 +37,23 @@ def add_offline_args(p: argparse.ArgumentParser) -> None:
                    help="HF runs the first this-many prompts only, to stay affordable (default: min(N, 64))")
 
 
-def add_run_args(p: argparse.ArgumentParser) -> None:
+def add_run_args(p: argparse.ArgumentParser, baselines: tuple[str, ...] = ("hf",)) -> None:
     """Flags shared by the offline and latency benchmarks."""
+
+    def baseline_list(text: str) -> str:
+        names = [n.strip() for n in text.split(",") if n.strip()]
+        unknown = [n for n in names if n not in ("none", *baselines)]
+        if unknown:
+            raise argparse.ArgumentTypeError(f"unknown baseline {', '.join(unknown)}; choose from "
+                                             f"none, {', '.join(baselines)} (comma-separated)")
+        return ",".join(names) or "none"
+
     g = p.add_argument_group("run")
-    g.add_argument("--baseline", choices=["none", "hf"], default="none",
-                   help="hf: also run HuggingFace transformers on the same model file and prompts")
+    g.add_argument("--baseline", type=baseline_list, default="none",
+                   help="comma-separated, from: none, " + ", ".join(baselines) + ". hf: HuggingFace "
+                        "transformers on the same model file and prompts"
+                        + ("; llama.cpp: llama-batched-bench on the same GGUF at the same parallelism and lengths "
+                           "(built once, see plait/bench/llamacpp.py)" if "llama.cpp" in baselines else ""))
     g.add_argument("--repeats", type=int, default=None,
                    help="timed passes (default: 1 offline, 3 latency); with a baseline they alternate A B A B")
     g.add_argument("--no-warmup", action="store_true", help="skip the short untimed warm-up pass")
@@ -105,6 +117,40 @@ def load_baseline(args: argparse.Namespace, llm: Any) -> Any:
     return load_hf_model(resolve_model(args.model), dtype)
 
 
+def prepare_llamacpp(args: argparse.Namespace, llm: Any, workload: Workload) -> dict[str, Any] | None:
+    """The llama-batched-bench case matching this plait run (building llama.cpp if needed), or None after
+    printing why it cannot run. A random workload's lengths are replaced by their means."""
+    import torch
+
+    from plait.bench.llamacpp import LlamaCppUnavailable, ensure_llamacpp
+    from plait.loading.sources import resolve_model
+
+    model = resolve_model(args.model)
+    try:
+        if model.suffix != ".gguf":
+            raise LlamaCppUnavailable(f"{model} is not a GGUF file")
+        paths = ensure_llamacpp()
+    except LlamaCppUnavailable as exc:
+        print(f"llama.cpp baseline skipped: {exc}", file=sys.stderr)
+        return None
+    n = len(workload)
+    return {"paths": paths, "model": str(model), "version": paths.version, "threads": torch.get_num_threads(),
+            "input_len": round(workload.prompt_tokens / n), "output_len": round(workload.output_tokens / n),
+            "parallel": min(llm.config.max_num_seqs, n), "rows": []}
+
+
+def run_llamacpp(case: dict[str, Any]) -> Throughput:
+    """One llama-batched-bench case. Output tok/s is vLLM's offline definition, generated tokens over the whole
+    wall time including prefill: B*TG / T (T = T_PP + T_TG), not llama.cpp's decode-only S_TG."""
+    from plait.bench.llamacpp import run_batched_bench
+
+    row = run_batched_bench(case["paths"], case["model"], case["input_len"], case["output_len"],
+                            case["parallel"], case["threads"])
+    case["rows"].append(row)
+    b = row["b"]
+    return Throughput(row["t"], b * row["pp"], b * row["tg"], b, prefill_tokens=b * row["pp"])
+
+
 def run_offline(args: argparse.Namespace, llm: Any = None, hf_model: Any = None) -> dict[str, Any]:
     """Run the benchmark described by `args`; `llm`/`hf_model` may be prebuilt (tests pass tiny ones)."""
     from plait.cli import engine_kwargs
@@ -116,7 +162,9 @@ def run_offline(args: argparse.Namespace, llm: Any = None, hf_model: Any = None)
     repeats = args.repeats or 1
     progress = not args.no_tqdm
     workload = build_workload(args, llm.tokenizer)
-    want_hf = args.baseline == "hf"
+    baselines = set(args.baseline.split(","))
+    want_hf = "hf" in baselines
+    llamacpp = prepare_llamacpp(args, llm, workload) if "llama.cpp" in baselines else None
     if want_hf and hf_model is None:
         hf_model = load_baseline(args, llm)
     hf_workload = workload.subset(args.hf_num_prompts or min(len(workload), 64)) if want_hf else None
@@ -126,6 +174,7 @@ def run_offline(args: argparse.Namespace, llm: Any = None, hf_model: Any = None)
 
     plait_runs: list[Throughput] = []
     hf_runs: list[Throughput] = []
+    llamacpp_runs: list[Throughput] = []
     for _ in range(repeats):
         reset_prefix_cache(llm)
         plait_runs.append(run_plait(llm, workload, progress))
@@ -133,8 +182,16 @@ def run_offline(args: argparse.Namespace, llm: Any = None, hf_model: Any = None)
             from plait.bench.hf_baseline import run_hf_batches
 
             hf_runs.append(run_hf_batches(hf_model, hf_workload, hf_batch, progress))
+        if llamacpp is not None:
+            from plait.bench.llamacpp import LlamaCppUnavailable
 
-    result = summarize(args, llm, workload, plait_runs, hf_runs, hf_workload, hf_batch)
+            try:
+                llamacpp_runs.append(run_llamacpp(llamacpp))
+            except LlamaCppUnavailable as exc:
+                print(f"llama.cpp baseline dropped: {exc}", file=sys.stderr)
+                llamacpp, llamacpp_runs = None, []
+
+    result = summarize(args, llm, workload, plait_runs, hf_runs, hf_workload, hf_batch, llamacpp_runs, llamacpp)
     print(format_result(result))
     path = report.save_json(args.output or report.default_output("offline"), result)
     print(f"results saved to {path}")
@@ -146,7 +203,8 @@ def _medians(runs: list[Throughput]) -> dict[str, float]:
 
 
 def summarize(args: argparse.Namespace, llm: Any, workload: Workload, plait_runs: list[Throughput],
-              hf_runs: list[Throughput], hf_workload: Workload | None, hf_batch: int) -> dict[str, Any]:
+              hf_runs: list[Throughput], hf_workload: Workload | None, hf_batch: int,
+              llamacpp_runs: list[Throughput] = (), llamacpp: dict[str, Any] | None = None) -> dict[str, Any]:
     """Everything the JSON holds: config, machine, per-run numbers, medians and per-pair ratios."""
     from plait.cli import engine_kwargs
 
@@ -176,6 +234,20 @@ def summarize(args: argparse.Namespace, llm: Any, workload: Workload, plait_runs
                         "padding": "left, static batches, prompts sorted by length"}
         result["ratio"] = {"output_tps_per_pair": out_ratios, "output_tps_median": report.median(out_ratios),
                            "total_tps_per_pair": total_ratios, "total_tps_median": report.median(total_ratios)}
+    if llamacpp_runs:
+        out_ratios = report.ratios([r.output_tps for r in plait_runs], [r.output_tps for r in llamacpp_runs])
+        total_ratios = report.ratios([r.total_tps for r in plait_runs], [r.total_tps for r in llamacpp_runs])
+        result["llama.cpp"] = {
+            "runs": [r.to_dict() for r in llamacpp_runs], "median": _medians(llamacpp_runs),
+            "num_prompts": llamacpp["parallel"], "tool": "llama-batched-bench", "version": llamacpp["version"],
+            "model": llamacpp["model"], "threads": llamacpp["threads"], "parallel": llamacpp["parallel"],
+            "input_len": llamacpp["input_len"], "output_len": llamacpp["output_len"],
+            "batched_bench_rows": llamacpp["rows"],
+            "output_tps_definition": "B*TG / T: generated tokens over the whole time, prefill included (vLLM's "
+                                     "offline output tok/s), not llama.cpp's decode-only S_TG",
+        }
+        result["ratio_llama.cpp"] = {"output_tps_per_pair": out_ratios, "output_tps_median": report.median(out_ratios),
+                                     "total_tps_per_pair": total_ratios, "total_tps_median": report.median(total_ratios)}
     return result
 
 
@@ -187,11 +259,14 @@ def format_result(result: dict[str, Any]) -> str:
              f"{cfg['repeats']} repeat(s)\n"]
     headers = ["engine", "prompts", "wall s", "output tok/s", "total tok/s", "prefill tok"]
     rows: list[list[Any]] = []
-    engines = [("plait", cfg["num_prompts"])]
+    engines = [("plait", "plait", cfg["num_prompts"])]
     if "hf" in result:
-        engines.append((f"hf (batch {result['hf']['batch_size']})", result["hf"]["num_prompts"]))
-    for name, n in engines:
-        data = result["plait" if name == "plait" else "hf"]
+        engines.append((f"hf (batch {result['hf']['batch_size']})", "hf", result["hf"]["num_prompts"]))
+    if "llama.cpp" in result:
+        engines.append((f"llama.cpp (B {result['llama.cpp']['parallel']})", "llama.cpp",
+                        result["llama.cpp"]["num_prompts"]))
+    for name, key, n in engines:
+        data = result[key]
         runs = data["runs"]
         for i, run in enumerate(runs):
             label = name if len(runs) == 1 else f"{name} #{i + 1}"
@@ -209,4 +284,12 @@ def format_result(result: dict[str, Any]) -> str:
         if result["hf"]["num_prompts"] != cfg["num_prompts"]:
             lines.append(f"note: HF ran the first {result['hf']['num_prompts']} of {cfg['num_prompts']} prompts; "
                          f"rates (tok/s) are compared, not wall times")
+    if "ratio_llama.cpp" in result:
+        r, lc = result["ratio_llama.cpp"], result["llama.cpp"]
+        pairs = ", ".join(f"{x:.2f}x" for x in r["output_tps_per_pair"])
+        lines.append(f"\nplait / llama.cpp output tok/s: {r['output_tps_median']:.2f}x "
+                     f"(total tok/s {r['total_tps_median']:.2f}x; per pair: {pairs})")
+        lines.append(f"note: llama.cpp {lc['version']} = llama-batched-bench, {lc['parallel']} sequences of "
+                     f"{lc['input_len']} + {lc['output_len']} tokens in one wave, {lc['threads']} threads, on "
+                     f"{lc['model']}; its output tok/s = B*TG / T, prefill included (vLLM's offline definition)")
     return "\n".join(lines)

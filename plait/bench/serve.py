@@ -53,6 +53,11 @@ def add_serve_parser(subparsers: Any) -> argparse.ArgumentParser:
     r.add_argument("--max-concurrency", type=int, default=None, help="requests in flight at most")
     r.add_argument("--warmup", type=int, default=1, help="untimed requests sent first")
     r.add_argument("--timeout", type=float, default=600.0, help="seconds per request")
+    b = p.add_argument_group("baseline")
+    b.add_argument("--baseline", choices=["none", "llama.cpp"], default="none",
+                   help="llama.cpp: after the run against --base-url, start llama-server on the same GGUF "
+                        "(--tokenizer's, default plait's default model) with --parallel = the concurrency, "
+                        "--cont-batching, 2 threads, loopback only; run the same load; stop it; compare")
     p.add_argument("--output", "-o", default=None, help="JSON results path (default results/bench-serve-<time>.json)")
     p.set_defaults(func=run_serve_bench)
     return p
@@ -153,10 +158,11 @@ def _percentile(values: list[float], p: float) -> float | None:
     return s[lo] + (s[hi] - s[lo]) * (k - lo)
 
 
-async def run_load(args: argparse.Namespace, workload: Workload, model: str) -> tuple[list[RequestResult], float]:
+async def run_load(args: argparse.Namespace, workload: Workload, model: str,
+                   base_url: str | None = None) -> tuple[list[RequestResult], float]:
     import httpx
 
-    url = args.base_url.rstrip("/") + "/v1/completions"
+    url = (base_url or args.base_url).rstrip("/") + "/v1/completions"
     headers = {"Authorization": f"Bearer {args.api_key}"} if args.api_key else {}
     limit = args.max_concurrency or len(workload)
     sem = asyncio.Semaphore(limit)
@@ -201,25 +207,20 @@ def _vocabulary(name: str | None) -> tuple[int, set[int]]:
     return tok.vocab_size, set(tok.all_special_ids)
 
 
-def _served_model(args: argparse.Namespace) -> str:
+def _served_model(args: argparse.Namespace, base_url: str | None = None) -> str:
     import httpx
 
     headers = {"Authorization": f"Bearer {args.api_key}"} if args.api_key else {}
-    r = httpx.get(args.base_url.rstrip("/") + "/v1/models", headers=headers, timeout=30)
+    r = httpx.get((base_url or args.base_url).rstrip("/") + "/v1/models", headers=headers, timeout=30)
     r.raise_for_status()
     return r.json()["data"][0]["id"]
 
 
-def run_serve_bench(args: argparse.Namespace) -> int:
-    """Run the load, print vLLM-style tables, save JSON; exit status 1 if no request succeeded."""
-    model = args.model or _served_model(args)
-    vocab_size, special = _vocabulary(args.tokenizer)
-    workload = make_workload(args.workload, args.num_prompts, vocab_size, special, input_len=args.input_len,
-                             input_len_range=(args.min_input_len, args.max_input_len), output_len=args.output_len,
-                             seed=args.seed)
-    print(f"{args.base_url} model={model}: {workload.describe()}, rate={args.request_rate}, "
+def run_and_print(args: argparse.Namespace, base_url: str, workload: Workload, model: str) -> dict[str, Any]:
+    """The load against one server, and its two tables."""
+    print(f"\n{base_url} model={model}: {workload.describe()}, rate={args.request_rate}, "
           f"max concurrency={args.max_concurrency}")
-    results, duration = asyncio.run(run_load(args, workload, model))
+    results, duration = asyncio.run(run_load(args, workload, model, base_url))
     summary = summarize(results, duration)
     print(report.table(["metric", "value"], [
         ["completed / failed", f"{summary['completed']} / {summary['failed']}"],
@@ -232,11 +233,61 @@ def run_serve_bench(args: argparse.Namespace) -> int:
     print(report.table(["ms", "mean", "median", "p90", "p99"], rows))
     for err in summary["errors"][:3]:
         print(f"error: {err}")
+    return summary
+
+
+def run_llamacpp_baseline(args: argparse.Namespace, workload: Workload) -> dict[str, Any] | None:
+    """The same load against llama-server on the same GGUF, started and stopped here; None (reason printed)
+    if llama.cpp cannot be built or started."""
+    import sys
+
+    from plait.bench.llamacpp import LlamaCppUnavailable, ensure_llamacpp, llama_server, server_context_size
+    from plait.loading.sources import resolve_model
+
+    gguf = resolve_model(args.tokenizer)
+    parallel = args.max_concurrency or len(workload)
+    ctx = server_context_size(parallel, max(len(p) for p in workload.prompts), max(workload.output_lens))
+    try:
+        if gguf.suffix != ".gguf":
+            raise LlamaCppUnavailable(f"{gguf} is not a GGUF file")
+        paths = ensure_llamacpp()
+        with llama_server(paths, gguf, parallel, ctx, threads=2) as url:
+            print(f"\nllama.cpp {paths.version}: llama-server --parallel {parallel} --cont-batching -c {ctx} -t 2 "
+                  f"on {gguf}")
+            summary = run_and_print(args, url, workload, _served_model(args, url))
+    except LlamaCppUnavailable as exc:
+        print(f"llama.cpp baseline skipped: {exc}", file=sys.stderr)
+        return None
+    return {"version": paths.version, "model": str(gguf), "parallel": parallel, "ctx_size": ctx, "threads": 2,
+            **summary}
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return a / b if a is not None and b else None
+
+
+def run_serve_bench(args: argparse.Namespace) -> int:
+    """Run the load, print vLLM-style tables, save JSON; exit status 1 if no request succeeded."""
+    model = args.model or _served_model(args)
+    vocab_size, special = _vocabulary(args.tokenizer)
+    workload = make_workload(args.workload, args.num_prompts, vocab_size, special, input_len=args.input_len,
+                             input_len_range=(args.min_input_len, args.max_input_len), output_len=args.output_len,
+                             seed=args.seed)
+    summary = run_and_print(args, args.base_url, workload, model)
+    baseline = run_llamacpp_baseline(args, workload) if args.baseline == "llama.cpp" else None
     payload = {"benchmark": "serve", "base_url": args.base_url, "model": model,
                "workload": {"name": workload.name, "num_prompts": len(workload), "seed": workload.seed,
                             "input_tokens": workload.prompt_tokens, "output_len": args.output_len},
                "request_rate": None if args.request_rate == float("inf") else args.request_rate,
                "max_concurrency": args.max_concurrency, "machine": report.machine_info(), **summary}
+    if baseline is not None:
+        payload["llama.cpp"] = baseline
+        payload["ratio_llama.cpp"] = {
+            "output_throughput": _ratio(summary["output_throughput"], baseline["output_throughput"]),
+            "p99_tpot_ms": _ratio(summary["p99_tpot_ms"], baseline["p99_tpot_ms"])}
+        r = payload["ratio_llama.cpp"]
+        print(f"\n{args.base_url} / llama.cpp: output tok/s {report.fmt(r['output_throughput'], 2)}x (higher is "
+              f"better), p99 TPOT {report.fmt(r['p99_tpot_ms'], 2)}x (lower is better)")
     path = report.save_json(args.output or report.default_output("serve"), payload)
     print(f"saved {path}")
     return 0 if summary["completed"] else 1
