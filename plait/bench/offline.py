@@ -14,21 +14,25 @@ from typing import Any
 
 from plait.bench import report
 from plait.bench.report import Throughput
-from plait.bench.workloads import Workload, make_workload
+from plait.bench.workloads import WORKLOADS, Workload, add_extra_workload_args, make_workload, workload_from_args
 from plait.params import SamplingParams
 
 
 def add_offline_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("workload")
-    g.add_argument("--workload", choices=["random", "fixed"], default="random",
+    g.add_argument("--workload", choices=WORKLOADS, default="random",
                    help="random: input lengths uniform in [--min-input-len, --max-input-len]; "
-                        "fixed: every input --input-len")
+                        "fixed: every input --input-len; sharegpt-like: log-normal ShareGPT-shaped input/output "
+                        "lengths (synthetic, seeded); shared-prefix: --num-groups x --prompts-per-group prompts "
+                        "sharing a --prefix-len system prompt, then a --question-len question; chat: real "
+                        "questions through the model's chat template")
     g.add_argument("--num-prompts", type=int, default=256, help="requests in the workload")
     g.add_argument("--input-len", type=int, default=128, help="prompt tokens (fixed workload)")
     g.add_argument("--min-input-len", type=int, default=64, help="shortest prompt (random workload)")
     g.add_argument("--max-input-len", type=int, default=512, help="longest prompt (random workload)")
     g.add_argument("--output-len", type=int, default=128, help="tokens generated per request (EOS ignored)")
     g.add_argument("--seed", type=int, default=0, help="workload seed; the same seed gives the same prompts")
+    add_extra_workload_args(g)
     add_run_args(p, baselines=("hf", "llama.cpp"))
     b = p.add_argument_group("baseline")
     b.add_argument("--hf-batch-size", type=int, default=None,
@@ -76,9 +80,15 @@ def reset_prefix_cache(llm: Any) -> None:
 
 
 def build_workload(args: argparse.Namespace, tokenizer: Any) -> Workload:
-    return make_workload(args.workload, args.num_prompts, tokenizer.vocab_size, tokenizer.all_special_ids,
-                         input_len=args.input_len, input_len_range=(args.min_input_len, args.max_input_len),
-                         output_len=args.output_len, seed=args.seed)
+    return workload_from_args(args, tokenizer.vocab_size, tokenizer.all_special_ids, tokenizer)
+
+
+def peak_rss_kib() -> int:
+    """This process's peak resident set size (getrusage's ru_maxrss: KiB on Linux, bytes on macOS)."""
+    import resource
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak // 1024 if sys.platform == "darwin" else peak
 
 
 def run_plait(llm: Any, workload: Workload, progress: bool = True) -> Throughput:
@@ -221,10 +231,16 @@ def summarize(args: argparse.Namespace, llm: Any, workload: Workload, plait_runs
             "engine": engine_kwargs(args),
             "max_num_seqs": llm.config.max_num_seqs, "max_num_batched_tokens": llm.engine.scheduler.config.max_num_batched_tokens,
             "workload_description": workload.describe(),
+            **({"shared_prefix": {k: getattr(args, k) for k in ("num_groups", "prompts_per_group", "prefix_len",
+                                                                 "question_len")}}
+               if args.workload == "shared-prefix" else {}),
         },
         "machine": report.machine_info(dtype),
         "plait": {"runs": [r.to_dict() for r in plait_runs], "median": _medians(plait_runs),
                   "load_seconds": llm.load_seconds},
+        "peak_rss": {"kib": (rss := peak_rss_kib()), "mib": rss / 1024,
+                     "source": "getrusage(RUSAGE_SELF).ru_maxrss of the benchmark process, which runs the engine",
+                     "includes": ["plait"] + (["hf"] if hf_runs else [])},
     }
     if hf_runs:
         out_ratios = report.ratios([r.output_tps for r in plait_runs], [r.output_tps for r in hf_runs])
@@ -276,6 +292,10 @@ def format_result(result: dict[str, Any]) -> str:
             m = data["median"]
             rows.append([f"{name} median", n, m["wall_s"], m["output_tps"], m["total_tps"], ""])
     lines.append(report.table(headers, rows))
+    if "peak_rss" in result:
+        rss = result["peak_rss"]
+        extra = " (the HF baseline ran in the same process and is included)" if "hf" in rss["includes"] else ""
+        lines.append(f"\npeak RSS of the engine process: {rss['mib']:,.0f} MiB{extra}")
     if "ratio" in result:
         r = result["ratio"]
         pairs = ", ".join(f"{x:.2f}x" for x in r["output_tps_per_pair"])

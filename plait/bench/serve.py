@@ -7,6 +7,7 @@ another server on the same model (llama.cpp's llama-server, vLLM) see exactly th
 - TTFT: request sent -> first chunk carrying text.   E2E: request sent -> last chunk.
 - TPOT: (E2E - TTFT) / (output tokens - 1), per request.   ITL: gaps between successive text chunks.
 - Throughput over the benchmark's wall time: requests/s, output tokens/s, total (prompt + output) tokens/s.
+- Goodput (`--goodput ttft:MS tpot:MS e2el:MS`, any subset): completed requests meeting every given SLO, per second.
 Arrivals are a Poisson process at `--request-rate` (default: all at once), capped by `--max-concurrency`.
 """
 
@@ -23,9 +24,37 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from plait.bench import report
-from plait.bench.workloads import WORKLOADS, Workload, make_workload
+from plait.bench.workloads import WORKLOADS, Workload, add_extra_workload_args, workload_from_args
 
 PERCENTILES = (50, 90, 99)
+GOODPUT_METRICS = ("ttft", "tpot", "e2el")
+
+
+def parse_goodput(items: list[str] | None) -> dict[str, float]:
+    """vLLM's `--goodput` syntax: KEY:MS pairs, KEY in ttft/tpot/e2el, MS >= 0 -> {key: milliseconds}."""
+    slos: dict[str, float] = {}
+    for item in items or ():
+        key, sep, value = item.partition(":")
+        key = key.strip().lower()
+        if not sep or key not in GOODPUT_METRICS:
+            raise ValueError(f"invalid goodput SLO {item!r}: use KEY:MILLISECONDS with KEY in "
+                             f"{', '.join(GOODPUT_METRICS)} (e.g. ttft:500 tpot:50)")
+        try:
+            ms = float(value)
+        except ValueError:
+            raise ValueError(f"invalid goodput SLO {item!r}: {value!r} is not a number of milliseconds") from None
+        if not ms >= 0:
+            raise ValueError(f"invalid goodput SLO {item!r}: milliseconds must be >= 0")
+        slos[key] = ms
+    return slos
+
+
+def _goodput_item(text: str) -> str:
+    try:
+        parse_goodput([text])
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
 
 
 def add_serve_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -47,12 +76,19 @@ def add_serve_parser(subparsers: Any) -> argparse.ArgumentParser:
     w.add_argument("--max-input-len", type=int, default=512, help="longest prompt (random workload)")
     w.add_argument("--output-len", type=int, default=128, help="tokens generated per request (EOS ignored)")
     w.add_argument("--seed", type=int, default=0)
+    add_extra_workload_args(w)
     r = p.add_argument_group("load")
     r.add_argument("--request-rate", type=float, default=float("inf"),
                    help="mean arrivals per second (Poisson); inf sends everything at once")
     r.add_argument("--max-concurrency", type=int, default=None, help="requests in flight at most")
     r.add_argument("--warmup", type=int, default=1, help="untimed requests sent first")
     r.add_argument("--timeout", type=float, default=600.0, help="seconds per request")
+    r.add_argument("--goodput", nargs="+", type=_goodput_item, default=None, metavar="KEY:MS",
+                   help="SLOs in ms, e.g. ttft:500 tpot:50 e2el:5000 (vLLM's syntax); goodput = completed "
+                        "requests meeting every given SLO, per second")
+    r.add_argument("--server-pid", type=int, default=None,
+                   help="pid of the server at --base-url when it runs on this machine: its peak RSS (VmHWM from "
+                        "/proc/PID/status) is reported; otherwise peak RSS is not reported")
     b = p.add_argument_group("baseline")
     b.add_argument("--baseline", choices=["none", "llama.cpp"], default="none",
                    help="llama.cpp: after the run against --base-url, start llama-server on the same GGUF "
@@ -122,8 +158,15 @@ async def send_one(client: Any, url: str, headers: dict[str, str], model: str, p
     return res
 
 
-def summarize(results: list[RequestResult], duration: float) -> dict[str, Any]:
-    """vLLM's serving metrics (times in ms) over the successful requests."""
+def is_good(r: RequestResult, slos: dict[str, float]) -> bool:
+    """Whether a completed request meets every SLO (ms); a one-token output's TPOT counts as 0, as in vLLM."""
+    values = {"ttft": r.ttft, "tpot": r.tpot or 0.0, "e2el": r.latency}
+    return r.ok and all(values[k] * 1000 <= ms for k, ms in slos.items())
+
+
+def summarize(results: list[RequestResult], duration: float,
+              slos: dict[str, float] | None = None) -> dict[str, Any]:
+    """vLLM's serving metrics (times in ms) over the successful requests; goodput when `slos` are given."""
     ok = [r for r in results if r.ok]
     out_tokens = sum(r.output_tokens for r in ok)
     in_tokens = sum(r.prompt_len for r in ok)
@@ -142,6 +185,11 @@ def summarize(results: list[RequestResult], duration: float) -> dict[str, Any]:
         summary[f"median_{name}_ms"] = statistics.median(ms) if ms else None
         for p in PERCENTILES[1:]:
             summary[f"p{p}_{name}_ms"] = _percentile(ms, p)
+    if slos:
+        good = sum(is_good(r, slos) for r in ok)
+        summary["goodput_slos_ms"] = dict(slos)
+        summary["good_requests"] = good
+        summary["request_goodput"] = good / duration if duration else 0.0
     errors = [r.error for r in results if not r.ok]
     summary["errors"] = errors[:10]
     return summary
@@ -192,6 +240,12 @@ async def run_load(args: argparse.Namespace, workload: Workload, model: str,
 
 def _vocabulary(name: str | None) -> tuple[int, set[int]]:
     """(vocab size, special ids) of the tokenizer the prompts are drawn for; special ids are never sent."""
+    tok = _load_tokenizer(name)
+    return tok.vocab_size, set(tok.all_special_ids)
+
+
+def _load_tokenizer(name: str | None) -> Any:
+    """The tokenizer of the model the prompts are made for (its chat template is the chat workload's)."""
     from pathlib import Path
 
     from plait.loading.sources import resolve_model
@@ -204,7 +258,7 @@ def _vocabulary(name: str | None) -> tuple[int, set[int]]:
         from plait.loading.gguf_file import read_gguf
 
         tok = Tokenizer.from_gguf_metadata(read_gguf(path).metadata)
-    return tok.vocab_size, set(tok.all_special_ids)
+    return tok
 
 
 def _served_model(args: argparse.Namespace, base_url: str | None = None) -> str:
@@ -221,11 +275,16 @@ def run_and_print(args: argparse.Namespace, base_url: str, workload: Workload, m
     print(f"\n{base_url} model={model}: {workload.describe()}, rate={args.request_rate}, "
           f"max concurrency={args.max_concurrency}")
     results, duration = asyncio.run(run_load(args, workload, model, base_url))
-    summary = summarize(results, duration)
+    summary = summarize(results, duration, parse_goodput(getattr(args, "goodput", None)))
+    goodput_rows = ([["request goodput (req/s)", report.fmt(summary["request_goodput"], 2)],
+                     ["good requests (" + " ".join(f"{k}<={v:g}ms" for k, v in summary["goodput_slos_ms"].items())
+                      + ")", f"{summary['good_requests']} / {summary['completed']}"]]
+                    if "request_goodput" in summary else [])
     print(report.table(["metric", "value"], [
         ["completed / failed", f"{summary['completed']} / {summary['failed']}"],
         ["duration (s)", report.fmt(duration, 2)],
         ["request throughput (req/s)", report.fmt(summary["request_throughput"], 2)],
+        *goodput_rows,
         ["output throughput (tok/s)", report.fmt(summary["output_throughput"], 1)],
         ["total throughput (tok/s)", report.fmt(summary["total_token_throughput"], 1)]]))
     rows = [[name.upper()] + [report.fmt(summary[f"{stat}_{name}_ms"], 1) for stat in ("mean", "median", "p90", "p99")]
@@ -262,6 +321,30 @@ def run_llamacpp_baseline(args: argparse.Namespace, workload: Workload) -> dict[
             **summary}
 
 
+def server_peak_rss_kib(base_url: str, pid: int | None) -> int | None:
+    """The local server's peak RSS in KiB (VmHWM of /proc/PID/status), or None (reason printed) when the pid is
+    not given, the server is not on this machine, or the process cannot be read."""
+    import sys
+    from urllib.parse import urlsplit
+
+    if pid is None:
+        return None
+    host = urlsplit(base_url).hostname or ""
+    if host not in ("localhost", "127.0.0.1", "::1", "0.0.0.0") and not host.startswith("127."):
+        print(f"peak RSS not reported: {base_url} is not a local server", file=sys.stderr)
+        return None
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])
+    except OSError as exc:
+        print(f"peak RSS not reported: cannot read process {pid}: {exc}", file=sys.stderr)
+        return None
+    print(f"peak RSS not reported: no VmHWM for process {pid}", file=sys.stderr)
+    return None
+
+
 def _ratio(a: float | None, b: float | None) -> float | None:
     return a / b if a is not None and b else None
 
@@ -269,15 +352,19 @@ def _ratio(a: float | None, b: float | None) -> float | None:
 def run_serve_bench(args: argparse.Namespace) -> int:
     """Run the load, print vLLM-style tables, save JSON; exit status 1 if no request succeeded."""
     model = args.model or _served_model(args)
-    vocab_size, special = _vocabulary(args.tokenizer)
-    workload = make_workload(args.workload, args.num_prompts, vocab_size, special, input_len=args.input_len,
-                             input_len_range=(args.min_input_len, args.max_input_len), output_len=args.output_len,
-                             seed=args.seed)
+    tok = _load_tokenizer(args.tokenizer)
+    workload = workload_from_args(args, tok.vocab_size, set(tok.all_special_ids), tok)
     summary = run_and_print(args, args.base_url, workload, model)
+    rss = server_peak_rss_kib(args.base_url, args.server_pid)
+    if rss is not None:
+        summary["server_peak_rss"] = {"kib": rss, "mib": rss / 1024, "pid": args.server_pid,
+                                      "source": "VmHWM of /proc/PID/status"}
+        print(f"server peak RSS (pid {args.server_pid}): {rss / 1024:,.0f} MiB")
     baseline = run_llamacpp_baseline(args, workload) if args.baseline == "llama.cpp" else None
     payload = {"benchmark": "serve", "base_url": args.base_url, "model": model,
                "workload": {"name": workload.name, "num_prompts": len(workload), "seed": workload.seed,
-                            "input_tokens": workload.prompt_tokens, "output_len": args.output_len},
+                            "input_tokens": workload.prompt_tokens, "output_len": args.output_len,
+                            "output_tokens": workload.output_tokens, "description": workload.describe()},
                "request_rate": None if args.request_rate == float("inf") else args.request_rate,
                "max_concurrency": args.max_concurrency, "machine": report.machine_info(), **summary}
     if baseline is not None:
