@@ -8,6 +8,9 @@ Contract for the scheduler:
   nothing and returns False (the caller then preempts someone or waits).
 - `commit(req, tokens, num_computed)` after a step registers the newly full blocks in the prefix cache.
 - `free(req)` drops the request's references; shared blocks live on while other users hold them.
+- `announce(req, tokens, match)` after admission marks the full prompt blocks the request is about to compute as
+  pending; a later `match_prefix` whose next block is pending names its owner, so the scheduler can let that
+  request wait one step instead of computing the same prefix twice (BatchLLM-style sharing within a batch).
 Pure Python: no torch.
 """
 
@@ -22,6 +25,7 @@ from plait.cache.block_pool import BlockKey, BlockPool
 class _Table:
     blocks: list[int] = field(default_factory=list)
     keys: list[BlockKey] = field(default_factory=list)  # keys of the leading full, registered blocks
+    pending: list[BlockKey] = field(default_factory=list)  # announced keys this request owns
 
 
 @dataclass
@@ -29,6 +33,8 @@ class PrefixMatch:
     blocks: list[int]
     keys: list[BlockKey]
     block_size: int
+    # Another request is computing the next full block of this prefix right now.
+    pending_owner: str | None = None
 
     @property
     def num_tokens(self) -> int:
@@ -45,6 +51,7 @@ class KVCacheManager:
         self._tables: dict[str, _Table] = {}
         self.prefix_queries = 0  # prompt tokens looked up
         self.prefix_hits = 0  # of which found cached
+        self._pending: dict[BlockKey, str] = {}  # full blocks being computed -> the request computing them
 
     @property
     def num_blocks(self) -> int:
@@ -69,18 +76,34 @@ class KVCacheManager:
         match = PrefixMatch([], [], self.block_size)
         if not self.enable_prefix_caching:
             return match
-        self.prefix_queries += len(tokens)
         parent = None
         for i in range((len(tokens) - 1) // self.block_size):
             key = BlockKey.chain(parent, tuple(tokens[i * self.block_size: (i + 1) * self.block_size]))
             block = self.pool.lookup(key)
             if block is None:
+                match.pending_owner = self._pending.get(key)
                 break
             match.blocks.append(block)
             match.keys.append(key)
             parent = key
-        self.prefix_hits += match.num_tokens
         return match
+
+    def record_lookup(self, num_tokens: int, match: PrefixMatch) -> None:
+        """Count one admitted request's prefix lookup (deferred lookups are not counted twice)."""
+        if self.enable_prefix_caching:
+            self.prefix_queries += num_tokens
+            self.prefix_hits += match.num_tokens
+
+    def announce(self, request_id: str, tokens: list[int], match: PrefixMatch) -> None:
+        if not self.enable_prefix_caching:
+            return
+        table = self._tables[request_id]
+        parent = match.keys[-1] if match.keys else None
+        for i in range(len(match.keys), (len(tokens) - 1) // self.block_size):
+            parent = BlockKey.chain(parent, tuple(tokens[i * self.block_size: (i + 1) * self.block_size]))
+            if parent not in self._pending:
+                self._pending[parent] = request_id
+                table.pending.append(parent)
 
     def allocate(self, request_id: str, num_computed: int, num_new: int,
                  prefix: PrefixMatch | None = None) -> bool:
@@ -117,11 +140,16 @@ class KVCacheManager:
             key = BlockKey.chain(parent, tuple(tokens[i * bs: (i + 1) * bs]))
             self.pool.register(table.blocks[i], key)
             table.keys.append(key)
+            if self._pending.get(key) == request_id:
+                del self._pending[key]  # computed: waiters now hit the cache
 
     def free(self, request_id: str) -> None:
         table = self._tables.pop(request_id, None)
         if table is None:
             return
+        for key in table.pending:
+            if self._pending.get(key) == request_id:
+                del self._pending[key]
         # Tail blocks first, so that under LRU the end of a sequence is evicted before its shared beginning.
         for block in reversed(table.blocks):
             self.pool.release(block)
@@ -131,4 +159,4 @@ class KVCacheManager:
 
     def all_blocks_free(self) -> bool:
         """The leak invariant: every block is free (cached-but-unused blocks count as free)."""
-        return self.pool.num_free == self.pool.num_blocks and not self._tables
+        return self.pool.num_free == self.pool.num_blocks and not self._tables and not self._pending

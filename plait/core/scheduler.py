@@ -114,9 +114,14 @@ class Scheduler:
             tokens = request.all_token_ids
             prefix = (self.kv.match_prefix(tokens) if request.params.prompt_logprobs is None
                       else PrefixMatch([], [], self.kv.block_size))
+            if prefix.pending_owner is not None and prefix.pending_owner in self.requests:
+                index += 1  # another request is computing this prefix now: wait, then share its blocks
+                continue
             num_new = min(len(tokens) - prefix.num_tokens, budget)
             if not self.kv.allocate(request.request_id, prefix.num_tokens, num_new, prefix):
                 break  # no KV memory left: later arrivals wait too (FCFS)
+            self.kv.record_lookup(len(tokens), prefix)
+            self.kv.announce(request.request_id, tokens, prefix)
             self.waiting.pop(index)
             request.num_computed = prefix.num_tokens
             if request.num_preemptions == 0:

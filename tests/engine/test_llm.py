@@ -232,3 +232,19 @@ def test_stop_string_on_the_last_token_reports_stop_and_respects_min_tokens(make
     held = llm.generate([p], SamplingParams(max_tokens=20, min_tokens=10, temperature=0, ignore_eos=True,
                                             stop=[stop]), use_tqdm=False)[0].outputs[0]
     assert len(held.token_ids) > 6  # the stop string inside the first min_tokens tokens does not end it
+
+
+def test_batch_sharing_a_prefix_computes_it_once(make_engine):
+    """Prompts sharing a system prompt, submitted together: the prefix is computed once (later ones wait a step
+    for its blocks instead of recomputing them), outputs equal those without the prefix cache."""
+    system = prompts(1, seed=17, lo=64, hi=64)[0]  # 4 full blocks of 16
+    questions = prompts(6, seed=18, lo=8, hi=20)
+    batch = [system + q for q in questions]
+    plain = make_engine(enable_prefix_caching=False, max_num_batched_tokens=2048)
+    expected = tokens(plain.generate(batch, GREEDY, use_tqdm=False))
+    shared = make_engine(enable_prefix_caching=True, max_num_batched_tokens=2048)
+    assert tokens(shared.generate(batch, GREEDY, use_tqdm=False)) == expected
+    stats = shared.stats()
+    assert stats.prompt_tokens == 64 + sum(len(q) for q in questions)
+    assert stats.prefix_cache_hits == 64 * 5
+    assert_no_leak(shared)
