@@ -18,8 +18,7 @@ from plait.server.completions import top_k
 from plait.server.errors import bad_request, from_engine_error, from_value_error, timeout_error
 from plait.server.protocol import (ChatChoice, ChatCompletionRequest, ChatCompletionResponse, ChatLogprobs,
                                    ResponseMessage, TokenLogprob, TopLogprob, Usage)
-from plait.server.streaming import (SSE_DONE, ClientGone, Generation, ServerContext, SSEResponse, merged,
-                                    run_until_disconnect, sse, start)
+from plait.server.streaming import SSE_DONE, Generation, ServerContext, merged, respond, sse
 
 # Engine field names -> chat API names, for error messages' `param`.
 _RENAMES = {"logprobs": "top_logprobs", "max_tokens": "max_completion_tokens"}
@@ -135,18 +134,5 @@ async def create_chat_completion(ctx: ServerContext, req: ChatCompletionRequest,
         params = req.to_sampling_params(max_tokens, logprobs)
     except ValueError as exc:
         raise from_value_error(exc, renames, "messages") from None
-    job = _Chat(ctx, req)
-    try:
-        gens = await start(ctx.engine, [prompt], params, job.id, ctx.metrics, ctx.request_timeout)
-    except Exception as exc:  # noqa: BLE001 - mapped to the right status
-        raise from_engine_error(exc, renames, "messages") from None
-    if req.stream:
-        return SSEResponse(job.stream(gens))
-    try:
-        return await run_until_disconnect(raw, job.collect(gens))
-    except ClientGone:
-        return Response(status_code=499)  # nobody is listening; the request is already aborted
-    except Exception as exc:  # noqa: BLE001
-        raise from_engine_error(exc, renames, "messages") from None
-    finally:
-        await gens[0].close()
+    return await respond(ctx, raw, [prompt], params, _Chat(ctx, req), req.stream,
+                         lambda exc: from_engine_error(exc, renames, "messages"))

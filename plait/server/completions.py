@@ -19,8 +19,7 @@ from plait.outputs import PositionLogprobs, RequestOutput
 from plait.server.errors import bad_request, from_engine_error, from_value_error, timeout_error
 from plait.server.protocol import (CompletionChoice, CompletionLogprobs, CompletionRequest, CompletionResponse,
                                    Usage)
-from plait.server.streaming import (SSE_DONE, ClientGone, Generation, ServerContext, SSEResponse, merged,
-                                    run_until_disconnect, sse, start)
+from plait.server.streaming import SSE_DONE, Generation, ServerContext, merged, respond, sse
 
 
 def top_k(position: PositionLogprobs, k: int) -> list:
@@ -168,19 +167,5 @@ async def create_completion(ctx: ServerContext, req: CompletionRequest, raw: Req
         params = req.to_sampling_params(req.max_tokens, req.logprobs, prompt_logprobs)
     except ValueError as exc:
         raise from_value_error(exc) from None
-    job = _Completion(ctx, req, prompts)
-    try:
-        gens = await start(ctx.engine, prompts, params, job.id, ctx.metrics, ctx.request_timeout)
-    except Exception as exc:  # noqa: BLE001 - mapped to the right status
-        raise from_engine_error(exc) from None
-    if req.stream:
-        return SSEResponse(job.stream(gens))
-    try:
-        return await run_until_disconnect(raw, job.collect(gens))
-    except ClientGone:
-        return Response(status_code=499)  # nobody is listening; the requests are already aborted
-    except Exception as exc:  # noqa: BLE001
-        raise from_engine_error(exc) from None
-    finally:
-        for gen in gens:
-            await gen.close()
+    return await respond(ctx, raw, prompts, params, _Completion(ctx, req, prompts), req.stream,
+                         from_engine_error)

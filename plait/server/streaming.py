@@ -160,6 +160,32 @@ async def run_until_disconnect(request: Request, work: Awaitable[T]) -> T:
             task.cancel()
 
 
+async def respond(ctx: "ServerContext", raw: Request, prompts: list[Any], params: SamplingParams, job: Any,
+                  stream: bool, map_error: Callable[[Exception], Exception]) -> Any:
+    """Start the generations for `job`, then stream them (SSE) or collect them into one response.
+
+    Shared by /v1/completions and /v1/chat/completions; `job` supplies id, stream(gens) and collect(gens);
+    `map_error` turns an engine failure into the endpoint's HTTP error.
+    """
+    from starlette.responses import Response
+
+    try:
+        gens = await start(ctx.engine, prompts, params, job.id, ctx.metrics, ctx.request_timeout)
+    except Exception as exc:  # noqa: BLE001 - mapped to the right status
+        raise map_error(exc) from None
+    if stream:
+        return SSEResponse(job.stream(gens))
+    try:
+        return await run_until_disconnect(raw, job.collect(gens))
+    except ClientGone:
+        return Response(status_code=499)  # nobody is listening; the requests are already aborted
+    except Exception as exc:  # noqa: BLE001
+        raise map_error(exc) from None
+    finally:
+        for gen in gens:
+            await gen.close()
+
+
 def sse(payload: dict[str, Any]) -> str:
     return f"data: {json.dumps(payload, ensure_ascii=False, separators=(',', ':'))}\n\n"
 

@@ -220,7 +220,7 @@ def test_stop_string_on_the_last_token_reports_stop_and_respects_min_tokens(make
     llm = make_engine()
     p = prompts(1, seed=8)[0]
     free = llm.generate([p], SamplingParams(max_tokens=20, temperature=0, ignore_eos=True), use_tqdm=False)[0]
-    ids, text = free.outputs[0].token_ids, free.outputs[0].text
+    ids = free.outputs[0].token_ids
     # The stop string ends exactly with the 6th token's text: max_tokens=6 must still report "stop".
     prefix6 = llm.tokenizer.decode(ids[:6])
     stop = prefix6[-2:]
