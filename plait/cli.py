@@ -30,6 +30,9 @@ def add_engine_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--no-native-q4", action="store_true",
                    help="always use dense weights (by default, CPU bf16 steps of <= 8 tokens read a Q4_0/Q4_1 "
                         "GGUF's 4-bit weights directly: faster at batch 1, slightly different bf16 numerics)")
+    g.add_argument("--no-native-kernels", action="store_true",
+                   help="run decode attention in PyTorch instead of plait's C kernel (which is compiled on first "
+                        "use with the machine's C compiler; also PLAIT_NATIVE_KERNELS=0)")
     g.add_argument("--config", default=None,
                    help="JSON file of engine settings (e.g. the best point `plait bench sweep` wrote); flags given "
                         "on the command line win")
@@ -40,7 +43,8 @@ def engine_kwargs(args: argparse.Namespace) -> dict:
                   block_size=args.block_size, max_num_seqs=args.max_num_seqs,
                   max_num_batched_tokens=args.max_num_batched_tokens, max_model_len=args.max_model_len,
                   enable_prefix_caching=not args.no_prefix_caching, num_threads=args.threads,
-                  native_q4=not getattr(args, "no_native_q4", False))
+                  native_q4=not getattr(args, "no_native_q4", False),
+                  native_kernels=not getattr(args, "no_native_kernels", False))
     if getattr(args, "config", None):
         kwargs = _merge_config_file(kwargs, args.config)
     return kwargs

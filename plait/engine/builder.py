@@ -111,7 +111,12 @@ def build_engine(config: EngineConfig, model_config: ModelConfig | None = None,
     kv = KVCacheManager(num_blocks, config.block_size, config.enable_prefix_caching)
     scheduler = Scheduler(SchedulerConfig(config.max_num_seqs, config.token_budget(offline), max_model_len),
                           kv, max_model_len)
-    runner = ModelRunner(model, cache, eos, device)
+    kernels = None
+    if config.native_kernels and device.type == "cpu" and dtype in (torch.bfloat16, torch.float32):
+        from plait.runner.native import load_kernels
+
+        kernels = load_kernels()
+    runner = ModelRunner(model, cache, eos, device, kernels=kernels)
     core = EngineCore(scheduler, runner, tokenizer, eos, model_config.vocab_size)
     return BuiltEngine(core, tokenizer, model_config, config, dtype, device, time.perf_counter() - start,
                        generation_defaults)
@@ -121,4 +126,14 @@ def describe(built: BuiltEngine) -> str:
     kv = built.core.scheduler.kv
     return (f"model {built.config.model or 'smollm2-135m'} loaded in {built.load_seconds:.2f} s "
             f"({built.dtype}, {built.device}, {torch.get_num_threads()} threads); KV pool {kv.num_blocks} blocks "
-            f"x {kv.block_size} tokens; pid {os.getpid()}")
+            f"x {kv.block_size} tokens; decode attention: {_attention_path(built)}; pid {os.getpid()}")
+
+
+def _attention_path(built: BuiltEngine) -> str:
+    if built.core.runner.kernels is not None:
+        return "C kernel"
+    if built.config.native_kernels and built.device.type == "cpu":
+        from plait.runner.native import unavailable_reason
+
+        return f"PyTorch ({unavailable_reason() or 'dtype has no kernel'})"
+    return "PyTorch"

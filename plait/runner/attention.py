@@ -1,9 +1,10 @@
 """Attention over a packed batch with a paged KV cache.
 
 The packed batch is ordered: single-token queries first (decodes, and prompt chunks of one token), then
-multi-token spans (prefill chunks). Single-token queries run together as one grouped-query batched matmul over
-their gathered context; PyTorch's CPU SDPA is ~15x slower for one-token queries in bf16 (design.md). Multi-token
-spans are few per step and run through SDPA, one call each.
+multi-token spans (prefill chunks). Single-token queries run together: on the CPU through plait's C kernel, which
+reads each sequence's K/V straight out of its blocks (runner/native); elsewhere, or without a C compiler, as one
+grouped-query batched matmul over their gathered context (PyTorch's CPU SDPA is ~15x slower for one-token queries
+in bf16, design.md). Multi-token spans are few per step and run through SDPA, one call each.
 """
 
 from __future__ import annotations
@@ -12,6 +13,9 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+
+from plait.runner.native import Kernels
+from plait.runner.native.ops import paged_decode_attention
 
 
 @dataclass
@@ -26,9 +30,13 @@ class PrefillSpan:
 class AttentionMetadata:
     slot_mapping: torch.Tensor  # [T] cache slot of every token in the batch
     num_single: int  # the first num_single tokens are one-token queries, one request each
-    single_slots: torch.Tensor | None  # [B, L] cache slots of each single query's context (padded)
-    single_mask: torch.Tensor | None  # [1, B, 1, L] additive mask: 0 for real context, -inf for padding
+    # PyTorch path: every single query's context slots (padded) and an additive mask (0 real, -inf padding).
+    single_slots: torch.Tensor | None  # [B, L]
+    single_mask: torch.Tensor | None  # [1, B, 1, L]
     prefills: list[PrefillSpan]
+    # Kernel path instead: block tables and context lengths, int32.
+    single_tables: torch.Tensor | None = None  # [B, max_blocks]
+    single_lengths: torch.Tensor | None = None  # [B]
 
 
 class KVCache:
@@ -60,8 +68,8 @@ class PagedAttention:
     """The `attention` callable a model receives for one step."""
 
     def __init__(self, cache: KVCache, meta: AttentionMetadata, num_heads: int, num_kv_heads: int,
-                 head_dim: int) -> None:
-        self.cache, self.meta = cache, meta
+                 head_dim: int, kernels: Kernels | None = None) -> None:
+        self.cache, self.meta, self.kernels = cache, meta, kernels
         self.num_heads, self.num_kv_heads, self.head_dim = num_heads, num_kv_heads, head_dim
         self.scale = head_dim ** -0.5
 
@@ -85,6 +93,9 @@ class PagedAttention:
 
     def _single(self, q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor) -> torch.Tensor:
         meta = self.meta
+        if meta.single_tables is not None:
+            return paged_decode_attention(self.kernels, q, k_cache, v_cache, meta.single_tables,
+                                          meta.single_lengths, self.cache.block_size, self.scale)
         batch, d = q.shape[0], self.head_dim
         group = self.num_heads // self.num_kv_heads
         # Context of every query: [kv, B, L, d]; queries grouped per kv head: [kv, B, group, d].

@@ -10,6 +10,7 @@ from plait.core.sched_output import ModelOutput, NewRequestData, SampledToken, S
 from plait.params import SamplingParams
 from plait.runner.attention import KVCache, PagedAttention
 from plait.runner.input_batch import build_input_batch
+from plait.runner.native import Kernels
 from plait.sampling import Sampler, SamplingBatch
 
 
@@ -25,8 +26,10 @@ class _SamplingState:
 
 class ModelRunner:
     def __init__(self, model: torch.nn.Module, cache: KVCache, eos_token_ids: list[int],
-                 device: torch.device | str = "cpu") -> None:
+                 device: torch.device | str = "cpu", kernels: Kernels | None = None) -> None:
+        """`kernels`: plait's C kernels (CPU only), used for decode attention when given."""
         self.model = model
+        self.kernels = kernels
         self.cache = cache
         self.device = torch.device(device)
         self.eos_token_ids = list(eos_token_ids)
@@ -51,8 +54,9 @@ class ModelRunner:
         out = ModelOutput()
         if not sched.chunks:
             return out
-        batch = build_input_batch(sched.chunks, self.cache.block_size, self.device, self.cache.tensor.dtype)
-        attention = PagedAttention(self.cache, batch.attention, *self._heads)
+        batch = build_input_batch(sched.chunks, self.cache.block_size, self.device, self.cache.tensor.dtype,
+                                  decode_kernel=self.kernels is not None)
+        attention = PagedAttention(self.cache, batch.attention, *self._heads, kernels=self.kernels)
         hidden = self.model(batch.input_ids, batch.positions, attention)
 
         sample_rows, sample_ids = [], []

@@ -1,0 +1,138 @@
+"""plait's C kernels: compiled on first use with the machine's C compiler, cached, loaded with ctypes.
+
+Why not a PyTorch C++ extension: compiling against torch's headers takes about a minute on two cores, and building
+at install time would need torch inside pip's isolated build environment (a multi-gigabyte download). The kernels
+take raw pointers, so a plain C shared library compiles in well under a second and needs nothing but `cc`.
+
+The library lands in $PLAIT_CACHE/kernels/<hash of source, flags, compiler and CPU>/ so a change of any of them
+rebuilds it. Without a compiler, or with PLAIT_NATIVE_KERNELS=0, `load_kernels()` returns None and callers keep
+their PyTorch path; the reason is available from `unavailable_reason()`.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+SOURCES = ("paged_attention.c",)
+# -ffast-math lets the loops reassociate sums and call glibc's vector expf. It is given to the compile step only:
+# linking with it adds crtfastmath.o, which would switch the whole process to flush-to-zero when the library loads.
+COMPILE_FLAGS = ("-O3", "-march=native", "-ffast-math", "-fopenmp", "-fPIC", "-std=c11")
+LINK_FLAGS = ("-shared", "-fopenmp")
+_ENV_SWITCH = "PLAIT_NATIVE_KERNELS"
+
+
+@dataclass(frozen=True)
+class Kernels:
+    """The loaded library's entry points (ctypes functions with argument types set)."""
+
+    paged_decode_bf16: ctypes._CFuncPtr
+    paged_decode_f32: ctypes._CFuncPtr
+
+
+class KernelBuildError(RuntimeError):
+    pass
+
+
+def enabled() -> bool:
+    return os.environ.get(_ENV_SWITCH, "1").strip().lower() not in ("0", "false", "no", "off")
+
+
+def _compiler() -> str | None:
+    for name in (os.environ.get("CC"), "cc", "gcc", "clang"):
+        if name and shutil.which(name):
+            return shutil.which(name)
+    return None
+
+
+def _cpu_fingerprint() -> str:
+    """-march=native code is only valid on the CPU that built it: key the cache by the CPU's model and flags."""
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+        lines = [ln for ln in info.splitlines() if ln.startswith(("model name", "flags", "Features"))]
+        return "\n".join(sorted(set(lines)))
+    except OSError:
+        return platform.processor() or platform.machine()
+
+
+def _library_path(compiler: str) -> Path:
+    from plait.loading.sources import default_cache_dir
+
+    here = Path(__file__).parent
+    digest = hashlib.blake2b(digest_size=10)
+    for name in SOURCES:
+        digest.update((here / name).read_bytes())
+    digest.update(" ".join(COMPILE_FLAGS + LINK_FLAGS).encode())
+    digest.update(compiler.encode())
+    digest.update(_cpu_fingerprint().encode())
+    return default_cache_dir() / "kernels" / digest.hexdigest() / "libplait_kernels.so"
+
+
+def build(compiler: str) -> Path:
+    """Compile the kernels unless a matching library is cached; returns its path."""
+    target = _library_path(compiler)
+    if target.exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    here = Path(__file__).parent
+    # Build under a temporary name and rename: concurrent processes never load a half-written library.
+    fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
+    os.close(fd)
+    objects = [tmp + f".{i}.o" for i in range(len(SOURCES))]
+    steps = [[compiler, *COMPILE_FLAGS, "-c", str(here / src), "-o", obj] for src, obj in zip(SOURCES, objects)]
+    steps.append([compiler, *LINK_FLAGS, *objects, "-o", tmp, "-lm"])
+    try:
+        for cmd in steps:
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+            if proc.returncode != 0:
+                raise KernelBuildError(f"{' '.join(cmd)} failed:\n{proc.stderr.strip()[-2000:]}")
+        os.replace(tmp, target)
+    finally:
+        for path in (tmp, *objects):
+            if os.path.exists(path):
+                os.unlink(path)
+    return target
+
+
+def _bind(lib: ctypes.CDLL) -> Kernels:
+    p, i64, i32, f32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int, ctypes.c_float
+    fns = {}
+    for name in ("paged_decode_bf16", "paged_decode_f32"):
+        fn = getattr(lib, f"plait_{name}")
+        fn.argtypes = [p, i64, p, p, i64, p, i32, p, i32, i32, i32, i32, i32, f32, p]
+        fn.restype = ctypes.c_int
+        fns[name] = fn
+    return Kernels(**fns)
+
+
+@lru_cache(maxsize=1)
+def _load() -> tuple[Kernels | None, str]:
+    if not enabled():
+        return None, f"{_ENV_SWITCH}=0"
+    compiler = _compiler()
+    if compiler is None:
+        return None, "no C compiler (cc, gcc or clang) on PATH"
+    try:
+        # torch first: its libgomp must be the one our OpenMP symbols resolve to.
+        import torch  # noqa: F401
+
+        return _bind(ctypes.CDLL(str(build(compiler)))), ""
+    except (KernelBuildError, OSError, subprocess.SubprocessError, AttributeError) as exc:
+        return None, f"kernel build or load failed: {exc}"
+
+
+def load_kernels() -> Kernels | None:
+    """The kernels, built on first call in this process; None where they cannot be built (see unavailable_reason)."""
+    return _load()[0]
+
+
+def unavailable_reason() -> str:
+    return _load()[1]

@@ -1,0 +1,114 @@
+"""plait's C decode-attention kernel against plain PyTorch attention, and the engine with it on and off."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+
+from plait import SamplingParams
+from plait.runner import native
+from plait.runner.native.ops import paged_decode_attention
+
+kernels = native.load_kernels()
+needs_kernels = pytest.mark.skipif(kernels is None, reason=f"C kernels unavailable: {native.unavailable_reason()}")
+
+
+def reference(q, k_cache, v_cache, tables, lengths, block_size, scale):
+    """Plain fp64 attention over each sequence's context, gathered slot by slot."""
+    batch, heads, dim = q.shape
+    group = heads // k_cache.shape[0]
+    out = torch.empty(batch, heads, dim, dtype=torch.float64)
+    for b in range(batch):
+        n = int(lengths[b])
+        slots = torch.tensor([int(tables[b, t // block_size]) * block_size + t % block_size for t in range(n)])
+        keys = k_cache[:, slots].double().repeat_interleave(group, 0)  # [H, n, D]
+        values = v_cache[:, slots].double().repeat_interleave(group, 0)
+        probs = torch.softmax(torch.einsum("hd,hnd->hn", q[b].double() * scale, keys), -1)
+        out[b] = torch.einsum("hn,hnd->hd", probs, values)
+    return out
+
+
+def random_case(batch, heads, kv_heads, dim, block_size, dtype, seed, max_len=70):
+    g = torch.Generator().manual_seed(seed)
+    num_blocks = 64
+    cache = torch.randn(2, kv_heads, num_blocks * block_size, dim, generator=g).to(dtype)
+    lengths = torch.randint(1, max_len + 1, (batch,), generator=g, dtype=torch.int32)
+    lengths[0] = 1  # a sequence whose only context is its own token
+    width = -(-max_len // block_size)
+    tables = torch.stack([torch.randperm(num_blocks, generator=g)[:width] for _ in range(batch)]).to(torch.int32)
+    # q as the model produces it: a slice of a wider fused tensor, rows strided.
+    fused = torch.randn(batch, heads + kv_heads, dim, generator=g).to(dtype)
+    return fused[:, :heads], cache[0], cache[1], tables, lengths
+
+
+@needs_kernels
+@pytest.mark.parametrize("heads,kv_heads,dim", [(9, 3, 64), (4, 4, 128), (6, 2, 24)])
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.bfloat16, 2e-2)])
+def test_kernel_matches_plain_attention(heads, kv_heads, dim, dtype, tol):
+    for seed, block_size in ((0, 16), (1, 5)):
+        q, k, v, tables, lengths = random_case(7, heads, kv_heads, dim, block_size, dtype, seed)
+        scale = dim ** -0.5
+        out = paged_decode_attention(kernels, q, k, v, tables, lengths, block_size, scale)
+        assert out.dtype == dtype and out.shape == (7, heads, dim)
+        torch.testing.assert_close(out.double(), reference(q, k, v, tables, lengths, block_size, scale),
+                                   atol=tol, rtol=tol)
+
+
+@needs_kernels
+def test_kernel_refuses_what_it_cannot_read():
+    q, k, v, tables, lengths = random_case(2, 4, 2, 16, 4, torch.float32, 0)
+    with pytest.raises(ValueError, match="int32"):
+        paged_decode_attention(kernels, q, k, v, tables.long(), lengths, 4, 0.25)
+    with pytest.raises(ValueError, match="k_cache"):
+        paged_decode_attention(kernels, q, k.to(torch.bfloat16), v, tables, lengths, 4, 0.25)
+    with pytest.raises(TypeError, match="dtype"):
+        paged_decode_attention(kernels, q.half(), k.half(), v.half(), tables, lengths, 4, 0.25)
+
+
+@needs_kernels
+def test_engine_greedy_outputs_equal_with_and_without_the_kernel(make_engine):
+    rng = random.Random(3)
+    batch = [[rng.randrange(3, 49152) for _ in range(rng.randint(2, 50))] for _ in range(12)]
+    params = SamplingParams(max_tokens=20, temperature=0, ignore_eos=True, logprobs=2)
+    with_kernel = make_engine(max_num_batched_tokens=48)
+    without = make_engine(max_num_batched_tokens=48, native_kernels=False)
+    assert with_kernel.engine.runner.kernels is not None and without.engine.runner.kernels is None
+    a = with_kernel.generate(batch, params, use_tqdm=False)
+    b = without.generate(batch, params, use_tqdm=False)
+    assert [o.outputs[0].token_ids for o in a] == [o.outputs[0].token_ids for o in b]
+    for x, y in zip(a, b):
+        for pa, pb in zip(x.outputs[0].logprobs, y.outputs[0].logprobs):
+            assert pa.keys() == pb.keys()
+            for token in pa:
+                assert abs(pa[token].logprob - pb[token].logprob) < 1e-4
+    for llm in (with_kernel, without):
+        assert llm.engine.scheduler.kv.all_blocks_free()
+
+
+def test_switched_off_by_environment(monkeypatch):
+    monkeypatch.setenv("PLAIT_NATIVE_KERNELS", "0")
+    assert not native.enabled()
+    monkeypatch.setenv("PLAIT_NATIVE_KERNELS", "1")
+    assert native.enabled()
+
+
+@needs_kernels
+def test_build_is_cached_and_keyed_by_source(tmp_path, monkeypatch):
+    monkeypatch.setenv("PLAIT_CACHE", str(tmp_path))
+    compiler = native._compiler()
+    first = native.build(compiler)
+    assert first.is_relative_to(tmp_path) and first.exists()
+    mtime = first.stat().st_mtime_ns
+    assert native.build(compiler) == first and first.stat().st_mtime_ns == mtime  # not rebuilt
+    assert [p.name for p in first.parent.iterdir()] == [first.name]  # no temporary file left behind
+
+
+@needs_kernels
+def test_loading_the_kernels_keeps_subnormals():
+    """-ffast-math would link crtfastmath.o, which sets flush-to-zero for the whole process when loaded."""
+    import numpy as np
+
+    tiny = np.float32(1e-40)  # subnormal in fp32
+    assert tiny != 0 and tiny * np.float32(1.0) != 0
