@@ -173,10 +173,18 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+@dataclass(frozen=True)
+class LlamaServer:
+    """A running llama-server: where it listens, and its pid (so its peak RSS can be read before it stops)."""
+
+    base_url: str
+    pid: int
+
+
 @contextlib.contextmanager
 def llama_server(paths: Paths, model: str | Path, parallel: int, ctx: int, threads: int = 2,
-                 startup_timeout: float = 180.0) -> Iterator[str]:
-    """Start llama-server on a free loopback port, wait until /health answers 200, yield its base URL, stop it."""
+                 startup_timeout: float = 180.0) -> Iterator[LlamaServer]:
+    """Start llama-server on a free loopback port, wait until /health answers 200, yield it, stop it."""
     import httpx
 
     port = free_port()
@@ -199,7 +207,7 @@ def llama_server(paths: Paths, model: str | Path, parallel: int, ctx: int, threa
                 raise LlamaCppUnavailable(f"llama-server not healthy after {startup_timeout:.0f} s:\n"
                                           f"{_tail(log_path)}")
             time.sleep(0.25)
-        yield base_url
+        yield LlamaServer(base_url, proc.pid)
     finally:
         proc.terminate()
         try:

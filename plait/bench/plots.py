@@ -8,7 +8,14 @@ tables plus, when matplotlib is installed, PNGs next to it:
   max_num_seqs (HF: its batch size), one line per engine (and workload, when several);
 - serve_latency.png: TTFT / TPOT / ITL / E2E p50, p90, p99 of each serve run;
 - offline_throughput.png: output tok/s per engine for each offline run;
+- shared_prefix.png: wall time and prefilled tokens vs --prefix-len of the offline shared-prefix runs, plait with
+  and without its prefix cache (plait.bench.plots_scaling);
+- serve_sweep-<name>.png: output tok/s, p99 TTFT and p99 TPOT vs concurrency of each `bench serve --concurrency
+  A,B,...` run, one line per system (plait.bench.plots_scaling);
 - sweep-<name>.png: a heat map (two swept settings) or a line (one) of each sweep.
+
+Tables get goodput and peak-RSS columns when some result has them. Reading the JSON (both serve formats) is
+plait.bench.results.
 
 A plot whose data is missing is skipped and the report says so. matplotlib is imported here only, lazily, with
 the Agg backend, so `import plait` never pays for it.
@@ -23,110 +30,13 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any, Sequence
 
+from plait.bench.plots_scaling import is_serve_sweep, plot_prefix_len, plot_serve_sweep, pyplot
 from plait.bench.report import fmt, median
+from plait.bench.results import (engines_of, load_results, offline_parallelism, offline_peak_rss_mib, offline_workload,
+                                 result_dtype, serve_percentile, serve_ratios, serve_runs, serve_workload)
 
-KNOWN = ("offline", "latency", "serve", "sweep", "roofline")
 SERVE_METRICS = (("ttft", "TTFT"), ("tpot", "TPOT"), ("itl", "ITL"), ("e2el", "E2E"))
 PERCENTILES = ("p50", "p90", "p99")
-
-
-# ------------------------------------------------------------------------------------------ reading
-
-
-def load_results(results_dir: str | Path) -> tuple[list[dict[str, Any]], list[str]]:
-    """(results sorted by timestamp then file name, each with '_file' set; notes on files skipped)."""
-    results, skipped = [], []
-    for path in sorted(Path(results_dir).glob("*.json")):
-        if path.name.endswith(".config.json"):  # a sweep's best settings, not a result
-            continue
-        try:
-            data = json.loads(path.read_text())
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            skipped.append(f"{path.name}: unreadable ({type(exc).__name__})")
-            continue
-        if not isinstance(data, dict) or data.get("benchmark") not in KNOWN:
-            skipped.append(f"{path.name}: not a plait benchmark result")
-            continue
-        data["_file"] = path.name
-        results.append(data)
-    results.sort(key=lambda r: (str(r.get("timestamp") or ""), r["_file"]))
-    return results, skipped
-
-
-def engines_of(result: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
-    """(name, data) of every engine in an offline/latency result: top-level entries with 'runs' and 'median'."""
-    return [(k, v) for k, v in result.items()
-            if isinstance(v, dict) and isinstance(v.get("median"), dict) and "runs" in v]
-
-
-def serve_engine(result: dict[str, Any]) -> str:
-    """Which system a serve run measured: its 'engine' (or 'server'/'backend') field, else the model name."""
-    for key in ("engine", "server", "backend"):
-        if result.get(key):
-            return str(result[key])
-    return str(result.get("model") or result.get("base_url") or "server")
-
-
-def serve_concurrency(result: dict[str, Any]) -> int | None:
-    """Requests in flight at most: --max-concurrency, or every prompt at once when it was not capped."""
-    if result.get("max_concurrency"):
-        return int(result["max_concurrency"])
-    n = (result.get("workload") or {}).get("num_prompts") or result.get("completed")
-    return int(n) if n else None
-
-
-def serve_runs(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Every system measured by the serve results: the --base-url server (top-level metrics) and each baseline
-    nested in the same JSON (a sub-object with serving metrics, e.g. "llama.cpp"), each as one flat dict with
-    '_engine' and '_concurrency' added."""
-    runs = []
-    for r in results:
-        if r.get("benchmark") != "serve":
-            continue
-        runs.append(dict(r, _engine=serve_engine(r), _concurrency=serve_concurrency(r)))
-        for key, sub in r.items():
-            if isinstance(sub, dict) and "output_throughput" in sub:
-                runs.append(dict(sub, _file=r["_file"], workload=r.get("workload"), request_rate=r.get("request_rate"),
-                                 _engine=key, _concurrency=sub.get("parallel") or serve_concurrency(r)))
-    return runs
-
-
-def serve_workload(result: dict[str, Any]) -> str:
-    w = result.get("workload") or {}
-    n = w.get("num_prompts")
-    mean_in = round(w["input_tokens"] / n) if n and w.get("input_tokens") else "?"
-    rate = result.get("request_rate")
-    return f"{w.get('name', '?')} {mean_in}/{w.get('output_len', '?')}" + (f" @{rate}/s" if rate else "")
-
-
-def serve_percentile(result: dict[str, Any], metric: str, p: str) -> float | None:
-    """p50/p90/p99 of ttft/tpot/itl/e2el in ms; p50 is the JSON's median_* unless a p50_* key exists."""
-    value = result.get(f"{p}_{metric}_ms")
-    if value is None and p == "p50":
-        value = result.get(f"median_{metric}_ms")
-    return value
-
-
-def offline_workload(result: dict[str, Any]) -> str:
-    cfg = result.get("config") or {}
-    if cfg.get("workload") == "fixed":
-        return f"fixed {cfg.get('num_prompts')}x {cfg.get('input_len')}/{cfg.get('output_len')}"
-    rng = cfg.get("input_len_range") or ["?", "?"]
-    return f"{cfg.get('workload')} {cfg.get('num_prompts')}x {rng[0]}-{rng[1]}/{cfg.get('output_len')}"
-
-
-def offline_parallelism(result: dict[str, Any], engine: str, data: dict[str, Any]) -> int | None:
-    """How many sequences the engine ran at once: plait's max_num_seqs, a baseline's batch size / parallel."""
-    for key in ("batch_size", "parallel", "max_num_seqs"):
-        if isinstance(data.get(key), int):
-            return data[key]
-    if engine == "plait":
-        return (result.get("config") or {}).get("max_num_seqs")
-    return None
-
-
-def _dtype(result: dict[str, Any], data: dict[str, Any] | None = None) -> str:
-    return str((data or {}).get("dtype") or (result.get("machine") or {}).get("dtype") or "")
 
 
 # ------------------------------------------------------------------------------------------- tables
@@ -150,7 +60,23 @@ def md_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     return "\n".join(lines)
 
 
+OFFLINE_HEADERS = ["file", "engine", "workload", "seqs at once", "dtype", "runs", "output tok/s", "total tok/s",
+                   "wall s", "plait / engine", "peak RSS MiB"]
+SERVE_HEADERS = ["file", "engine", "workload", "max concurrency", "ok/failed", "req/s", "output tok/s", "total tok/s",
+                 "goodput req/s", "goodput SLOs", "peak RSS MiB", "repeats"]
+RATIO_HEADERS = ["file", "concurrency", "baseline", "output tok/s", "per pair", "p99 TPOT", "per pair"]
+# Columns only some results have (older JSON lacks them): left out of a table when no row has a value.
+OPTIONAL_COLUMNS = {"peak RSS MiB", "goodput req/s", "goodput SLOs", "repeats", "per pair"}
+
+
+def drop_empty_columns(headers: list[str], rows: list[list[Any]]) -> tuple[list[str], list[list[Any]]]:
+    """Leave out the OPTIONAL_COLUMNS no row has a value in, so a report of older results keeps its layout."""
+    keep = [i for i, h in enumerate(headers) if h not in OPTIONAL_COLUMNS or any(row[i] is not None for row in rows)]
+    return [headers[i] for i in keep], [[row[i] for i in keep] for row in rows]
+
+
 def offline_rows(results: list[dict[str, Any]]) -> list[list[Any]]:
+    """One row per engine per offline result, in OFFLINE_HEADERS order."""
     rows = []
     for r in results:
         if r.get("benchmark") != "offline":
@@ -159,9 +85,9 @@ def offline_rows(results: list[dict[str, Any]]) -> list[list[Any]]:
         for name, data in engines_of(r):
             m = data["median"]
             ratio = plait_tps / m["output_tps"] if name != "plait" and plait_tps and m.get("output_tps") else None
-            rows.append([r["_file"], name, offline_workload(r), offline_parallelism(r, name, data), _dtype(r, data),
-                         len(data.get("runs") or []), m.get("output_tps"), m.get("total_tps"), m.get("wall_s"),
-                         f"{ratio:.2f}x" if ratio else None])
+            rows.append([r["_file"], name, offline_workload(r), offline_parallelism(r, name, data),
+                         result_dtype(r, data), len(data.get("runs") or []), m.get("output_tps"), m.get("total_tps"),
+                         m.get("wall_s"), f"{ratio:.2f}x" if ratio else None, offline_peak_rss_mib(r, name)])
     return rows
 
 
@@ -174,24 +100,47 @@ def latency_rows(results: list[dict[str, Any]]) -> list[list[Any]]:
         for name, data in engines_of(r):
             m = data["median"]
             ttft = m.get("ttft_s")
-            rows.append([r["_file"], name, f"{cfg.get('input_len')}/{cfg.get('output_len')}", _dtype(r, data),
+            rows.append([r["_file"], name, f"{cfg.get('input_len')}/{cfg.get('output_len')}", result_dtype(r, data),
                          (r.get("machine") or {}).get("torch_threads"), ttft * 1000 if ttft is not None else None,
                          m.get("prefill_tps"), m.get("decode_tps"), m.get("total_s")])
     return rows
 
 
 def serve_rows(results: list[dict[str, Any]]) -> tuple[list[list[Any]], list[list[Any]]]:
-    """(throughput rows, latency-percentile rows) of the serve runs."""
+    """(throughput rows in SERVE_HEADERS order, latency-percentile rows) of the serve runs; a repeated run's
+    numbers are medians over its repeats."""
     tput, lat = [], []
     for r in serve_runs(results):
         engine, conc = r["_engine"], r["_concurrency"]
+        slos = r.get("goodput_slos_ms")
+        repeats = len(r["runs"]) if isinstance(r.get("runs"), list) and len(r["runs"]) > 1 else None
         tput.append([r["_file"], engine, serve_workload(r), conc, f"{r.get('completed', 0)}/{r.get('failed', 0)}",
-                     r.get("request_throughput"), r.get("output_throughput"), r.get("total_token_throughput")])
+                     r.get("request_throughput"), r.get("output_throughput"), r.get("total_token_throughput"),
+                     r.get("request_goodput"),
+                     " ".join(f"{k}<={v:g}ms" for k, v in slos.items()) if isinstance(slos, dict) else None,
+                     r["_peak_rss_mib"], repeats])
         row = [engine, conc]
         for metric, _ in SERVE_METRICS:
             row += [serve_percentile(r, metric, p) for p in PERCENTILES]
         lat.append(row)
     return tput, lat
+
+
+def serve_ratio_rows(results: list[dict[str, Any]]) -> list[list[Any]]:
+    """The --base-url server over each baseline measured in the same run: output tok/s (higher is better for the
+    server) and p99 TPOT (lower is better), medians, with the per-pair ratios of a repeated run."""
+
+    def x(v: Any) -> str | None:
+        return f"{v:.2f}x" if isinstance(v, (int, float)) else None
+
+    def pairs(v: Any) -> str | None:
+        if not isinstance(v, list) or len(v) < 2:  # one pair: its ratio is the median already shown
+            return None
+        return ", ".join(f"{p:.2f}x" if isinstance(p, (int, float)) else "-" for p in v)
+
+    return [[r["file"], r["concurrency"], r["baseline"], x(r.get("output_throughput")),
+             pairs(r.get("output_throughput_per_pair")), x(r.get("p99_tpot_ms")), pairs(r.get("p99_tpot_ms_per_pair"))]
+            for r in serve_ratios(results)]
 
 
 def sweep_rows(result: dict[str, Any]) -> tuple[list[str], list[list[Any]]]:
@@ -210,23 +159,16 @@ def sweep_rows(result: dict[str, Any]) -> tuple[list[str], list[list[Any]]]:
 # --------------------------------------------------------------------------------------------- plots
 
 
-def _pyplot() -> Any:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def plot_throughput_vs_concurrency(results: list[dict[str, Any]], path: Path) -> bool:
     """Serve: output tok/s vs max concurrency; offline: output tok/s vs sequences at once. Per engine (x workload)."""
     panels: dict[str, dict[tuple[str, str], list[tuple[int, float]]]] = {"serve": defaultdict(list),
                                                                           "offline": defaultdict(list)}
     for r in serve_runs(results):
-        conc, tps = r["_concurrency"], r.get("output_throughput")
-        if conc and tps:
-            panels["serve"][(r["_engine"], serve_workload(r))].append((conc, tps))
+        # a repeated run contributes each repeat, so its spread shows as the error bar
+        for run in r["runs"] if isinstance(r.get("runs"), list) and r["runs"] else [r]:
+            conc, tps = r["_concurrency"], run.get("output_throughput")
+            if conc and tps:
+                panels["serve"][(r["_engine"], serve_workload(r))].append((conc, tps))
     for r in results:
         if r.get("benchmark") == "offline":
             for name, data in engines_of(r):
@@ -236,7 +178,7 @@ def plot_throughput_vs_concurrency(results: list[dict[str, Any]], path: Path) ->
     panels = {k: v for k, v in panels.items() if v}
     if not panels:
         return False
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(1, len(panels), figsize=(6.5 * len(panels), 4.5), squeeze=False)
     titles = {"serve": ("serving: output tok/s vs max concurrency", "max concurrency"),
               "offline": ("offline: output tok/s vs sequences at once", "max_num_seqs / batch size")}
@@ -275,7 +217,7 @@ def plot_serve_latency(results: list[dict[str, Any]], path: Path) -> bool:
             if any(serve_percentile(r, m, p) is not None for m, _ in SERVE_METRICS for p in PERCENTILES)]
     if not runs:
         return False
-    plt = _pyplot()
+    plt = pyplot()
     labels = [f"{r['_engine']}\nc={r['_concurrency']}" for r in runs]
     fig, axes = plt.subplots(1, len(SERVE_METRICS), figsize=(max(12, 1.2 * len(runs) * 4), 4.5), squeeze=False)
     width = 0.8 / len(PERCENTILES)
@@ -301,7 +243,7 @@ def plot_offline_throughput(results: list[dict[str, Any]], path: Path) -> bool:
     if not runs:
         return False
     engines = sorted({name for r in runs for name, _ in engines_of(r)}, key=lambda n: (n != "plait", n))
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(max(6.0, 1.6 * len(runs) + 2), 4.5))
     width = 0.8 / len(engines)
     for j, engine in enumerate(engines):
@@ -312,7 +254,7 @@ def plot_offline_throughput(results: list[dict[str, Any]], path: Path) -> bool:
         xs = [i + (j - (len(engines) - 1) / 2) * width for i in range(len(runs))]
         ax.bar(xs, values, width, label=engine)
     ax.set_xticks(range(len(runs)))
-    ax.set_xticklabels([f"{offline_workload(r)}\n{_dtype(r)} seqs={(r.get('config') or {}).get('max_num_seqs')}"
+    ax.set_xticklabels([f"{offline_workload(r)}\n{result_dtype(r)} seqs={(r.get('config') or {}).get('max_num_seqs')}"
                         f"\n{str(r.get('timestamp') or r['_file'])[:16]}" for r in runs], fontsize="small")
     ax.set_ylabel("output tokens/s (median)")
     ax.set_title("offline throughput per engine")
@@ -331,7 +273,7 @@ def plot_sweep(result: dict[str, Any], path: Path) -> bool:
     ok = [p for p in result.get("points") or [] if p.get(metric) is not None]
     if not ok or len(params) not in (1, 2):
         return False
-    plt = _pyplot()
+    plt = pyplot()
     names = list(params)
     if len(params) == 1:
         fig, ax = plt.subplots(figsize=(6.5, 4.5))
@@ -371,20 +313,28 @@ def plot_sweep(result: dict[str, Any], path: Path) -> bool:
 def write_plots(results: list[dict[str, Any]], out_dir: Path) -> tuple[list[tuple[str, str]], list[str]]:
     """Draw every plot there is data for. Returns ([(title, file name)], [notes on plots skipped])."""
     try:
-        _pyplot()
+        pyplot()
     except ImportError:
         return [], ["matplotlib is not installed (pip install matplotlib): no plots"]
     made, skipped = [], []
     plan = [("Throughput vs concurrency", "throughput_vs_concurrency.png", plot_throughput_vs_concurrency,
              "no serve or offline runs with throughput"),
             ("Serving latency percentiles", "serve_latency.png", plot_serve_latency, "no serve runs"),
-            ("Offline throughput per engine", "offline_throughput.png", plot_offline_throughput, "no offline runs")]
+            ("Offline throughput per engine", "offline_throughput.png", plot_offline_throughput, "no offline runs"),
+            ("Shared prefix: wall time vs prefix length", "shared_prefix.png", plot_prefix_len,
+             "no offline shared-prefix runs")]
     for title, name, draw, why in plan:
         if draw(results, out_dir / name):
             made.append((title, name))
         else:
             skipped.append(f"{name}: {why}")
     for r in results:
+        if is_serve_sweep(r):
+            name = f"serve_sweep-{Path(r['_file']).stem}.png"
+            if plot_serve_sweep(r, out_dir / name):
+                made.append((f"Serving vs concurrency, {r['_file']}", name))
+            else:
+                skipped.append(f"{name}: no serving metrics")
         if r.get("benchmark") == "sweep":
             name = f"sweep-{Path(r['_file']).stem}.png"
             if plot_sweep(r, out_dir / name):
@@ -409,9 +359,11 @@ def build_markdown(results: list[dict[str, Any]], plots: list[tuple[str, str]], 
                                                     for m in map(json.loads, sorted(machines))]), ""]
     rows = offline_rows(results)
     if rows:
-        out += ["## Offline throughput", "",
-                md_table(["file", "engine", "workload", "seqs at once", "dtype", "runs", "output tok/s",
-                          "total tok/s", "wall s", "plait / engine"], rows), ""]
+        headers, rows = drop_empty_columns(OFFLINE_HEADERS, rows)
+        out += ["## Offline throughput", "", md_table(headers, rows), ""]
+        if "peak RSS MiB" in headers:
+            out += ["Peak RSS is the benchmark process's (getrusage): engines that ran in it share one figure; "
+                    "llama.cpp runs as a process of its own and is not covered.", ""]
     rows = latency_rows(results)
     if rows:
         out += ["## Batch-1 latency (medians)", "",
@@ -419,11 +371,18 @@ def build_markdown(results: list[dict[str, Any]], plots: list[tuple[str, str]], 
                           "e2e s"], rows), ""]
     tput, lat = serve_rows(results)
     if tput:
-        out += ["## Serving", "",
-                md_table(["file", "engine", "workload", "max concurrency", "ok/failed", "req/s", "output tok/s",
-                          "total tok/s"], tput), "", "Latency percentiles (ms):", "",
+        headers, tput = drop_empty_columns(SERVE_HEADERS, tput)
+        out += ["## Serving", "", md_table(headers, tput), "", "Latency percentiles (ms):", "",
                 md_table(["engine", "concurrency"] + [f"{label} {p}" for _, label in SERVE_METRICS
                                                       for p in PERCENTILES], lat), ""]
+        if "peak RSS MiB" in headers:
+            out += ["Peak RSS is VmHWM of the server process: for the --base-url server (--server-pid), its peak "
+                    "since it started; for a baseline the benchmark started, that server's own peak.", ""]
+        ratios = serve_ratio_rows(results)
+        if ratios:
+            out += ["Server / baseline, measured in the same run (output tok/s: above 1x is faster; p99 TPOT: "
+                    "below 1x is faster):", "",
+                    md_table(*drop_empty_columns(RATIO_HEADERS, ratios)), ""]
     for r in results:
         if r.get("benchmark") == "sweep":
             names, rows = sweep_rows(r)

@@ -199,14 +199,18 @@ def result_rates(result: dict[str, Any]) -> list[dict[str, Any]]:
                 rates.append({"engine": engine, "metric": "total tok/s", "tokens_per_s": median.get("total_tps"),
                               "bound": "compute"})
     elif kind == "serve":
-        # the --base-url server, then any baseline nested in the same JSON (e.g. "llama.cpp")
-        systems = [(result.get("engine") or result.get("model") or "server", result)]
-        systems += [(k, v) for k, v in result.items() if isinstance(v, dict) and "output_throughput" in v]
-        for name, data in systems:
-            one = (data.get("parallel") or result.get("max_concurrency")) == 1
-            rates.append({"engine": name, "metric": "output tok/s" if one else "total tok/s",
-                          "tokens_per_s": data.get("output_throughput" if one else "total_token_throughput"),
-                          "bound": "bandwidth" if one else "compute"})
+        from plait.bench.results import serve_entries, serve_systems
+
+        # each concurrency of a `--concurrency A,B` run; in each, the --base-url server, then any baseline nested
+        # in it (e.g. "llama.cpp")
+        entries = serve_entries(result)
+        for entry in entries:
+            for name, data in serve_systems(entry):
+                one = (data.get("parallel") or entry.get("max_concurrency")) == 1
+                label = f"{name} c={entry.get('max_concurrency') or 'all'}" if len(entries) > 1 else name
+                rates.append({"engine": label, "metric": "output tok/s" if one else "total tok/s",
+                              "tokens_per_s": data.get("output_throughput" if one else "total_token_throughput"),
+                              "bound": "bandwidth" if one else "compute"})
     return [r for r in rates if isinstance(r["tokens_per_s"], (int, float)) and r["tokens_per_s"] == r["tokens_per_s"]]
 
 

@@ -8,7 +8,9 @@ another server on the same model (llama.cpp's llama-server, vLLM) see exactly th
 - TPOT: (E2E - TTFT) / (output tokens - 1), per request.   ITL: gaps between successive text chunks.
 - Throughput over the benchmark's wall time: requests/s, output tokens/s, total (prompt + output) tokens/s.
 - Goodput (`--goodput ttft:MS tpot:MS e2el:MS`, any subset): completed requests meeting every given SLO, per second.
-Arrivals are a Poisson process at `--request-rate` (default: all at once), capped by `--max-concurrency`.
+Arrivals are a Poisson process at `--request-rate` (default: all at once), capped by `--concurrency` (one run per
+value of `--concurrency 1,8,32`; `--max-concurrency N` is the one-value form). Running several concurrencies,
+repeats and the llama.cpp baseline, and the JSON they write, is plait.bench.serve_sweep.
 """
 
 from __future__ import annotations
@@ -57,6 +59,51 @@ def _goodput_item(text: str) -> str:
     return text
 
 
+def parse_concurrency_list(text: str) -> list[int]:
+    """`--concurrency` syntax: comma-separated integers >= 1, each once, e.g. "1,8,32" -> [1, 8, 32] (in the order
+    given, which is the order they run in)."""
+    values: list[int] = []
+    for item in text.split(","):
+        item = item.strip()
+        try:
+            value = int(item)
+        except ValueError:
+            raise ValueError(f"invalid concurrency list {text!r}: {item!r} is not an integer "
+                             f"(use comma-separated integers >= 1, e.g. 1,8,32)") from None
+        if value < 1:
+            raise ValueError(f"invalid concurrency list {text!r}: {value} is below 1 (requests in flight at most)")
+        if value in values:
+            raise ValueError(f"invalid concurrency list {text!r}: {value} is given twice")
+        values.append(value)
+    return values
+
+
+def _concurrency_list(text: str) -> list[int]:
+    try:
+        return parse_concurrency_list(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _one_concurrency(text: str) -> list[int]:
+    """--max-concurrency N: the same as --concurrency N (one value, stored in the same place)."""
+    values = _concurrency_list(text)
+    if len(values) != 1:
+        raise argparse.ArgumentTypeError(f"--max-concurrency takes one value, got {text!r}; "
+                                         f"use --concurrency for a list")
+    return values
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
 def add_serve_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Register `serve` under `plait bench`'s sub-parsers."""
     p = subparsers.add_parser("serve", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
@@ -80,7 +127,16 @@ def add_serve_parser(subparsers: Any) -> argparse.ArgumentParser:
     r = p.add_argument_group("load")
     r.add_argument("--request-rate", type=float, default=float("inf"),
                    help="mean arrivals per second (Poisson); inf sends everything at once")
-    r.add_argument("--max-concurrency", type=int, default=None, help="requests in flight at most")
+    cap = r.add_mutually_exclusive_group()
+    cap.add_argument("--concurrency", type=_concurrency_list, default=None, metavar="C1,C2,...",
+                     help="requests in flight at most; a comma-separated list (e.g. 1,8,32) runs the workload once "
+                          "per value and saves them all in one JSON; none given: every request at once")
+    cap.add_argument("--max-concurrency", dest="concurrency", type=_one_concurrency, default=None, metavar="N",
+                     help="the same as --concurrency N")
+    r.add_argument("--repeats", type=_positive_int, default=1,
+                   help="runs per concurrency; with --baseline they alternate server / baseline (A B A B) and the "
+                        "JSON has medians and per-pair ratios. Each repeat draws its prompts with seed "
+                        "--seed + run index, so no run is served from a prefix cache an earlier run filled")
     r.add_argument("--warmup", type=int, default=1, help="untimed requests sent first")
     r.add_argument("--timeout", type=float, default=600.0, help="seconds per request")
     r.add_argument("--goodput", nargs="+", type=_goodput_item, default=None, metavar="KEY:MS",
@@ -91,9 +147,10 @@ def add_serve_parser(subparsers: Any) -> argparse.ArgumentParser:
                         "/proc/PID/status) is reported; otherwise peak RSS is not reported")
     b = p.add_argument_group("baseline")
     b.add_argument("--baseline", choices=["none", "llama.cpp"], default="none",
-                   help="llama.cpp: after the run against --base-url, start llama-server on the same GGUF "
-                        "(--tokenizer's, default plait's default model) with --parallel = the concurrency, "
-                        "--cont-batching, 2 threads, loopback only; run the same load; stop it; compare")
+                   help="llama.cpp: for each concurrency, start llama-server on the same GGUF (--tokenizer's, "
+                        "default plait's default model) with --parallel = that concurrency, --cont-batching, 2 "
+                        "threads, loopback only; after each run against --base-url run the same load against it; "
+                        "report its peak RSS; stop it; compare")
     p.add_argument("--output", "-o", default=None, help="JSON results path (default results/bench-serve-<time>.json)")
     p.set_defaults(func=run_serve_bench)
     return p
@@ -206,13 +263,15 @@ def _percentile(values: list[float], p: float) -> float | None:
     return s[lo] + (s[hi] - s[lo]) * (k - lo)
 
 
-async def run_load(args: argparse.Namespace, workload: Workload, model: str,
-                   base_url: str | None = None) -> tuple[list[RequestResult], float]:
+async def run_load(args: argparse.Namespace, workload: Workload, model: str, base_url: str | None = None,
+                   concurrency: int | None = None) -> tuple[list[RequestResult], float]:
+    """Send the workload (after args.warmup untimed requests) with at most `concurrency` requests in flight
+    (None: all at once); returns every request's result and the wall time of the timed part."""
     import httpx
 
     url = (base_url or args.base_url).rstrip("/") + "/v1/completions"
     headers = {"Authorization": f"Bearer {args.api_key}"} if args.api_key else {}
-    limit = args.max_concurrency or len(workload)
+    limit = concurrency or len(workload)
     sem = asyncio.Semaphore(limit)
     rng = random.Random(args.seed)
     # TCP_NODELAY: httpx writes a POST's headers and body separately; with Nagle on, the body waits for the
@@ -222,7 +281,10 @@ async def run_load(args: argparse.Namespace, workload: Workload, model: str,
         socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)])
     async with httpx.AsyncClient(transport=transport, timeout=args.timeout) as client:
         for i in range(args.warmup):
-            await send_one(client, url, headers, model, workload.prompts[i % len(workload)], 4, args.timeout)
+            # reversed: the same length, but none of the timed prompts' leading blocks, so the warm-up does not
+            # put a timed prompt into the server's prefix cache
+            warm = workload.prompts[i % len(workload)][::-1]
+            await send_one(client, url, headers, model, warm, 4, args.timeout)
 
         async def limited(prompt: list[int], output_len: int) -> RequestResult:
             async with sem:
@@ -270,19 +332,23 @@ def _served_model(args: argparse.Namespace, base_url: str | None = None) -> str:
     return r.json()["data"][0]["id"]
 
 
-def run_and_print(args: argparse.Namespace, base_url: str, workload: Workload, model: str) -> dict[str, Any]:
-    """The load against one server, and its two tables."""
-    print(f"\n{base_url} model={model}: {workload.describe()}, rate={args.request_rate}, "
-          f"max concurrency={args.max_concurrency}")
-    results, duration = asyncio.run(run_load(args, workload, model, base_url))
-    summary = summarize(results, duration, parse_goodput(getattr(args, "goodput", None)))
+def measure(args: argparse.Namespace, base_url: str, workload: Workload, model: str,
+            concurrency: int | None) -> dict[str, Any]:
+    """One timed run of the workload against one server: its summary (see `summarize`)."""
+    results, duration = asyncio.run(run_load(args, workload, model, base_url, concurrency))
+    return summarize(results, duration, parse_goodput(getattr(args, "goodput", None)))
+
+
+def print_summary(summary: dict[str, Any], title: str) -> None:
+    """vLLM's two tables for one run: counts and throughput, then latency percentiles."""
+    print(f"\n{title}")
     goodput_rows = ([["request goodput (req/s)", report.fmt(summary["request_goodput"], 2)],
                      ["good requests (" + " ".join(f"{k}<={v:g}ms" for k, v in summary["goodput_slos_ms"].items())
                       + ")", f"{summary['good_requests']} / {summary['completed']}"]]
                     if "request_goodput" in summary else [])
     print(report.table(["metric", "value"], [
         ["completed / failed", f"{summary['completed']} / {summary['failed']}"],
-        ["duration (s)", report.fmt(duration, 2)],
+        ["duration (s)", report.fmt(summary["duration_s"], 2)],
         ["request throughput (req/s)", report.fmt(summary["request_throughput"], 2)],
         *goodput_rows,
         ["output throughput (tok/s)", report.fmt(summary["output_throughput"], 1)],
@@ -292,33 +358,17 @@ def run_and_print(args: argparse.Namespace, base_url: str, workload: Workload, m
     print(report.table(["ms", "mean", "median", "p90", "p99"], rows))
     for err in summary["errors"][:3]:
         print(f"error: {err}")
-    return summary
 
 
-def run_llamacpp_baseline(args: argparse.Namespace, workload: Workload) -> dict[str, Any] | None:
-    """The same load against llama-server on the same GGUF, started and stopped here; None (reason printed)
-    if llama.cpp cannot be built or started."""
-    import sys
-
-    from plait.bench.llamacpp import LlamaCppUnavailable, ensure_llamacpp, llama_server, server_context_size
-    from plait.loading.sources import resolve_model
-
-    gguf = resolve_model(args.tokenizer)
-    parallel = args.max_concurrency or len(workload)
-    ctx = server_context_size(parallel, max(len(p) for p in workload.prompts), max(workload.output_lens))
-    try:
-        if gguf.suffix != ".gguf":
-            raise LlamaCppUnavailable(f"{gguf} is not a GGUF file")
-        paths = ensure_llamacpp()
-        with llama_server(paths, gguf, parallel, ctx, threads=2) as url:
-            print(f"\nllama.cpp {paths.version}: llama-server --parallel {parallel} --cont-batching -c {ctx} -t 2 "
-                  f"on {gguf}")
-            summary = run_and_print(args, url, workload, _served_model(args, url))
-    except LlamaCppUnavailable as exc:
-        print(f"llama.cpp baseline skipped: {exc}", file=sys.stderr)
-        return None
-    return {"version": paths.version, "model": str(gguf), "parallel": parallel, "ctx_size": ctx, "threads": 2,
-            **summary}
+def read_vmhwm_kib(pid: int, proc: str = "/proc") -> int | None:
+    """Peak resident set size of process `pid` in KiB: VmHWM of PROC/PID/status, which Linux keeps for the
+    process's whole life (so it can be read once, at the end). None when the file has no VmHWM line; OSError when
+    it cannot be read (no such process, not Linux)."""
+    with open(f"{proc}/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    return None
 
 
 def server_peak_rss_kib(base_url: str, pid: int | None) -> int | None:
@@ -334,47 +384,28 @@ def server_peak_rss_kib(base_url: str, pid: int | None) -> int | None:
         print(f"peak RSS not reported: {base_url} is not a local server", file=sys.stderr)
         return None
     try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1])
+        kib = read_vmhwm_kib(pid)
     except OSError as exc:
         print(f"peak RSS not reported: cannot read process {pid}: {exc}", file=sys.stderr)
         return None
-    print(f"peak RSS not reported: no VmHWM for process {pid}", file=sys.stderr)
-    return None
-
-
-def _ratio(a: float | None, b: float | None) -> float | None:
-    return a / b if a is not None and b else None
+    if kib is None:
+        print(f"peak RSS not reported: no VmHWM for process {pid}", file=sys.stderr)
+    return kib
 
 
 def run_serve_bench(args: argparse.Namespace) -> int:
-    """Run the load, print vLLM-style tables, save JSON; exit status 1 if no request succeeded."""
+    """Run the load at every --concurrency (and the baseline, if asked), print the tables, save the JSON; exit
+    status 1 if some run against --base-url had no successful request."""
+    from plait.bench.serve_sweep import run_serve_sweep
+
     model = args.model or _served_model(args)
     tok = _load_tokenizer(args.tokenizer)
-    workload = workload_from_args(args, tok.vocab_size, set(tok.all_special_ids), tok)
-    summary = run_and_print(args, args.base_url, workload, model)
-    rss = server_peak_rss_kib(args.base_url, args.server_pid)
-    if rss is not None:
-        summary["server_peak_rss"] = {"kib": rss, "mib": rss / 1024, "pid": args.server_pid,
-                                      "source": "VmHWM of /proc/PID/status"}
-        print(f"server peak RSS (pid {args.server_pid}): {rss / 1024:,.0f} MiB")
-    baseline = run_llamacpp_baseline(args, workload) if args.baseline == "llama.cpp" else None
-    payload = {"benchmark": "serve", "base_url": args.base_url, "model": model,
-               "workload": {"name": workload.name, "num_prompts": len(workload), "seed": workload.seed,
-                            "input_tokens": workload.prompt_tokens, "output_len": args.output_len,
-                            "output_tokens": workload.output_tokens, "description": workload.describe()},
-               "request_rate": None if args.request_rate == float("inf") else args.request_rate,
-               "max_concurrency": args.max_concurrency, "machine": report.machine_info(), **summary}
-    if baseline is not None:
-        payload["llama.cpp"] = baseline
-        payload["ratio_llama.cpp"] = {
-            "output_throughput": _ratio(summary["output_throughput"], baseline["output_throughput"]),
-            "p99_tpot_ms": _ratio(summary["p99_tpot_ms"], baseline["p99_tpot_ms"])}
-        r = payload["ratio_llama.cpp"]
-        print(f"\n{args.base_url} / llama.cpp: output tok/s {report.fmt(r['output_throughput'], 2)}x (higher is "
-              f"better), p99 TPOT {report.fmt(r['p99_tpot_ms'], 2)}x (lower is better)")
+    special = set(tok.all_special_ids)
+
+    def workload_for(seed: int) -> Workload:
+        return workload_from_args(argparse.Namespace(**dict(vars(args), seed=seed)), tok.vocab_size, special, tok)
+
+    payload = run_serve_sweep(args, model, workload_for)
     path = report.save_json(args.output or report.default_output("serve"), payload)
     print(f"saved {path}")
-    return 0 if summary["completed"] else 1
+    return 0 if all(run["completed"] for entry in payload["results"] for run in entry["runs"]) else 1

@@ -7,8 +7,8 @@ import json
 
 import pytest
 
-from plait.bench.plots import (add_report_parser, load_results, md_table, run_report, serve_concurrency,
-                               serve_percentile, write_report)
+from plait.bench.plots import add_report_parser, md_table, run_report, write_report
+from plait.bench.results import load_results, serve_concurrency, serve_percentile
 
 
 def _machine(dtype="bfloat16"):
