@@ -31,7 +31,7 @@ def add_engine_args(parser: argparse.ArgumentParser) -> None:
                    help="always use dense weights (by default, CPU bf16 steps of <= 8 tokens read a Q4_0/Q4_1 "
                         "GGUF's 4-bit weights directly: faster at batch 1, slightly different bf16 numerics)")
     g.add_argument("--no-native-kernels", action="store_true",
-                   help="run decode attention in PyTorch instead of plait's C kernel (which is compiled on first "
+                   help="run attention in PyTorch instead of plait's C kernel (which is compiled on first "
                         "use with the machine's C compiler; also PLAIT_NATIVE_KERNELS=0)")
     g.add_argument("--config", default=None,
                    help="JSON file of engine settings (e.g. the best point `plait bench sweep` wrote); flags given "

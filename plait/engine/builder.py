@@ -126,7 +126,7 @@ def describe(built: BuiltEngine) -> str:
     kv = built.core.scheduler.kv
     return (f"model {built.config.model or 'smollm2-135m'} loaded in {built.load_seconds:.2f} s "
             f"({built.dtype}, {built.device}, {torch.get_num_threads()} threads); KV pool {kv.num_blocks} blocks "
-            f"x {kv.block_size} tokens; decode attention: {_attention_path(built)}; pid {os.getpid()}")
+            f"x {kv.block_size} tokens; attention: {_attention_path(built)}; pid {os.getpid()}")
 
 
 def _attention_path(built: BuiltEngine) -> str:

@@ -1,10 +1,12 @@
 """Attention over a packed batch with a paged KV cache.
 
-The packed batch is ordered: single-token queries first (decodes, and prompt chunks of one token), then
-multi-token spans (prefill chunks). Single-token queries run together: on the CPU through plait's C kernel, which
-reads each sequence's K/V straight out of its blocks (runner/native); elsewhere, or without a C compiler, as one
-grouped-query batched matmul over their gathered context (PyTorch's CPU SDPA is ~15x slower for one-token queries
-in bf16, design.md). Multi-token spans are few per step and run through SDPA, one call each.
+On the CPU the whole batch goes through one call of plait's C kernel (runner/native), which reads each token's
+context straight out of its sequence's blocks: decodes, fresh prompts and prompts continuing cached ones alike.
+
+Elsewhere (or without a C compiler) the PyTorch path runs. The packed batch is ordered: single-token queries first
+(decodes, and prompt chunks of one token), then multi-token spans (prefill chunks). Single-token queries run
+together as one grouped-query batched matmul over their gathered context (PyTorch's CPU SDPA is ~15x slower for
+one-token queries in bf16, design.md). Multi-token spans are few per step and run through SDPA.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from plait.runner.native import Kernels
-from plait.runner.native.ops import paged_decode_attention
+from plait.runner.native.ops import paged_attention
 
 
 @dataclass
@@ -34,9 +36,11 @@ class AttentionMetadata:
     single_slots: torch.Tensor | None  # [B, L]
     single_mask: torch.Tensor | None  # [1, B, 1, L]
     prefills: list[PrefillSpan]
-    # Kernel path instead: block tables and context lengths, int32.
-    single_tables: torch.Tensor | None = None  # [B, max_blocks]
-    single_lengths: torch.Tensor | None = None  # [B]
+    # Kernel path instead (then single_slots, single_mask and prefills are unused): int32 block tables, each
+    # token's row in them and each token's context length (position + 1).
+    block_tables: torch.Tensor | None = None  # [chunks, max_blocks]
+    token_rows: torch.Tensor | None = None  # [T]
+    token_context_lens: torch.Tensor | None = None  # [T]
 
 
 class KVCache:
@@ -78,6 +82,9 @@ class PagedAttention:
         k_cache, v_cache = self.cache.tensor[layer, 0], self.cache.tensor[layer, 1]  # [kv, slots, d]
         k_cache.index_copy_(1, meta.slot_mapping, k.transpose(0, 1))
         v_cache.index_copy_(1, meta.slot_mapping, v.transpose(0, 1))
+        if meta.block_tables is not None:
+            return paged_attention(self.kernels, q, k_cache, v_cache, meta.block_tables, meta.token_rows,
+                                   meta.token_context_lens, self.cache.block_size, self.scale)
         if not meta.prefills:
             return self._single(q, k_cache, v_cache)
         out = torch.empty_like(q)
@@ -93,9 +100,6 @@ class PagedAttention:
 
     def _single(self, q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor) -> torch.Tensor:
         meta = self.meta
-        if meta.single_tables is not None:
-            return paged_decode_attention(self.kernels, q, k_cache, v_cache, meta.single_tables,
-                                          meta.single_lengths, self.cache.block_size, self.scale)
         batch, d = q.shape[0], self.head_dim
         group = self.num_heads // self.num_kv_heads
         # Context of every query: [kv, B, L, d]; queries grouped per kv head: [kv, B, group, d].

@@ -20,9 +20,10 @@ class InputBatch:
 
 
 def build_input_batch(chunks: list[ScheduledChunk], block_size: int, device: torch.device,
-                      dtype: torch.dtype = torch.float32, decode_kernel: bool = False) -> InputBatch:
-    """`dtype` is the model's: the additive attention mask is built in it. With `decode_kernel`, single-token
-    queries get block tables and lengths for the C kernel instead of gathered slots and a mask."""
+                      dtype: torch.dtype = torch.float32, attention_kernel: bool = False) -> InputBatch:
+    """`dtype` is the model's: the additive attention mask is built in it. With `attention_kernel` the batch
+    carries what the C kernel reads (block tables, each token's row and context length) instead of gathered
+    slots, masks and prefill spans."""
     singles = [c for c in chunks if len(c.token_ids) == 1]
     spans = [c for c in chunks if len(c.token_ids) > 1]
     ordered = singles + spans
@@ -43,11 +44,15 @@ def build_input_batch(chunks: list[ScheduledChunk], block_size: int, device: tor
     chunk_of_token = torch.repeat_interleave(torch.arange(len(ordered)), lengths)
     slot_mapping = tables[chunk_of_token, pos // block_size] * block_size + pos % block_size
 
-    single_slots = single_mask = single_tables = single_lengths = None
-    if singles and decode_kernel:
-        single_tables = tables[: len(singles)].to(torch.int32)
-        single_lengths = torch.tensor([c.start + 1 for c in singles], dtype=torch.int32)
-    elif singles:
+    if attention_kernel:
+        meta = AttentionMetadata(slot_mapping=slot_mapping.to(device), num_single=len(singles), single_slots=None,
+                                 single_mask=None, prefills=[], block_tables=tables.to(torch.int32),
+                                 token_rows=chunk_of_token.to(torch.int32),
+                                 token_context_lens=(pos + 1).to(torch.int32))
+        return InputBatch(ordered, torch.tensor(input_ids, device=device), pos.to(device), meta, offsets)
+
+    single_slots = single_mask = None
+    if singles:
         context = torch.tensor([c.start + 1 for c in singles])
         max_blocks = -(-int(context.max()) // block_size)
         all_slots = (tables[: len(singles), :max_blocks, None] * block_size + torch.arange(block_size)).flatten(1)
@@ -73,7 +78,5 @@ def build_input_batch(chunks: list[ScheduledChunk], block_size: int, device: tor
         single_slots=None if single_slots is None else single_slots.to(device),
         single_mask=None if single_mask is None else single_mask.to(device),
         prefills=prefills,
-        single_tables=single_tables,
-        single_lengths=single_lengths,
     )
     return InputBatch(ordered, torch.tensor(input_ids, device=device), pos.to(device), meta, offsets)

@@ -27,7 +27,7 @@ class _SamplingState:
 class ModelRunner:
     def __init__(self, model: torch.nn.Module, cache: KVCache, eos_token_ids: list[int],
                  device: torch.device | str = "cpu", kernels: Kernels | None = None) -> None:
-        """`kernels`: plait's C kernels (CPU only), used for decode attention when given."""
+        """`kernels`: plait's C kernels (CPU only), used for attention when given."""
         self.model = model
         self.kernels = kernels
         self.cache = cache
@@ -55,7 +55,7 @@ class ModelRunner:
         if not sched.chunks:
             return out
         batch = build_input_batch(sched.chunks, self.cache.block_size, self.device, self.cache.tensor.dtype,
-                                  decode_kernel=self.kernels is not None)
+                                  attention_kernel=self.kernels is not None)
         attention = PagedAttention(self.cache, batch.attention, *self._heads, kernels=self.kernels)
         hidden = self.model(batch.input_ids, batch.positions, attention)
 

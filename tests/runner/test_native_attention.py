@@ -9,38 +9,43 @@ import torch
 
 from plait import SamplingParams
 from plait.runner import native
-from plait.runner.native.ops import paged_decode_attention
+from plait.runner.native.ops import paged_attention
 
 kernels = native.load_kernels()
 needs_kernels = pytest.mark.skipif(kernels is None, reason=f"C kernels unavailable: {native.unavailable_reason()}")
 
 
-def reference(q, k_cache, v_cache, tables, lengths, block_size, scale):
-    """Plain fp64 attention over each sequence's context, gathered slot by slot."""
-    batch, heads, dim = q.shape
+def reference(q, k_cache, v_cache, tables, rows, lengths, block_size, scale):
+    """Plain fp64 attention of each token over the first `lengths[t]` tokens of its row, gathered slot by slot."""
+    tokens, heads, dim = q.shape
     group = heads // k_cache.shape[0]
-    out = torch.empty(batch, heads, dim, dtype=torch.float64)
-    for b in range(batch):
-        n = int(lengths[b])
-        slots = torch.tensor([int(tables[b, t // block_size]) * block_size + t % block_size for t in range(n)])
+    out = torch.empty(tokens, heads, dim, dtype=torch.float64)
+    for t in range(tokens):
+        table, n = tables[int(rows[t])], int(lengths[t])
+        slots = torch.tensor([int(table[i // block_size]) * block_size + i % block_size for i in range(n)])
         keys = k_cache[:, slots].double().repeat_interleave(group, 0)  # [H, n, D]
         values = v_cache[:, slots].double().repeat_interleave(group, 0)
-        probs = torch.softmax(torch.einsum("hd,hnd->hn", q[b].double() * scale, keys), -1)
-        out[b] = torch.einsum("hn,hnd->hd", probs, values)
+        probs = torch.softmax(torch.einsum("hd,hnd->hn", q[t].double() * scale, keys), -1)
+        out[t] = torch.einsum("hn,hnd->hd", probs, values)
     return out
 
 
-def random_case(batch, heads, kv_heads, dim, block_size, dtype, seed, max_len=70):
+def random_case(heads, kv_heads, dim, block_size, dtype, seed, max_len=70):
+    """A packed batch as a step builds it: decodes of 5 sequences (one with a context of just itself), then a
+    fresh 9-token prompt and a 6-token chunk continuing 20 cached tokens."""
     g = torch.Generator().manual_seed(seed)
     num_blocks = 64
     cache = torch.randn(2, kv_heads, num_blocks * block_size, dim, generator=g).to(dtype)
-    lengths = torch.randint(1, max_len + 1, (batch,), generator=g, dtype=torch.int32)
-    lengths[0] = 1  # a sequence whose only context is its own token
+    decode_lens = torch.randint(1, max_len + 1, (5,), generator=g).tolist()
+    decode_lens[0] = 1
+    rows = [0, 1, 2, 3, 4] + [5] * 9 + [6] * 6
+    lengths = decode_lens + list(range(1, 10)) + list(range(21, 27))
     width = -(-max_len // block_size)
-    tables = torch.stack([torch.randperm(num_blocks, generator=g)[:width] for _ in range(batch)]).to(torch.int32)
+    tables = torch.stack([torch.randperm(num_blocks, generator=g)[:width] for _ in range(7)]).to(torch.int32)
     # q as the model produces it: a slice of a wider fused tensor, rows strided.
-    fused = torch.randn(batch, heads + kv_heads, dim, generator=g).to(dtype)
-    return fused[:, :heads], cache[0], cache[1], tables, lengths
+    fused = torch.randn(len(rows), heads + kv_heads, dim, generator=g).to(dtype)
+    return (fused[:, :heads], cache[0], cache[1], tables, torch.tensor(rows, dtype=torch.int32),
+            torch.tensor(lengths, dtype=torch.int32))
 
 
 @needs_kernels
@@ -48,29 +53,33 @@ def random_case(batch, heads, kv_heads, dim, block_size, dtype, seed, max_len=70
 @pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.bfloat16, 2e-2)])
 def test_kernel_matches_plain_attention(heads, kv_heads, dim, dtype, tol):
     for seed, block_size in ((0, 16), (1, 5)):
-        q, k, v, tables, lengths = random_case(7, heads, kv_heads, dim, block_size, dtype, seed)
+        q, k, v, tables, rows, lengths = random_case(heads, kv_heads, dim, block_size, dtype, seed)
         scale = dim ** -0.5
-        out = paged_decode_attention(kernels, q, k, v, tables, lengths, block_size, scale)
-        assert out.dtype == dtype and out.shape == (7, heads, dim)
-        torch.testing.assert_close(out.double(), reference(q, k, v, tables, lengths, block_size, scale),
+        out = paged_attention(kernels, q, k, v, tables, rows, lengths, block_size, scale)
+        assert out.dtype == dtype and out.shape == q.shape
+        torch.testing.assert_close(out.double(), reference(q, k, v, tables, rows, lengths, block_size, scale),
                                    atol=tol, rtol=tol)
 
 
 @needs_kernels
 def test_kernel_refuses_what_it_cannot_read():
-    q, k, v, tables, lengths = random_case(2, 4, 2, 16, 4, torch.float32, 0)
+    q, k, v, tables, rows, lengths = random_case(4, 2, 16, 4, torch.float32, 0)
     with pytest.raises(ValueError, match="int32"):
-        paged_decode_attention(kernels, q, k, v, tables.long(), lengths, 4, 0.25)
+        paged_attention(kernels, q, k, v, tables.long(), rows, lengths, 4, 0.25)
     with pytest.raises(ValueError, match="k_cache"):
-        paged_decode_attention(kernels, q, k.to(torch.bfloat16), v, tables, lengths, 4, 0.25)
+        paged_attention(kernels, q, k.to(torch.bfloat16), v, tables, rows, lengths, 4, 0.25)
+    with pytest.raises(ValueError, match="one entry per token"):
+        paged_attention(kernels, q, k, v, tables, rows[:-1], lengths[:-1], 4, 0.25)
     with pytest.raises(TypeError, match="dtype"):
-        paged_decode_attention(kernels, q.half(), k.half(), v.half(), tables, lengths, 4, 0.25)
+        paged_attention(kernels, q.half(), k.half(), v.half(), tables, rows, lengths, 4, 0.25)
 
 
 @needs_kernels
 def test_engine_greedy_outputs_equal_with_and_without_the_kernel(make_engine):
     rng = random.Random(3)
     batch = [[rng.randrange(3, 49152) for _ in range(rng.randint(2, 50))] for _ in range(12)]
+    shared = [rng.randrange(3, 49152) for _ in range(40)]  # prefix-cache hits: prompts continuing cached blocks
+    batch += [shared + [rng.randrange(3, 49152) for _ in range(n)] for n in (1, 9, 30)]
     params = SamplingParams(max_tokens=20, temperature=0, ignore_eos=True, logprobs=2)
     with_kernel = make_engine(max_num_batched_tokens=48)
     without = make_engine(max_num_batched_tokens=48, native_kernels=False)

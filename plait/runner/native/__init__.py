@@ -34,8 +34,8 @@ _ENV_SWITCH = "PLAIT_NATIVE_KERNELS"
 class Kernels:
     """The loaded library's entry points (ctypes functions with argument types set)."""
 
-    paged_decode_bf16: ctypes._CFuncPtr
-    paged_decode_f32: ctypes._CFuncPtr
+    paged_attention_bf16: ctypes._CFuncPtr
+    paged_attention_f32: ctypes._CFuncPtr
 
 
 class KernelBuildError(RuntimeError):
@@ -105,9 +105,9 @@ def build(compiler: str) -> Path:
 def _bind(lib: ctypes.CDLL) -> Kernels:
     p, i64, i32, f32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int, ctypes.c_float
     fns = {}
-    for name in ("paged_decode_bf16", "paged_decode_f32"):
+    for name in ("paged_attention_bf16", "paged_attention_f32"):
         fn = getattr(lib, f"plait_{name}")
-        fn.argtypes = [p, i64, p, p, i64, p, i32, p, i32, i32, i32, i32, i32, f32, p]
+        fn.argtypes = [p, i64, p, p, i64, p, i32, p, p, i32, i32, i32, i32, i32, f32, p]
         fn.restype = ctypes.c_int
         fns[name] = fn
     return Kernels(**fns)

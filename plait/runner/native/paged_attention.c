@@ -1,19 +1,26 @@
-/* Decode attention straight from the paged KV cache: one query token per sequence, grouped-query heads.
+/* Attention for a packed batch straight from the paged KV cache, grouped-query heads, causal.
+ *
+ * Every query token t of the batch attends to the first lengths[t] tokens of its own sequence (its position + 1:
+ * the earlier tokens and itself), whose K/V sit in the blocks of row rows[t] of the block tables. A decode is one
+ * such token; a prompt chunk is several consecutive ones, whatever is already cached before them. So one kernel
+ * covers decodes, fresh prompts, chunked prefill and prompts continuing a prefix-cache hit.
  *
  * Why a kernel: in plain PyTorch a decode step must first gather every sequence's context out of the paged pool
- * (index_select) and then run two batched matmuls over the copy, so the whole KV is read three times and written
- * once per layer. Here each (sequence, kv head) pair walks its block table once for the scores and once for the
- * values, reading K and V exactly once, with fp32 arithmetic whatever the storage type.
+ * (index_select) and then run two batched matmuls over the copy, reading the KV three times and writing it once;
+ * and CPU SDPA on short bf16 prompts runs at a fraction of the matmul rate. Here each (token, kv head) walks its
+ * block table once for the scores and once for the values, with fp32 arithmetic whatever the storage type.
  *
- * Plain C that the compiler vectorizes (-O3 -march=native -ffast-math; see __init__.py for how it is linked). Threads come from OpenMP, which resolves
- * to the libgomp PyTorch has already loaded, so both share one thread pool instead of fighting over the cores.
+ * Plain C that the compiler vectorizes (-O3 -march=native -ffast-math; __init__.py says how it is linked).
+ * Threads come from OpenMP, which resolves to the libgomp PyTorch has already loaded, so both share one thread
+ * pool instead of fighting over the cores.
  *
  * Layouts (strides in elements):
- *   q        [B, H, D], token b's heads at b * q_stride (q may be a slice of a fused qkv/qk tensor)
+ *   q        [T, H, D], token t's heads at t * q_stride (q may be a slice of a fused qkv/qk tensor)
  *   k, v     [KV, num_slots, D] for one layer; kv head h starts at h * head_stride; slot = block * bs + offset
- *   tables   [B, max_blocks] int32 block ids
- *   lengths  [B] int32 context length, the new token included (its K/V already written)
- *   out      [B, H, D] contiguous
+ *   tables   [num_rows, max_blocks] int32 block ids
+ *   rows     [T] int32: the block-table row of each token's sequence
+ *   lengths  [T] int32: context length of each token, itself included (its K/V already written)
+ *   out      [T, H, D] contiguous
  */
 #include <float.h>
 #include <math.h>
@@ -65,7 +72,7 @@ static inline void store(void *base, int64_t i, float f, int bf16) {
     ((uint16_t *)base)[i] = (uint16_t)(bits >> 16);
 }
 
-/* One (sequence, kv head): `group` query heads over `len` context tokens.
+/* One (token, kv head): `group` query heads over `len` context tokens.
  * work holds q (scaled, fp32) [group, D], the output accumulator [group, D] and the scores [group, len]. */
 __attribute__((always_inline)) static inline void attend_one(
     const void *q, const void *k_head, const void *v_head, const int32_t *table, int len, int group, int D, int bs,
@@ -106,13 +113,14 @@ __attribute__((always_inline)) static inline void attend_one(
 }
 
 /* Returns 0, or -1 if a thread could not allocate its scratch (the output is then incomplete). */
-static inline int paged_decode(const void *q, int64_t q_stride, const void *k, const void *v,
-                               int64_t head_stride, const int32_t *tables, int max_blocks, const int32_t *lengths,
-                               int B, int H, int KV, int D, int bs, float scale, void *out, int bf16) {
+static inline int paged_attention(const void *q, int64_t q_stride, const void *k, const void *v,
+                                  int64_t head_stride, const int32_t *tables, int max_blocks, const int32_t *rows,
+                                  const int32_t *lengths, int T, int H, int KV, int D, int bs, float scale,
+                                  void *out, int bf16) {
     const int group = H / KV;
     const size_t elem = bf16 ? 2 : 4;
     int max_len = 0, failed = 0;
-    for (int b = 0; b < B; ++b) max_len = lengths[b] > max_len ? lengths[b] : max_len;
+    for (int t = 0; t < T; ++t) max_len = lengths[t] > max_len ? lengths[t] : max_len;
 #pragma omp parallel
     {
         const unsigned fp_mode = flush_subnormals();
@@ -121,24 +129,25 @@ static inline int paged_decode(const void *q, int64_t q_stride, const void *k, c
 #pragma omp atomic write
             failed = 1;
         }
-        /* Dynamic: sequences differ in length, so equal shares of tasks are not equal shares of work. */
-#pragma omp for schedule(dynamic, 1)
-        for (int task = 0; task < B * KV; ++task) {
+        /* Dynamic: tokens differ in context length, so equal shares of tasks are not equal shares of work.
+         * Neighbouring tasks share a sequence, so its K/V stays in cache between them. */
+#pragma omp for schedule(dynamic, 4)
+        for (int64_t task = 0; task < (int64_t)T * KV; ++task) {
             if (!work) continue;
-            const int b = task / KV, h = task % KV;
-            const int64_t q_off = (int64_t)b * q_stride + (int64_t)h * group * D;
-            const int64_t o_off = ((int64_t)b * H + (int64_t)h * group) * D;
-            const void *qb = (const char *)q + q_off * elem, *kh = (const char *)k + h * head_stride * elem,
+            const int t = (int)(task / KV), h = (int)(task % KV);
+            const int64_t q_off = (int64_t)t * q_stride + (int64_t)h * group * D;
+            const int64_t o_off = ((int64_t)t * H + (int64_t)h * group) * D;
+            const void *qt = (const char *)q + q_off * elem, *kh = (const char *)k + h * head_stride * elem,
                        *vh = (const char *)v + h * head_stride * elem;
-            const int32_t *table = tables + (int64_t)b * max_blocks;
-            void *ob = (char *)out + o_off * elem;
+            const int32_t *table = tables + (int64_t)rows[t] * max_blocks;
+            void *ot = (char *)out + o_off * elem;
             /* Constant head sizes let the compiler unroll the inner loops into whole vector registers. */
             if (D == 64)
-                attend_one(qb, kh, vh, table, lengths[b], group, 64, bs, scale, ob, work, bf16);
+                attend_one(qt, kh, vh, table, lengths[t], group, 64, bs, scale, ot, work, bf16);
             else if (D == 128)
-                attend_one(qb, kh, vh, table, lengths[b], group, 128, bs, scale, ob, work, bf16);
+                attend_one(qt, kh, vh, table, lengths[t], group, 128, bs, scale, ot, work, bf16);
             else
-                attend_one(qb, kh, vh, table, lengths[b], group, D, bs, scale, ob, work, bf16);
+                attend_one(qt, kh, vh, table, lengths[t], group, D, bs, scale, ot, work, bf16);
         }
         free(work);
         restore_fp_mode(fp_mode);
@@ -146,15 +155,17 @@ static inline int paged_decode(const void *q, int64_t q_stride, const void *k, c
     return failed ? -1 : 0;
 }
 
-/* Exported entry points: q_stride and head_stride in elements; see the layouts at the top. */
-int plait_paged_decode_bf16(const void *q, int64_t q_stride, const void *k, const void *v, int64_t head_stride,
-                            const int32_t *tables, int max_blocks, const int32_t *lengths, int B, int H, int KV,
-                            int D, int bs, float scale, void *out) {
-    return paged_decode(q, q_stride, k, v, head_stride, tables, max_blocks, lengths, B, H, KV, D, bs, scale, out, 1);
+/* Exported entry points; see the layouts at the top. */
+int plait_paged_attention_bf16(const void *q, int64_t q_stride, const void *k, const void *v, int64_t head_stride,
+                               const int32_t *tables, int max_blocks, const int32_t *rows, const int32_t *lengths,
+                               int T, int H, int KV, int D, int bs, float scale, void *out) {
+    return paged_attention(q, q_stride, k, v, head_stride, tables, max_blocks, rows, lengths, T, H, KV, D, bs, scale,
+                           out, 1);
 }
 
-int plait_paged_decode_f32(const void *q, int64_t q_stride, const void *k, const void *v, int64_t head_stride,
-                           const int32_t *tables, int max_blocks, const int32_t *lengths, int B, int H, int KV,
-                           int D, int bs, float scale, void *out) {
-    return paged_decode(q, q_stride, k, v, head_stride, tables, max_blocks, lengths, B, H, KV, D, bs, scale, out, 0);
+int plait_paged_attention_f32(const void *q, int64_t q_stride, const void *k, const void *v, int64_t head_stride,
+                              const int32_t *tables, int max_blocks, const int32_t *rows, const int32_t *lengths,
+                              int T, int H, int KV, int D, int bs, float scale, void *out) {
+    return paged_attention(q, q_stride, k, v, head_stride, tables, max_blocks, rows, lengths, T, H, KV, D, bs, scale,
+                           out, 0);
 }
