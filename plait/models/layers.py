@@ -1,10 +1,11 @@
-"""Small building blocks shared by model families: RMSNorm, rotary embeddings."""
+"""Small building blocks shared by model families: RMSNorm, SiLU-and-multiply, rotary embeddings."""
 
 from __future__ import annotations
 
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -17,6 +18,19 @@ class RMSNorm(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # One fused op (it accumulates in fp32 for bf16 inputs); eager ops cost microseconds each on a CPU.
         return torch.rms_norm(x, (x.shape[-1],), self.weight, self.eps)
+
+    def add_and_norm(self, x: torch.Tensor, residual: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(norm(x + residual), x + residual): a residual add and the norm after it, as one op where fused."""
+        total = x + residual
+        return self.forward(total), total
+
+
+class SiluAndMul(nn.Module):
+    """silu(gate) * up for the fused [gate | up] projection (a module so the CPU runner can swap in its kernel)."""
+
+    def forward(self, gate_up: torch.Tensor) -> torch.Tensor:
+        gate, up = gate_up.chunk(2, dim=-1)
+        return F.silu(gate) * up
 
 
 def rope_inv_freq(head_dim: int, theta: float, scaling: dict | None) -> torch.Tensor:

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from plait.config import ModelConfig
-from plait.models.layers import RMSNorm, RotaryEmbedding, apply_rope
+from plait.models.layers import RMSNorm, RotaryEmbedding, SiluAndMul, apply_rope
 
 
 class Attention(Protocol):
@@ -48,14 +48,22 @@ class DecoderLayer(nn.Module):
         self.o_proj = Linear(q_size, cfg.hidden_size, dtype=dtype)
         self.gate_up_proj = Linear(cfg.hidden_size, 2 * cfg.intermediate_size, dtype=dtype)
         self.down_proj = Linear(cfg.intermediate_size, cfg.hidden_size, dtype=dtype)
+        self.act = SiluAndMul()
         self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, dtype)
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, dtype)
         self.q_norm = RMSNorm(cfg.head_dim, cfg.rms_norm_eps, dtype) if cfg.qk_norm else None
         self.k_norm = RMSNorm(cfg.head_dim, cfg.rms_norm_eps, dtype) if cfg.qk_norm else None
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, attention: Attention) -> torch.Tensor:
-        T = x.shape[0]
-        h = self.input_layernorm(x)
+    def forward(self, hidden: torch.Tensor, residual: torch.Tensor | None, cos: torch.Tensor, sin: torch.Tensor,
+                attention: Attention) -> tuple[torch.Tensor, torch.Tensor]:
+        """hidden: the previous layer's MLP output (the embeddings for the first layer); residual: the residual
+        stream before it (None for the first layer). Returns this layer's MLP output and the residual stream; the
+        next norm adds them, so each residual add and the norm after it are one op (fused on CPU, runner/native)."""
+        T = hidden.shape[0]
+        if residual is None:
+            h, residual = self.input_layernorm(hidden), hidden
+        else:
+            h, residual = self.input_layernorm.add_and_norm(hidden, residual)
         qkv = self.qkv_proj(h)
         q_size, kv_size, _ = self.split
         v = qkv[:, q_size + kv_size:].view(T, self.num_kv_heads, self.head_dim)
@@ -69,9 +77,8 @@ class DecoderLayer(nn.Module):
             k = self.k_norm(qkv[:, q_size: q_size + kv_size].reshape(T, self.num_kv_heads, self.head_dim))
             q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         attn = attention(self.index, q, k, v).reshape(T, -1)
-        x = x + self.o_proj(attn)
-        gate, up = self.gate_up_proj(self.post_attention_layernorm(x)).chunk(2, dim=-1)
-        return x + self.down_proj(F.silu(gate) * up)
+        h, residual = self.post_attention_layernorm.add_and_norm(self.o_proj(attn), residual)
+        return self.down_proj(self.act(self.gate_up_proj(h))), residual
 
 
 class LlamaForCausalLM(nn.Module):
@@ -91,9 +98,10 @@ class LlamaForCausalLM(nn.Module):
         """Hidden states [T, hidden] after the final norm."""
         x = F.embedding(input_ids, self.embed_tokens)
         cos, sin = self.rotary.tables(positions, x.dtype)
+        residual = None
         for layer in self.layers:
-            x = layer(x, cos, sin, attention)
-        return self.norm(x)
+            x, residual = layer(x, residual, cos, sin, attention)
+        return self.norm.add_and_norm(x, residual)[0]
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.lm_head(hidden)

@@ -80,11 +80,11 @@ class PagedAttention:
     def __call__(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         meta = self.meta
         k_cache, v_cache = self.cache.tensor[layer, 0], self.cache.tensor[layer, 1]  # [kv, slots, d]
+        if meta.block_tables is not None:  # the kernel writes k/v into the cache itself
+            return paged_attention(self.kernels, q, k, v, k_cache, v_cache, meta.slot_mapping, meta.block_tables,
+                                   meta.token_rows, meta.token_context_lens, self.cache.block_size, self.scale)
         k_cache.index_copy_(1, meta.slot_mapping, k.transpose(0, 1))
         v_cache.index_copy_(1, meta.slot_mapping, v.transpose(0, 1))
-        if meta.block_tables is not None:
-            return paged_attention(self.kernels, q, k_cache, v_cache, meta.block_tables, meta.token_rows,
-                                   meta.token_context_lens, self.cache.block_size, self.scale)
         if not meta.prefills:
             return self._single(q, k_cache, v_cache)
         out = torch.empty_like(q)

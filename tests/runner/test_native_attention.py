@@ -9,7 +9,7 @@ import torch
 
 from plait import SamplingParams
 from plait.runner import native
-from plait.runner.native.ops import paged_attention
+from plait.runner.native.ops import add_rms_norm, paged_attention, silu_mul
 
 kernels = native.load_kernels()
 needs_kernels = pytest.mark.skipif(kernels is None, reason=f"C kernels unavailable: {native.unavailable_reason()}")
@@ -32,46 +32,74 @@ def reference(q, k_cache, v_cache, tables, rows, lengths, block_size, scale):
 
 def random_case(heads, kv_heads, dim, block_size, dtype, seed, max_len=70):
     """A packed batch as a step builds it: decodes of 5 sequences (one with a context of just itself), then a
-    fresh 9-token prompt and a 6-token chunk continuing 20 cached tokens."""
+    fresh 9-token prompt and a 6-token chunk continuing 20 cached tokens. Returns the kernel's arguments."""
     g = torch.Generator().manual_seed(seed)
-    num_blocks = 64
+    width = -(-max_len // block_size)
+    num_blocks = 7 * width + 3
     cache = torch.randn(2, kv_heads, num_blocks * block_size, dim, generator=g).to(dtype)
     decode_lens = torch.randint(1, max_len + 1, (5,), generator=g).tolist()
     decode_lens[0] = 1
     rows = [0, 1, 2, 3, 4] + [5] * 9 + [6] * 6
     lengths = decode_lens + list(range(1, 10)) + list(range(21, 27))
-    width = -(-max_len // block_size)
-    tables = torch.stack([torch.randperm(num_blocks, generator=g)[:width] for _ in range(7)]).to(torch.int32)
-    # q as the model produces it: a slice of a wider fused tensor, rows strided.
-    fused = torch.randn(len(rows), heads + kv_heads, dim, generator=g).to(dtype)
-    return (fused[:, :heads], cache[0], cache[1], tables, torch.tensor(rows, dtype=torch.int32),
-            torch.tensor(lengths, dtype=torch.int32))
+    tables = torch.randperm(num_blocks, generator=g)[: 7 * width].view(7, width).to(torch.int32)  # disjoint
+    slots = [int(tables[r, (n - 1) // block_size]) * block_size + (n - 1) % block_size for r, n in zip(rows, lengths)]
+    # q, k, v as the model produces them: slices of a wider fused tensor, rows strided.
+    fused = torch.randn(len(rows), heads + 2 * kv_heads, dim, generator=g).to(dtype)
+    q, k, v = fused[:, :heads], fused[:, heads: heads + kv_heads], fused[:, heads + kv_heads:]
+    return dict(q=q, k=k, v=v, k_cache=cache[0], v_cache=cache[1], slot_mapping=torch.tensor(slots),
+                block_tables=tables, rows=torch.tensor(rows, dtype=torch.int32),
+                context_lens=torch.tensor(lengths, dtype=torch.int32), block_size=block_size, scale=dim ** -0.5)
 
 
 @needs_kernels
 @pytest.mark.parametrize("heads,kv_heads,dim", [(9, 3, 64), (4, 4, 128), (6, 2, 24)])
 @pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.bfloat16, 2e-2)])
-def test_kernel_matches_plain_attention(heads, kv_heads, dim, dtype, tol):
+def test_kernel_writes_new_kv_and_matches_plain_attention(heads, kv_heads, dim, dtype, tol):
     for seed, block_size in ((0, 16), (1, 5)):
-        q, k, v, tables, rows, lengths = random_case(heads, kv_heads, dim, block_size, dtype, seed)
-        scale = dim ** -0.5
-        out = paged_attention(kernels, q, k, v, tables, rows, lengths, block_size, scale)
-        assert out.dtype == dtype and out.shape == q.shape
-        torch.testing.assert_close(out.double(), reference(q, k, v, tables, rows, lengths, block_size, scale),
-                                   atol=tol, rtol=tol)
+        case = random_case(heads, kv_heads, dim, block_size, dtype, seed)
+        expected_k, expected_v = case["k_cache"].clone(), case["v_cache"].clone()
+        expected_k[:, case["slot_mapping"]] = case["k"].transpose(0, 1)
+        expected_v[:, case["slot_mapping"]] = case["v"].transpose(0, 1)
+        want = reference(case["q"], expected_k, expected_v, case["block_tables"], case["rows"],
+                         case["context_lens"], block_size, case["scale"])
+        out = paged_attention(kernels, **case)
+        assert torch.equal(case["k_cache"], expected_k) and torch.equal(case["v_cache"], expected_v)
+        assert out.dtype == dtype and out.shape == case["q"].shape
+        torch.testing.assert_close(out.double(), want, atol=tol, rtol=tol)
 
 
 @needs_kernels
 def test_kernel_refuses_what_it_cannot_read():
-    q, k, v, tables, rows, lengths = random_case(4, 2, 16, 4, torch.float32, 0)
-    with pytest.raises(ValueError, match="int32"):
-        paged_attention(kernels, q, k, v, tables.long(), rows, lengths, 4, 0.25)
-    with pytest.raises(ValueError, match="k_cache"):
-        paged_attention(kernels, q, k.to(torch.bfloat16), v, tables, rows, lengths, 4, 0.25)
+    case = random_case(4, 2, 16, 4, torch.float32, 0)
+    with pytest.raises(ValueError, match="block_tables must be torch.int32"):
+        paged_attention(kernels, **{**case, "block_tables": case["block_tables"].long()})
+    with pytest.raises(ValueError, match="k_cache must be"):
+        paged_attention(kernels, **{**case, "k_cache": case["k_cache"].to(torch.bfloat16)})
     with pytest.raises(ValueError, match="one entry per token"):
-        paged_attention(kernels, q, k, v, tables, rows[:-1], lengths[:-1], 4, 0.25)
+        paged_attention(kernels, **{**case, "rows": case["rows"][:-1]})
     with pytest.raises(TypeError, match="dtype"):
-        paged_attention(kernels, q.half(), k.half(), v.half(), tables, rows, lengths, 4, 0.25)
+        paged_attention(kernels, **{**case, **{name: case[name].half() for name in ("q", "k", "v", "k_cache",
+                                                                                   "v_cache")}})
+
+
+@needs_kernels
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-6), (torch.bfloat16, 1e-2)])
+def test_add_rms_norm_and_silu_mul_match_eager_pytorch(dtype, tol):
+    g = torch.Generator().manual_seed(0)
+    x, residual = (torch.randn(7, 3, 40, generator=g).to(dtype) for _ in range(2))
+    weight = (1 + 0.1 * torch.randn(40, generator=g)).to(dtype)
+    normed, total = add_rms_norm(kernels, x, weight, 1e-5)
+    assert total is x or torch.equal(total, x)
+    want = torch.rms_norm(x.float(), (40,), weight.float(), 1e-5)
+    torch.testing.assert_close(normed.float(), want, atol=tol, rtol=tol)
+    normed, total = add_rms_norm(kernels, x, weight, 1e-5, residual)
+    assert torch.equal(total, x + residual)  # the sum is rounded like eager PyTorch's add
+    torch.testing.assert_close(normed.float(), torch.rms_norm(total.float(), (40,), weight.float(), 1e-5),
+                               atol=tol, rtol=tol)
+    gate_up = torch.randn(5, 2 * 24, generator=g).to(dtype)
+    gate, up = gate_up.float().chunk(2, -1)
+    torch.testing.assert_close(silu_mul(kernels, gate_up).float(), torch.nn.functional.silu(gate) * up,
+                               atol=tol, rtol=tol)
 
 
 @needs_kernels

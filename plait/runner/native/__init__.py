@@ -22,7 +22,8 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
-SOURCES = ("paged_attention.c",)
+SOURCES = ("paged_attention.c", "elementwise.c")
+HEADERS = ("common.h",)
 # -ffast-math lets the loops reassociate sums and call glibc's vector expf. It is given to the compile step only:
 # linking with it adds crtfastmath.o, which would switch the whole process to flush-to-zero when the library loads.
 COMPILE_FLAGS = ("-O3", "-march=native", "-ffast-math", "-fopenmp", "-fPIC", "-std=c11")
@@ -30,12 +31,24 @@ LINK_FLAGS = ("-shared", "-fopenmp")
 _ENV_SWITCH = "PLAIT_NATIVE_KERNELS"
 
 
+class AttentionArgs(ctypes.Structure):
+    """struct attention_args of paged_attention.c, field for field."""
+
+    _fields_ = [(name, ctypes.c_void_p) for name in
+                ("q", "k_new", "v_new", "k_cache", "v_cache", "out", "slots", "tables", "rows", "lengths")]
+    _fields_ += [(name, ctypes.c_int64) for name in ("q_stride", "k_stride", "v_stride", "head_stride")]
+    _fields_ += [(name, ctypes.c_int32) for name in
+                 ("tokens", "heads", "kv_heads", "head_dim", "block_size", "max_blocks")]
+    _fields_ += [("scale", ctypes.c_float)]
+
+
 @dataclass(frozen=True)
 class Kernels:
-    """The loaded library's entry points (ctypes functions with argument types set)."""
+    """The loaded library's entry points (ctypes functions with argument types set), per dtype suffix."""
 
-    paged_attention_bf16: ctypes._CFuncPtr
-    paged_attention_f32: ctypes._CFuncPtr
+    paged_attention: dict[str, ctypes._CFuncPtr]
+    add_rms_norm: dict[str, ctypes._CFuncPtr]
+    silu_mul: dict[str, ctypes._CFuncPtr]
 
 
 class KernelBuildError(RuntimeError):
@@ -68,7 +81,7 @@ def _library_path(compiler: str) -> Path:
 
     here = Path(__file__).parent
     digest = hashlib.blake2b(digest_size=10)
-    for name in SOURCES:
+    for name in SOURCES + HEADERS:
         digest.update((here / name).read_bytes())
     digest.update(" ".join(COMPILE_FLAGS + LINK_FLAGS).encode())
     digest.update(compiler.encode())
@@ -103,14 +116,20 @@ def build(compiler: str) -> Path:
 
 
 def _bind(lib: ctypes.CDLL) -> Kernels:
-    p, i64, i32, f32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int, ctypes.c_float
-    fns = {}
-    for name in ("paged_attention_bf16", "paged_attention_f32"):
-        fn = getattr(lib, f"plait_{name}")
-        fn.argtypes = [p, i64, p, p, i64, p, i32, p, p, i32, i32, i32, i32, i32, f32, p]
-        fn.restype = ctypes.c_int
-        fns[name] = fn
-    return Kernels(**fns)
+    p, i32, f32 = ctypes.c_void_p, ctypes.c_int, ctypes.c_float
+    signatures = {
+        "paged_attention": ([ctypes.POINTER(AttentionArgs)], ctypes.c_int),
+        "add_rms_norm": ([p, p, p, p, p, i32, i32, f32], None),
+        "silu_mul": ([p, p, i32, i32], None),
+    }
+    bound = {}
+    for name, (argtypes, restype) in signatures.items():
+        bound[name] = {}
+        for suffix in ("bf16", "f32"):
+            fn = getattr(lib, f"plait_{name}_{suffix}")
+            fn.argtypes, fn.restype = argtypes, restype
+            bound[name][suffix] = fn
+    return Kernels(**bound)
 
 
 @lru_cache(maxsize=1)

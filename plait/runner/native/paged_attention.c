@@ -14,62 +14,32 @@
  * Threads come from OpenMP, which resolves to the libgomp PyTorch has already loaded, so both share one thread
  * pool instead of fighting over the cores.
  *
- * Layouts (strides in elements):
- *   q        [T, H, D], token t's heads at t * q_stride (q may be a slice of a fused qkv/qk tensor)
- *   k, v     [KV, num_slots, D] for one layer; kv head h starts at h * head_stride; slot = block * bs + offset
- *   tables   [num_rows, max_blocks] int32 block ids
- *   rows     [T] int32: the block-table row of each token's sequence
- *   lengths  [T] int32: context length of each token, itself included (its K/V already written)
- *   out      [T, H, D] contiguous
+ * The call first writes the step's new K/V rows into their cache slots (what index_copy_ did, without its strided
+ * copies), then, after a barrier, attends. Arguments come in one struct (struct attention_args below; strides in
+ * elements):
+ *   q               [T, H, D], token t's heads at t * q_stride (q may be a slice of a fused qkv/qk tensor)
+ *   k_new, v_new    [T, KV, D], token t's heads at t * k_stride / t * v_stride
+ *   slots           [T] int64: the cache slot of each token (slot = block * bs + offset)
+ *   k_cache, v_cache [KV, num_slots, D] for one layer; kv head h starts at h * head_stride
+ *   tables          [num_rows, max_blocks] int32 block ids
+ *   rows            [T] int32: the block-table row of each token's sequence
+ *   lengths         [T] int32: context length of each token, itself included
+ *   out             [T, H, D] contiguous
  */
 #include <float.h>
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
-#if defined(__x86_64__) || defined(__i386__)
-#include <xmmintrin.h>
-#endif
 
-/* Softmax tails are subnormal (exp of very negative scores) and x86 computes with subnormals ~100x slower. Each
- * kernel thread flushes them to zero while it runs and restores its previous mode after: the process keeps IEEE
- * semantics everywhere else. */
-static inline unsigned flush_subnormals(void) {
-#if defined(__x86_64__) || defined(__i386__)
-    const unsigned saved = _mm_getcsr();
-    _mm_setcsr(saved | 0x8040u);  /* FTZ | DAZ */
-    return saved;
-#else
-    return 0;
-#endif
-}
+#include "common.h"
 
-static inline void restore_fp_mode(unsigned saved) {
-#if defined(__x86_64__) || defined(__i386__)
-    _mm_setcsr(saved);
-#else
-    (void)saved;
-#endif
-}
-
-static inline float load(const void *base, int64_t i, int bf16) {
-    if (!bf16) return ((const float *)base)[i];
-    uint32_t bits = (uint32_t)((const uint16_t *)base)[i] << 16;
-    float f;
-    memcpy(&f, &bits, sizeof f);
-    return f;
-}
-
-static inline void store(void *base, int64_t i, float f, int bf16) {
-    if (!bf16) {
-        ((float *)base)[i] = f;
-        return;
-    }
-    uint32_t bits;  /* round to nearest even, as torch's conversion does; NaN stays NaN */
-    memcpy(&bits, &f, sizeof bits);
-    if ((bits & 0x7fffffffu) > 0x7f800000u) bits |= 0x400000u;
-    else bits += 0x7fffu + ((bits >> 16) & 1u);
-    ((uint16_t *)base)[i] = (uint16_t)(bits >> 16);
+/* Ask for the next block while this one is computed: blocks are scattered, so the hardware prefetcher cannot
+ * guess where the next one starts. */
+static inline void prefetch_rows(const void *base, int64_t first, int64_t count, int bf16) {
+    const char *p = (const char *)base + first * (bf16 ? 2 : 4);
+    const int64_t bytes = count * (bf16 ? 2 : 4);
+    for (int64_t off = 0; off < bytes; off += 64) __builtin_prefetch(p + off, 0, 3);
 }
 
 /* One (token, kv head): `group` query heads over `len` context tokens.
@@ -80,13 +50,19 @@ __attribute__((always_inline)) static inline void attend_one(
     float *q_f = work, *acc = work + group * D, *scores = work + 2 * group * D;
     for (int i = 0; i < group * D; ++i) q_f[i] = load(q, i, bf16) * scale;
 
-    for (int t = 0; t < len; ++t) {
-        const int64_t row = ((int64_t)table[t / bs] * bs + t % bs) * D;
-        for (int g = 0; g < group; ++g) {
-            const float *qg = q_f + g * D;
-            float dot = 0.0f;
-            for (int i = 0; i < D; ++i) dot += qg[i] * load(k_head, row + i, bf16);
-            scores[g * len + t] = dot;
+    /* Block by block: a block's rows are contiguous, and no division per token to find its slot. */
+    for (int start = 0; start < len; start += bs) {
+        const int64_t first = (int64_t)table[start / bs] * bs * D;
+        if (start + bs < len) prefetch_rows(k_head, (int64_t)table[start / bs + 1] * bs * D, bs * D, bf16);
+        const int n = len - start < bs ? len - start : bs;
+        for (int j = 0; j < n; ++j) {
+            const int64_t row = first + (int64_t)j * D;
+            for (int g = 0; g < group; ++g) {
+                const float *qg = q_f + g * D;
+                float dot = 0.0f;
+                for (int i = 0; i < D; ++i) dot += qg[i] * load(k_head, row + i, bf16);
+                scores[g * len + start + j] = dot;
+            }
         }
     }
     for (int g = 0; g < group; ++g) {
@@ -101,29 +77,59 @@ __attribute__((always_inline)) static inline void attend_one(
         for (int t = 0; t < len; ++t) s[t] *= inv;
     }
     memset(acc, 0, sizeof(float) * group * D);
-    for (int t = 0; t < len; ++t) {
-        const int64_t row = ((int64_t)table[t / bs] * bs + t % bs) * D;
-        for (int g = 0; g < group; ++g) {
-            const float p = scores[g * len + t];
-            float *ag = acc + g * D;
-            for (int i = 0; i < D; ++i) ag[i] += p * load(v_head, row + i, bf16);
+    for (int start = 0; start < len; start += bs) {
+        const int64_t first = (int64_t)table[start / bs] * bs * D;
+        if (start + bs < len) prefetch_rows(v_head, (int64_t)table[start / bs + 1] * bs * D, bs * D, bf16);
+        const int n = len - start < bs ? len - start : bs;
+        for (int j = 0; j < n; ++j) {
+            const int64_t row = first + (int64_t)j * D;
+            for (int g = 0; g < group; ++g) {
+                const float p = scores[g * len + start + j];
+                float *ag = acc + g * D;
+                for (int i = 0; i < D; ++i) ag[i] += p * load(v_head, row + i, bf16);
+            }
         }
     }
     for (int i = 0; i < group * D; ++i) store(out, i, acc[i], bf16);
 }
 
+/* Mirrored by plait/runner/native/__init__.py (AttentionArgs): keep the two in step. */
+struct attention_args {
+    const void *q, *k_new, *v_new;
+    void *k_cache, *v_cache, *out;
+    const int64_t *slots;
+    const int32_t *tables, *rows, *lengths;
+    int64_t q_stride, k_stride, v_stride, head_stride;
+    int32_t tokens, heads, kv_heads, head_dim, block_size, max_blocks;
+    float scale;
+};
+
+static void write_new_kv(const struct attention_args *a, size_t elem) {
+    const size_t row_bytes = (size_t)a->head_dim * elem;
+#pragma omp for schedule(static)
+    for (int t = 0; t < a->tokens; ++t) {
+        for (int h = 0; h < a->kv_heads; ++h) {
+            const int64_t dst = (h * a->head_stride + a->slots[t] * a->head_dim) * (int64_t)elem;
+            const int64_t k_src = (t * a->k_stride + (int64_t)h * a->head_dim) * (int64_t)elem;
+            const int64_t v_src = (t * a->v_stride + (int64_t)h * a->head_dim) * (int64_t)elem;
+            memcpy((char *)a->k_cache + dst, (const char *)a->k_new + k_src, row_bytes);
+            memcpy((char *)a->v_cache + dst, (const char *)a->v_new + v_src, row_bytes);
+        }
+    }
+    /* the implicit barrier of `omp for`: every row is written before any thread attends */
+}
+
 /* Returns 0, or -1 if a thread could not allocate its scratch (the output is then incomplete). */
-static inline int paged_attention(const void *q, int64_t q_stride, const void *k, const void *v,
-                                  int64_t head_stride, const int32_t *tables, int max_blocks, const int32_t *rows,
-                                  const int32_t *lengths, int T, int H, int KV, int D, int bs, float scale,
-                                  void *out, int bf16) {
+static int paged_attention(const struct attention_args *a, int bf16) {
+    const int T = a->tokens, H = a->heads, KV = a->kv_heads, D = a->head_dim, bs = a->block_size;
     const int group = H / KV;
     const size_t elem = bf16 ? 2 : 4;
     int max_len = 0, failed = 0;
-    for (int t = 0; t < T; ++t) max_len = lengths[t] > max_len ? lengths[t] : max_len;
+    for (int t = 0; t < T; ++t) max_len = a->lengths[t] > max_len ? a->lengths[t] : max_len;
 #pragma omp parallel
     {
         const unsigned fp_mode = flush_subnormals();
+        write_new_kv(a, elem);
         float *work = malloc(sizeof(float) * (size_t)group * (2 * (size_t)D + (size_t)max_len));
         if (!work) {
 #pragma omp atomic write
@@ -135,19 +141,20 @@ static inline int paged_attention(const void *q, int64_t q_stride, const void *k
         for (int64_t task = 0; task < (int64_t)T * KV; ++task) {
             if (!work) continue;
             const int t = (int)(task / KV), h = (int)(task % KV);
-            const int64_t q_off = (int64_t)t * q_stride + (int64_t)h * group * D;
+            const int64_t q_off = (int64_t)t * a->q_stride + (int64_t)h * group * D;
             const int64_t o_off = ((int64_t)t * H + (int64_t)h * group) * D;
-            const void *qt = (const char *)q + q_off * elem, *kh = (const char *)k + h * head_stride * elem,
-                       *vh = (const char *)v + h * head_stride * elem;
-            const int32_t *table = tables + (int64_t)rows[t] * max_blocks;
-            void *ot = (char *)out + o_off * elem;
+            const void *qt = (const char *)a->q + q_off * elem;
+            const void *kh = (const char *)a->k_cache + h * a->head_stride * elem;
+            const void *vh = (const char *)a->v_cache + h * a->head_stride * elem;
+            const int32_t *table = a->tables + (int64_t)a->rows[t] * a->max_blocks;
+            void *ot = (char *)a->out + o_off * elem;
             /* Constant head sizes let the compiler unroll the inner loops into whole vector registers. */
             if (D == 64)
-                attend_one(qt, kh, vh, table, lengths[t], group, 64, bs, scale, ot, work, bf16);
+                attend_one(qt, kh, vh, table, a->lengths[t], group, 64, bs, a->scale, ot, work, bf16);
             else if (D == 128)
-                attend_one(qt, kh, vh, table, lengths[t], group, 128, bs, scale, ot, work, bf16);
+                attend_one(qt, kh, vh, table, a->lengths[t], group, 128, bs, a->scale, ot, work, bf16);
             else
-                attend_one(qt, kh, vh, table, lengths[t], group, D, bs, scale, ot, work, bf16);
+                attend_one(qt, kh, vh, table, a->lengths[t], group, D, bs, a->scale, ot, work, bf16);
         }
         free(work);
         restore_fp_mode(fp_mode);
@@ -155,17 +162,6 @@ static inline int paged_attention(const void *q, int64_t q_stride, const void *k
     return failed ? -1 : 0;
 }
 
-/* Exported entry points; see the layouts at the top. */
-int plait_paged_attention_bf16(const void *q, int64_t q_stride, const void *k, const void *v, int64_t head_stride,
-                               const int32_t *tables, int max_blocks, const int32_t *rows, const int32_t *lengths,
-                               int T, int H, int KV, int D, int bs, float scale, void *out) {
-    return paged_attention(q, q_stride, k, v, head_stride, tables, max_blocks, rows, lengths, T, H, KV, D, bs, scale,
-                           out, 1);
-}
+int plait_paged_attention_bf16(const struct attention_args *a) { return paged_attention(a, 1); }
 
-int plait_paged_attention_f32(const void *q, int64_t q_stride, const void *k, const void *v, int64_t head_stride,
-                              const int32_t *tables, int max_blocks, const int32_t *rows, const int32_t *lengths,
-                              int T, int H, int KV, int D, int bs, float scale, void *out) {
-    return paged_attention(q, q_stride, k, v, head_stride, tables, max_blocks, rows, lengths, T, H, KV, D, bs, scale,
-                           out, 0);
-}
+int plait_paged_attention_f32(const struct attention_args *a) { return paged_attention(a, 0); }

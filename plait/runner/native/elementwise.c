@@ -1,0 +1,64 @@
+/* Fused row-wise ops of the decoder layer: residual add + RMSNorm, and SiLU(gate) * up.
+ *
+ * Why: in eager PyTorch on a CPU, bf16 RMSNorm is decomposed into ~8 ops (casts, pow, mean, rsqrt, muls) and
+ * SiLU-and-multiply into 2-3, each a pass over memory plus a dispatch; measured together at ~10% of a serving
+ * step. Here each is one pass per row, fp32 arithmetic, one rounding at the end.
+ */
+#include <math.h>
+#include <stdint.h>
+
+#include "common.h"
+
+/* sum = x + residual (rounded to the storage type, the residual stream the next layer adds to), then
+ * out = sum / sqrt(mean(sum^2) + eps) * weight. Without a residual, sum is x itself and sum_out is unused.
+ * Rows of x, residual, sum_out and out are contiguous, `dim` elements each. */
+static void add_rms_norm(const void *x, const void *residual, const void *weight, void *sum_out, void *out,
+                         int rows, int dim, float eps, int bf16) {
+#pragma omp parallel for schedule(static)
+    for (int r = 0; r < rows; ++r) {
+        const int64_t base = (int64_t)r * dim;
+        float sumsq = 0.0f;
+        if (residual) {
+            for (int i = 0; i < dim; ++i) {
+                store(sum_out, base + i, load(x, base + i, bf16) + load(residual, base + i, bf16), bf16);
+                const float s = load(sum_out, base + i, bf16);
+                sumsq += s * s;
+            }
+        } else {
+            for (int i = 0; i < dim; ++i) {
+                const float s = load(x, base + i, bf16);
+                sumsq += s * s;
+            }
+        }
+        const void *src = residual ? sum_out : x;
+        const float inv = 1.0f / sqrtf(sumsq / (float)dim + eps);
+        for (int i = 0; i < dim; ++i)
+            store(out, base + i, load(src, base + i, bf16) * inv * load(weight, i, bf16), bf16);
+    }
+}
+
+/* out[r, i] = silu(gate_up[r, i]) * gate_up[r, dim + i]: gate and up are the two halves of one fused matmul. */
+static void silu_mul(const void *gate_up, void *out, int rows, int dim, int bf16) {
+#pragma omp parallel for schedule(static)
+    for (int r = 0; r < rows; ++r) {
+        const int64_t in = (int64_t)r * 2 * dim, o = (int64_t)r * dim;
+        for (int i = 0; i < dim; ++i) {
+            const float g = load(gate_up, in + i, bf16), u = load(gate_up, in + dim + i, bf16);
+            store(out, o + i, g / (1.0f + expf(-g)) * u, bf16);
+        }
+    }
+}
+
+void plait_add_rms_norm_bf16(const void *x, const void *residual, const void *weight, void *sum_out, void *out,
+                             int rows, int dim, float eps) {
+    add_rms_norm(x, residual, weight, sum_out, out, rows, dim, eps, 1);
+}
+
+void plait_add_rms_norm_f32(const void *x, const void *residual, const void *weight, void *sum_out, void *out,
+                            int rows, int dim, float eps) {
+    add_rms_norm(x, residual, weight, sum_out, out, rows, dim, eps, 0);
+}
+
+void plait_silu_mul_bf16(const void *gate_up, void *out, int rows, int dim) { silu_mul(gate_up, out, rows, dim, 1); }
+
+void plait_silu_mul_f32(const void *gate_up, void *out, int rows, int dim) { silu_mul(gate_up, out, rows, dim, 0); }
