@@ -25,6 +25,14 @@ class RMSNorm(nn.Module):
         return self.forward(total), total
 
 
+class Rope(nn.Module):
+    """apply_rope as a module, so the CPU runner can swap in its in-place kernel (a native version may rotate x in
+    place; callers pass a tensor they own)."""
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor) -> torch.Tensor:
+        return apply_rope(x, cos, signed_sin)
+
+
 class SiluAndMul(nn.Module):
     """silu(gate) * up for the fused [gate | up] projection (a module so the CPU runner can swap in its kernel)."""
 

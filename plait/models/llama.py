@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from plait.config import ModelConfig
-from plait.models.layers import RMSNorm, RotaryEmbedding, SiluAndMul, apply_rope
+from plait.models.layers import RMSNorm, Rope, RotaryEmbedding, SiluAndMul
 
 
 class Attention(Protocol):
@@ -49,6 +49,7 @@ class DecoderLayer(nn.Module):
         self.gate_up_proj = Linear(cfg.hidden_size, 2 * cfg.intermediate_size, dtype=dtype)
         self.down_proj = Linear(cfg.intermediate_size, cfg.hidden_size, dtype=dtype)
         self.act = SiluAndMul()
+        self.rope = Rope()
         self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, dtype)
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, dtype)
         self.q_norm = RMSNorm(cfg.head_dim, cfg.rms_norm_eps, dtype) if cfg.qk_norm else None
@@ -69,13 +70,13 @@ class DecoderLayer(nn.Module):
         v = qkv[:, q_size + kv_size:].view(T, self.num_kv_heads, self.head_dim)
         if self.q_norm is None:
             # q and k are adjacent in the fused projection: rotate both with one set of ops.
-            qk = apply_rope(qkv[:, : q_size + kv_size].view(T, self.num_heads + self.num_kv_heads, self.head_dim),
-                            cos, sin)
+            qk = self.rope(qkv[:, : q_size + kv_size].view(T, self.num_heads + self.num_kv_heads, self.head_dim),
+                           cos, sin)
             q, k = qk[:, : self.num_heads], qk[:, self.num_heads:]
         else:
             q = self.q_norm(qkv[:, :q_size].reshape(T, self.num_heads, self.head_dim))
             k = self.k_norm(qkv[:, q_size: q_size + kv_size].reshape(T, self.num_kv_heads, self.head_dim))
-            q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+            q, k = self.rope(q, cos, sin), self.rope(k, cos, sin)
         attn = attention(self.index, q, k, v).reshape(T, -1)
         h, residual = self.post_attention_layernorm.add_and_norm(self.o_proj(attn), residual)
         return self.down_proj(self.act(self.gate_up_proj(h))), residual

@@ -9,7 +9,7 @@ import torch
 
 from plait import SamplingParams
 from plait.runner import native
-from plait.runner.native.ops import add_rms_norm, paged_attention, silu_mul
+from plait.runner.native.ops import add_rms_norm, paged_attention, rope_, silu_mul
 
 kernels = native.load_kernels()
 needs_kernels = pytest.mark.skipif(kernels is None, reason=f"C kernels unavailable: {native.unavailable_reason()}")
@@ -149,3 +149,20 @@ def test_loading_the_kernels_keeps_subnormals():
 
     tiny = np.float32(1e-40)  # subnormal in fp32
     assert tiny != 0 and tiny * np.float32(1.0) != 0
+
+
+@needs_kernels
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-6), (torch.bfloat16, 1e-2)])
+def test_rope_in_place_matches_apply_rope(dtype, tol):
+    from plait.models.layers import RotaryEmbedding, apply_rope
+
+    rotary = RotaryEmbedding(16, 64, 10000.0, None)
+    positions = torch.tensor([0, 5, 6, 63])
+    cos, sin = rotary.tables(positions, dtype)
+    fused = torch.randn(4, 7, 16, generator=torch.Generator().manual_seed(0)).to(dtype)
+    x = fused[:, :5]  # q and k heads of a fused projection: rows strided
+    want = apply_rope(x.float(), cos.float(), sin.float())
+    untouched = fused[:, 5:].clone()
+    assert rope_(kernels, x, cos, sin) is x
+    torch.testing.assert_close(x.float(), want, atol=tol, rtol=tol)
+    assert torch.equal(fused[:, 5:], untouched)  # the rest of the row (v) is left alone

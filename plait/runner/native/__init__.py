@@ -49,6 +49,7 @@ class Kernels:
     paged_attention: dict[str, ctypes._CFuncPtr]
     add_rms_norm: dict[str, ctypes._CFuncPtr]
     silu_mul: dict[str, ctypes._CFuncPtr]
+    rope: dict[str, ctypes._CFuncPtr]
 
 
 class KernelBuildError(RuntimeError):
@@ -121,6 +122,7 @@ def _bind(lib: ctypes.CDLL) -> Kernels:
         "paged_attention": ([ctypes.POINTER(AttentionArgs)], ctypes.c_int),
         "add_rms_norm": ([p, p, p, p, p, i32, i32, f32], None),
         "silu_mul": ([p, p, i32, i32], None),
+        "rope": ([p, ctypes.c_int64, p, p, i32, i32, i32], None),
     }
     bound = {}
     for name, (argtypes, restype) in signatures.items():

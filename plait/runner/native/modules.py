@@ -1,4 +1,4 @@
-"""Module surgery: RMSNorm and SiLU-and-multiply run through plait's C kernels (fused, one pass per row).
+"""Module surgery: RMSNorm, SiLU-and-multiply and RoPE run through plait's C kernels (fused, one pass per row).
 
 The model code never knows; the swapped modules keep their weights and interfaces. Numerics: fp32 arithmetic with
 one rounding at the end, where eager bf16 PyTorch rounds after each op (fp32 models: equal to float rounding).
@@ -9,9 +9,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from plait.models.layers import RMSNorm, SiluAndMul
+from plait.models.layers import RMSNorm, Rope, SiluAndMul
 from plait.runner.native import Kernels
-from plait.runner.native.ops import add_rms_norm, silu_mul
+from plait.runner.native.ops import add_rms_norm, rope_, silu_mul
 
 
 class NativeRMSNorm(nn.Module):
@@ -35,8 +35,19 @@ class NativeSiluAndMul(nn.Module):
         return silu_mul(self.kernels, gate_up)
 
 
+class NativeRope(nn.Module):
+    """Rotates in place: the layer hands it a view of its own fresh qkv projection."""
+
+    def __init__(self, kernels: Kernels) -> None:
+        super().__init__()
+        self.kernels = kernels
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor) -> torch.Tensor:
+        return rope_(self.kernels, x, cos, signed_sin)
+
+
 def use_native_layers(model: nn.Module, kernels: Kernels) -> int:
-    """Swap every RMSNorm and SiluAndMul of `model` for its kernel version; returns how many were swapped."""
+    """Swap every RMSNorm, SiluAndMul and Rope of `model` for its kernel version; returns how many were swapped."""
     swapped = 0
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):
@@ -44,6 +55,8 @@ def use_native_layers(model: nn.Module, kernels: Kernels) -> int:
                 setattr(parent, name, NativeRMSNorm(child, kernels))
             elif isinstance(child, SiluAndMul):
                 setattr(parent, name, NativeSiluAndMul(kernels))
+            elif isinstance(child, Rope):
+                setattr(parent, name, NativeRope(kernels))
             else:
                 continue
             swapped += 1

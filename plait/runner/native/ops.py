@@ -94,3 +94,14 @@ def silu_mul(kernels: Kernels, gate_up: torch.Tensor) -> torch.Tensor:
     out = torch.empty(*gate_up.shape[:-1], dim, dtype=gate_up.dtype)
     kernels.silu_mul[suffix](gate_up.data_ptr(), out.data_ptr(), gate_up.numel() // (2 * dim), dim)
     return out
+
+
+def rope_(kernels: Kernels, x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor) -> torch.Tensor:
+    """Rotary embedding in place: x [T, heads, D] (rows may be strided), cos/signed_sin [T, 1, D]. Returns x."""
+    suffix = _suffix("rope", x.dtype)
+    tokens, heads, dim = x.shape
+    if not _rows_contiguous(x):
+        raise ValueError("rope_: x must have dense heads and dims (rows may be strided)")
+    cos, signed_sin = (t.to(x.dtype).reshape(tokens, dim).contiguous() for t in (cos, signed_sin))
+    kernels.rope[suffix](x.data_ptr(), x.stride(0), cos.data_ptr(), signed_sin.data_ptr(), tokens, heads, dim)
+    return x
