@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from plait.runner.native import Kernels
-from plait.runner.native.ops import paged_attention
+from plait.runner.native.ops import PagedAttentionStep
 
 
 @dataclass
@@ -74,15 +74,19 @@ class PagedAttention:
     def __init__(self, cache: KVCache, meta: AttentionMetadata, num_heads: int, num_kv_heads: int,
                  head_dim: int, kernels: Kernels | None = None) -> None:
         self.cache, self.meta, self.kernels = cache, meta, kernels
+        self.kernel_step = None
+        if meta.block_tables is not None:
+            self.kernel_step = PagedAttentionStep(kernels, cache.tensor.dtype, meta.slot_mapping, meta.block_tables,
+                                                  meta.token_rows, meta.token_context_lens, cache.block_size,
+                                                  head_dim ** -0.5)
         self.num_heads, self.num_kv_heads, self.head_dim = num_heads, num_kv_heads, head_dim
         self.scale = head_dim ** -0.5
 
     def __call__(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         meta = self.meta
         k_cache, v_cache = self.cache.tensor[layer, 0], self.cache.tensor[layer, 1]  # [kv, slots, d]
-        if meta.block_tables is not None:  # the kernel writes k/v into the cache itself
-            return paged_attention(self.kernels, q, k, v, k_cache, v_cache, meta.slot_mapping, meta.block_tables,
-                                   meta.token_rows, meta.token_context_lens, self.cache.block_size, self.scale)
+        if self.kernel_step is not None:  # the kernel writes k/v into the cache itself
+            return self.kernel_step(q, k, v, k_cache, v_cache)
         k_cache.index_copy_(1, meta.slot_mapping, k.transpose(0, 1))
         v_cache.index_copy_(1, meta.slot_mapping, v.transpose(0, 1))
         if not meta.prefills:

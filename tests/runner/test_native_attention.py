@@ -52,7 +52,7 @@ def random_case(heads, kv_heads, dim, block_size, dtype, seed, max_len=70):
 
 
 @needs_kernels
-@pytest.mark.parametrize("heads,kv_heads,dim", [(9, 3, 64), (10, 2, 64), (4, 4, 128), (6, 2, 24)])
+@pytest.mark.parametrize("heads,kv_heads,dim", [(9, 3, 64), (10, 2, 64), (4, 4, 128), (12, 4, 128), (6, 2, 24)])
 @pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.bfloat16, 2e-2)])
 def test_kernel_writes_new_kv_and_matches_plain_attention(heads, kv_heads, dim, dtype, tol):
     for seed, block_size in ((0, 16), (1, 5)):

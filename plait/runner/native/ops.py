@@ -22,47 +22,69 @@ def _rows_contiguous(t: torch.Tensor) -> bool:
     return t.stride(-1) == 1 and all(t.stride(i) == t.stride(i + 1) * t.shape[i + 1] for i in range(1, t.dim() - 1))
 
 
+class PagedAttentionStep:
+    """The attention kernel bound to one step's batch layout: what is the same for every layer (slots, block
+    tables, each token's row and context length) is checked and packed once, so each layer's call only fills in
+    its own tensors. At batch 1 a step is bound by Python, and per-call argument checks were ~1.5 ms of ~11 ms."""
+
+    def __init__(self, kernels: Kernels, dtype: torch.dtype, slot_mapping: torch.Tensor, block_tables: torch.Tensor,
+                 rows: torch.Tensor, context_lens: torch.Tensor, block_size: int, scale: float) -> None:
+        self.fn = kernels.paged_attention[_suffix("paged_attention", dtype)]
+        self.dtype = dtype
+        tokens = rows.shape[0]
+        for name, t, want in (("slot_mapping", slot_mapping, torch.int64), ("block_tables", block_tables, torch.int32),
+                              ("rows", rows, torch.int32), ("context_lens", context_lens, torch.int32)):
+            if t.dtype != want:
+                raise ValueError(f"paged_attention: {name} must be {want}")
+        if rows.shape != (tokens,) or context_lens.shape != (tokens,) or slot_mapping.shape != (tokens,):
+            raise ValueError("paged_attention: slot_mapping, rows and context_lens need one entry per token "
+                             f"({tokens})")
+        # Kept as attributes: the struct holds raw pointers into them.
+        self._keep = tuple(t.contiguous() for t in (slot_mapping, block_tables, rows, context_lens))
+        slots, tables, rows_, lengths = self._keep
+        self.tokens = tokens
+        self.args = AttentionArgs(slots=slots.data_ptr(), tables=tables.data_ptr(), rows=rows_.data_ptr(),
+                                  lengths=lengths.data_ptr(), tokens=tokens, block_size=block_size,
+                                  max_blocks=tables.shape[1], scale=scale)
+        self.args_ref = ctypes.byref(self.args)
+
+    def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor,
+                 v_cache: torch.Tensor) -> torch.Tensor:
+        """q: [T, H, D]; k, v: [T, KV, D] (rows may be strided, heads and dims dense); k_cache/v_cache:
+        [KV, slots, D] contiguous. Writes k/v into the cache, returns attention [T, H, D]."""
+        tokens, heads, dim = q.shape
+        kv_heads = k_cache.shape[0]
+        if tokens != self.tokens or heads % kv_heads:
+            raise ValueError(f"paged_attention: q is {tuple(q.shape)} for {self.tokens} tokens, {kv_heads} kv heads")
+        q, k, v = (t if _rows_contiguous(t) else t.contiguous() for t in (q, k, v))
+        for name, t in (("q", q), ("k", k), ("v", v), ("k_cache", k_cache), ("v_cache", v_cache)):
+            if t.dtype != self.dtype or t.device.type != "cpu":
+                raise ValueError(f"paged_attention: {name} must be a CPU {self.dtype} tensor")
+        if not (k_cache.is_contiguous() and v_cache.is_contiguous()):
+            raise ValueError("paged_attention: k_cache and v_cache must be contiguous")
+        if k.shape != (tokens, kv_heads, dim) or v.shape != k.shape:
+            raise ValueError(f"paged_attention: k and v must be [{tokens}, {kv_heads}, {dim}]")
+        out = torch.empty(tokens, heads, dim, dtype=q.dtype)
+        a = self.args
+        a.q, a.k_new, a.v_new = q.data_ptr(), k.data_ptr(), v.data_ptr()
+        a.k_cache, a.v_cache, a.out = k_cache.data_ptr(), v_cache.data_ptr(), out.data_ptr()
+        a.q_stride, a.k_stride, a.v_stride, a.head_stride = q.stride(0), k.stride(0), v.stride(0), k_cache.stride(0)
+        a.heads, a.kv_heads, a.head_dim = heads, kv_heads, dim
+        if self.fn(self.args_ref) != 0:
+            raise MemoryError("paged_attention: a kernel thread could not allocate its scratch buffer")
+        return out
+
+
 def paged_attention(kernels: Kernels, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor,
                     v_cache: torch.Tensor, slot_mapping: torch.Tensor, block_tables: torch.Tensor,
                     rows: torch.Tensor, context_lens: torch.Tensor, block_size: int, scale: float) -> torch.Tensor:
     """Write this step's k/v into the cache, then causal attention of every token over its own sequence.
 
-    q: [T, H, D]; k, v: [T, KV, D] (rows may be strided, heads and dims dense); k_cache/v_cache: [KV, slots, D]
-    contiguous; slot_mapping: [T] int64; block_tables: [R, max_blocks] int32; rows: [T] int32, each token's row of
-    block_tables; context_lens: [T] int32, each token's position + 1. Returns [T, H, D] in q's dtype.
+    slot_mapping: [T] int64; block_tables: [R, max_blocks] int32; rows: [T] int32, each token's row of
+    block_tables; context_lens: [T] int32, each token's position + 1. One-off form of PagedAttentionStep.
     """
-    suffix = _suffix("paged_attention", q.dtype)
-    tokens, heads, dim = q.shape
-    kv_heads = k_cache.shape[0]
-    if heads % kv_heads:
-        raise ValueError(f"paged_attention: {heads} query heads do not split into {kv_heads} kv heads")
-    q, k, v = (t if _rows_contiguous(t) else t.contiguous() for t in (q, k, v))
-    for name, t in (("k", k), ("v", v), ("k_cache", k_cache), ("v_cache", v_cache)):
-        if t.dtype != q.dtype or t.device.type != "cpu":
-            raise ValueError(f"paged_attention: {name} must be a CPU {q.dtype} tensor")
-    if not (k_cache.is_contiguous() and v_cache.is_contiguous()):
-        raise ValueError("paged_attention: k_cache and v_cache must be contiguous")
-    if k.shape != (tokens, kv_heads, dim) or v.shape != k.shape:
-        raise ValueError(f"paged_attention: k and v must be [{tokens}, {kv_heads}, {dim}]")
-    for name, t, dtype in (("slot_mapping", slot_mapping, torch.int64), ("block_tables", block_tables, torch.int32),
-                           ("rows", rows, torch.int32), ("context_lens", context_lens, torch.int32)):
-        if t.dtype != dtype:
-            raise ValueError(f"paged_attention: {name} must be {dtype}")
-    if rows.shape != (tokens,) or context_lens.shape != (tokens,) or slot_mapping.shape != (tokens,):
-        raise ValueError(f"paged_attention: slot_mapping, rows and context_lens need one entry per token ({tokens})")
-    slot_mapping, block_tables, rows, context_lens = (
-        t.contiguous() for t in (slot_mapping, block_tables, rows, context_lens))
-    out = torch.empty(tokens, heads, dim, dtype=q.dtype)
-    args = AttentionArgs(
-        q=q.data_ptr(), k_new=k.data_ptr(), v_new=v.data_ptr(), k_cache=k_cache.data_ptr(),
-        v_cache=v_cache.data_ptr(), out=out.data_ptr(), slots=slot_mapping.data_ptr(),
-        tables=block_tables.data_ptr(), rows=rows.data_ptr(), lengths=context_lens.data_ptr(),
-        q_stride=q.stride(0), k_stride=k.stride(0), v_stride=v.stride(0), head_stride=k_cache.stride(0),
-        tokens=tokens, heads=heads, kv_heads=kv_heads, head_dim=dim, block_size=block_size,
-        max_blocks=block_tables.shape[1], scale=scale)
-    if kernels.paged_attention[suffix](ctypes.byref(args)) != 0:
-        raise MemoryError("paged_attention: a kernel thread could not allocate its scratch buffer")
-    return out
+    step = PagedAttentionStep(kernels, q.dtype, slot_mapping, block_tables, rows, context_lens, block_size, scale)
+    return step(q, k, v, k_cache, v_cache)
 
 
 def add_rms_norm(kernels: Kernels, x: torch.Tensor, weight: torch.Tensor, eps: float,

@@ -65,30 +65,33 @@ static inline __m512 sum16(const __m512 acc[16]) {
     return _mm512_add_ps(_mm512_shuffle_f32x4(lo, hi, 0x88), _mm512_shuffle_f32x4(lo, hi, 0xDD));
 }
 
-/* bf16 scores for head size 64 with the CPU's bf16 dot-product instruction: q and k stay bf16 (the values the
- * model produced; products are exact, sums fp32), 16 context tokens per reduction. */
-static inline __m512 dot64(__m512bh q0, __m512bh q1, const uint16_t *row) {
-    const __m512 part = _mm512_dpbf16_ps(_mm512_setzero_ps(), q0, (__m512bh)_mm512_loadu_si512(row));
-    return _mm512_dpbf16_ps(part, q1, (__m512bh)_mm512_loadu_si512(row + 32));
+/* bf16 scores for head sizes 64 and 128 with the CPU's bf16 dot-product instruction: q and k stay bf16 (the
+ * values the model produced; products are exact, sums fp32), 16 context tokens per reduction. D is a constant
+ * after inlining, so the loops over it unroll into registers. */
+__attribute__((always_inline)) static inline __m512 dot_row(const __m512bh *qv, const uint16_t *row, const int D) {
+    __m512 acc = _mm512_setzero_ps();
+    for (int c = 0; c < D / 32; ++c) acc = _mm512_dpbf16_ps(acc, qv[c], (__m512bh)_mm512_loadu_si512(row + 32 * c));
+    return acc;
 }
 
-static void scores_bf16_d64(const uint16_t *q, const uint16_t *k_head, const int32_t *table, int len, int group,
-                            int bs, float scale, float *scores) {
+__attribute__((always_inline)) static inline void scores_bf16(const uint16_t *q, const uint16_t *k_head,
+                                                              const int32_t *table, int len, int group, int bs,
+                                                              float scale, float *scores, const int D) {
     const __m512 vscale = _mm512_set1_ps(scale);
     for (int g = 0; g < group; ++g) {
-        const __m512bh q0 = (__m512bh)_mm512_loadu_si512(q + g * 64);
-        const __m512bh q1 = (__m512bh)_mm512_loadu_si512(q + g * 64 + 32);
+        __m512bh qv[4];
+        for (int c = 0; c < D / 32; ++c) qv[c] = (__m512bh)_mm512_loadu_si512(q + g * D + 32 * c);
         float *out = scores + g * len;
         for (int start = 0; start < len; start += bs) {
-            const uint16_t *block = k_head + (int64_t)table[start / bs] * bs * 64;
+            const uint16_t *block = k_head + (int64_t)table[start / bs] * bs * D;
             const int n = len - start < bs ? len - start : bs;
             int j = 0;
             for (; j + 16 <= n; j += 16) {
                 __m512 acc[16];
-                for (int u = 0; u < 16; ++u) acc[u] = dot64(q0, q1, block + (int64_t)(j + u) * 64);
+                for (int u = 0; u < 16; ++u) acc[u] = dot_row(qv, block + (int64_t)(j + u) * D, D);
                 _mm512_storeu_ps(out + start + j, _mm512_mul_ps(sum16(acc), vscale));
             }
-            for (; j < n; ++j) out[start + j] = _mm512_reduce_add_ps(dot64(q0, q1, block + (int64_t)j * 64)) * scale;
+            for (; j < n; ++j) out[start + j] = _mm512_reduce_add_ps(dot_row(qv, block + (int64_t)j * D, D)) * scale;
         }
     }
 }
@@ -97,33 +100,32 @@ static inline __m512 bf16x16_to_f32(const uint16_t *p) {
     return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)p)), 16));
 }
 
-/* acc[g] = sum over the context of probs[g, t] * v_t, head size 64: each V row is converted once and feeds up to
- * four heads held in registers. */
-static void values_bf16_d64(const float *probs, const uint16_t *v_head, const int32_t *table, int len, int group,
-                            int bs, float *acc) {
-    for (int g0 = 0; g0 < group; g0 += 4) {
-        const int heads = group - g0 < 4 ? group - g0 : 4;
-        __m512 sum[4][4];
-        for (int g = 0; g < 4; ++g)
-            for (int i = 0; i < 4; ++i) sum[g][i] = _mm512_setzero_ps();
+/* acc[g] = sum over the context of probs[g, t] * v_t for head sizes 64 and 128: each V row is converted once and
+ * feeds as many heads as 16 vector registers hold (4 of size 64, 2 of size 128). */
+__attribute__((always_inline)) static inline void values_bf16(const float *probs, const uint16_t *v_head,
+                                                              const int32_t *table, int len, int group, int bs,
+                                                              float *acc, const int D) {
+    const int per_pass = 256 / D, chunks = D / 16;
+    for (int g0 = 0; g0 < group; g0 += per_pass) {
+        const int heads = group - g0 < per_pass ? group - g0 : per_pass;
+        __m512 sum[4][8];
+        for (int g = 0; g < per_pass; ++g)
+            for (int c = 0; c < chunks; ++c) sum[g][c] = _mm512_setzero_ps();
         for (int start = 0; start < len; start += bs) {
-            const uint16_t *block = v_head + (int64_t)table[start / bs] * bs * 64;
+            const uint16_t *block = v_head + (int64_t)table[start / bs] * bs * D;
             const int n = len - start < bs ? len - start : bs;
             for (int j = 0; j < n; ++j) {
-                const uint16_t *row = block + (int64_t)j * 64;
-                const __m512 v0 = bf16x16_to_f32(row), v1 = bf16x16_to_f32(row + 16),
-                             v2 = bf16x16_to_f32(row + 32), v3 = bf16x16_to_f32(row + 48);
+                const uint16_t *row = block + (int64_t)j * D;
+                __m512 v[8];
+                for (int c = 0; c < chunks; ++c) v[c] = bf16x16_to_f32(row + 16 * c);
                 for (int g = 0; g < heads; ++g) {
                     const __m512 p = _mm512_set1_ps(probs[(g0 + g) * len + start + j]);
-                    sum[g][0] = _mm512_fmadd_ps(p, v0, sum[g][0]);
-                    sum[g][1] = _mm512_fmadd_ps(p, v1, sum[g][1]);
-                    sum[g][2] = _mm512_fmadd_ps(p, v2, sum[g][2]);
-                    sum[g][3] = _mm512_fmadd_ps(p, v3, sum[g][3]);
+                    for (int c = 0; c < chunks; ++c) sum[g][c] = _mm512_fmadd_ps(p, v[c], sum[g][c]);
                 }
             }
         }
         for (int g = 0; g < heads; ++g)
-            for (int i = 0; i < 4; ++i) _mm512_storeu_ps(acc + (g0 + g) * 64 + i * 16, sum[g][i]);
+            for (int c = 0; c < chunks; ++c) _mm512_storeu_ps(acc + (g0 + g) * D + c * 16, sum[g][c]);
     }
 }
 #endif
@@ -135,8 +137,8 @@ __attribute__((always_inline)) static inline void attend_one(
     float scale, void *out, float *work, int bf16) {
     float *q_f = work, *acc = work + group * D, *scores = work + 2 * group * D;
 #ifdef HAVE_BF16_DOT
-    if (bf16 && D == 64) {
-        scores_bf16_d64((const uint16_t *)q, (const uint16_t *)k_head, table, len, group, bs, scale, scores);
+    if (bf16 && (D == 64 || D == 128)) {
+        scores_bf16((const uint16_t *)q, (const uint16_t *)k_head, table, len, group, bs, scale, scores, D);
         goto softmax;
     }
 #endif
@@ -170,8 +172,8 @@ softmax:
         for (int t = 0; t < len; ++t) s[t] *= inv;
     }
 #ifdef HAVE_BF16_DOT
-    if (bf16 && D == 64) {
-        values_bf16_d64(scores, (const uint16_t *)v_head, table, len, group, bs, acc);
+    if (bf16 && (D == 64 || D == 128)) {
+        values_bf16(scores, (const uint16_t *)v_head, table, len, group, bs, acc, D);
         goto finish;
     }
 #endif
