@@ -181,3 +181,25 @@ def test_shutdown_fails_pending_and_later_requests(make_engine):
             engine.generate(prompts(1)[0], GREEDY)
 
     asyncio.run(asyncio.wait_for(main(), 10))
+
+
+def test_engine_is_built_in_the_engine_thread_and_build_errors_reach_the_caller(monkeypatch, tmp_path):
+    """AsyncLLM builds inside its engine thread (one OpenMP pool: see AsyncLLM.__init__), yet a model that cannot
+    load still raises in the constructor, in the caller's thread."""
+    import threading
+
+    import plait.engine.async_llm as async_llm
+
+    with pytest.raises(ValueError, match="not found|does not exist|no model"):
+        AsyncLLM(model=str(tmp_path / "missing.gguf"))
+
+    built_in = []
+
+    def recording_build(config):
+        built_in.append(threading.current_thread().name)
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(async_llm, "build_engine", recording_build)
+    with pytest.raises(RuntimeError, match="boom"):
+        AsyncLLM()
+    assert built_in == ["plait-engine"]

@@ -73,7 +73,7 @@ def test_kernel_refuses_what_it_cannot_read():
     case = random_case(4, 2, 16, 4, torch.float32, 0)
     with pytest.raises(ValueError, match="block_tables must be torch.int32"):
         paged_attention(kernels, **{**case, "block_tables": case["block_tables"].long()})
-    with pytest.raises(ValueError, match="k_cache must be"):
+    with pytest.raises(ValueError, match="k_cache"):
         paged_attention(kernels, **{**case, "k_cache": case["k_cache"].to(torch.bfloat16)})
     with pytest.raises(ValueError, match="one entry per token"):
         paged_attention(kernels, **{**case, "rows": case["rows"][:-1]})

@@ -19,7 +19,8 @@ def _suffix(op: str, dtype: torch.dtype) -> str:
 
 def _rows_contiguous(t: torch.Tensor) -> bool:
     """Rows may be strided (slices of a fused tensor); everything inside a row must be dense."""
-    return t.stride(-1) == 1 and all(t.stride(i) == t.stride(i + 1) * t.shape[i + 1] for i in range(1, t.dim() - 1))
+    strides, shape = t.stride(), t.shape
+    return strides[-1] == 1 and all(strides[i] == strides[i + 1] * shape[i + 1] for i in range(1, len(shape) - 1))
 
 
 class PagedAttentionStep:
@@ -56,12 +57,18 @@ class PagedAttentionStep:
         kv_heads = k_cache.shape[0]
         if tokens != self.tokens or heads % kv_heads:
             raise ValueError(f"paged_attention: q is {tuple(q.shape)} for {self.tokens} tokens, {kv_heads} kv heads")
-        q, k, v = (t if _rows_contiguous(t) else t.contiguous() for t in (q, k, v))
-        for name, t in (("q", q), ("k", k), ("v", v), ("k_cache", k_cache), ("v_cache", v_cache)):
-            if t.dtype != self.dtype or t.device.type != "cpu":
-                raise ValueError(f"paged_attention: {name} must be a CPU {self.dtype} tensor")
-        if not (k_cache.is_contiguous() and v_cache.is_contiguous()):
-            raise ValueError("paged_attention: k_cache and v_cache must be contiguous")
+        # Checks kept cheap (this runs once per layer per step): dtypes, density, shapes; the kernel does the rest.
+        if not _rows_contiguous(q):
+            q = q.contiguous()
+        if not _rows_contiguous(k):
+            k = k.contiguous()
+        if not _rows_contiguous(v):
+            v = v.contiguous()
+        dtype = self.dtype
+        if q.dtype != dtype or k.dtype != dtype or v.dtype != dtype or k_cache.dtype != dtype or v_cache.dtype != dtype:
+            raise ValueError(f"paged_attention: q, k, v, k_cache and v_cache must all be {dtype}")
+        if not (k_cache.is_contiguous() and v_cache.is_contiguous()) or q.device.type != "cpu":
+            raise ValueError("paged_attention: k_cache and v_cache must be contiguous CPU tensors")
         if k.shape != (tokens, kv_heads, dim) or v.shape != k.shape:
             raise ValueError(f"paged_attention: k and v must be [{tokens}, {kv_heads}, {dim}]")
         out = torch.empty(tokens, heads, dim, dtype=q.dtype)
@@ -124,6 +131,11 @@ def rope_(kernels: Kernels, x: torch.Tensor, cos: torch.Tensor, signed_sin: torc
     tokens, heads, dim = x.shape
     if not _rows_contiguous(x):
         raise ValueError("rope_: x must have dense heads and dims (rows may be strided)")
-    cos, signed_sin = (t.to(x.dtype).reshape(tokens, dim).contiguous() for t in (cos, signed_sin))
+    if cos.shape != (tokens, 1, dim) or signed_sin.shape != cos.shape:
+        raise ValueError(f"rope_: cos and signed_sin must be [{tokens}, 1, {dim}]")
+    if cos.dtype != x.dtype or not cos.is_contiguous():
+        cos = cos.to(x.dtype).contiguous()
+    if signed_sin.dtype != x.dtype or not signed_sin.is_contiguous():
+        signed_sin = signed_sin.to(x.dtype).contiguous()
     kernels.rope[suffix](x.data_ptr(), x.stride(0), cos.data_ptr(), signed_sin.data_ptr(), tokens, heads, dim)
     return x
