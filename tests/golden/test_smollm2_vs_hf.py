@@ -57,30 +57,33 @@ def test_last_position_logits_within_1e3(engines):
 
 
 def test_native_q4_path_stays_as_close_to_fp32_as_dense_bf16(engines):
-    """bf16 with the GGUF's 4-bit weights at small batch vs the fp32 reference: first-token logprobs within 0.06
-    and greedy prefixes agreeing about as long as dense bf16's do."""
+    """bf16 with the GGUF's 4-bit weights at small steps vs the fp32 reference, teacher-forced: each engine scores
+    the reference's own greedy continuations, fed in steps of 8 tokens (so the 4-bit kernel runs), and the mean
+    logprob error is compared with dense bf16's. Teacher forcing does not flip on bf16 near-ties as greedy
+    agreement does."""
     from plait import LLM
     from plait.runner.q4_linear import Q4Linear, can_use_q4
 
     if not can_use_q4(torch.bfloat16, torch.device("cpu")) or not torch.ops.mkldnn._is_mkldnn_bf16_supported():
         pytest.skip("needs native bf16 and the CPU int4 kernel")
     reference, _ = engines
-    native, dense = LLM(dtype="bfloat16"), LLM(dtype="bfloat16", native_q4=False)
+    native = LLM(dtype="bfloat16", max_num_batched_tokens=8)
+    dense = LLM(dtype="bfloat16", native_q4=False, max_num_batched_tokens=8)
     assert any(isinstance(m, Q4Linear) for m in native.engine.runner.model.modules())
-    params = SamplingParams(max_tokens=32, min_tokens=32, temperature=0, logprobs=0)
+    greedy = SamplingParams(max_tokens=32, min_tokens=32, temperature=0)
+    score = SamplingParams(max_tokens=1, prompt_logprobs=1)
 
-    def agree(a, b):
-        return next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), len(a))
+    def continuation_logprobs(llm, full, start):
+        entries = llm.generate([full], score, use_tqdm=False)[0].prompt_logprobs
+        return torch.tensor([entries[i][full[i]].logprob for i in range(start, len(full))])
 
-    q4_agree, dense_agree = [], []
+    errors = {"q4": [], "dense": []}
     for prompt in PROMPTS:
         ids = reference.tokenizer.encode(prompt)
-        ref, q4, bf = (llm.generate([ids], params, use_tqdm=False)[0].outputs[0]
-                       for llm in (reference, native, dense))
-        first = [next(iter(x.logprobs[0].values())).logprob for x in (ref, q4)]
-        assert abs(first[0] - first[1]) < 0.06
-        q4_agree.append(agree(ref.token_ids, q4.token_ids))
-        dense_agree.append(agree(ref.token_ids, bf.token_ids))
-    # Greedy agreement over 8 x 32 tokens flips on bf16 near-ties: one early flip costs a prompt ~30 tokens. Measured
-    # with the C kernels: q4 167-187 vs dense 225 (kernels off: q4 212); two prompts' worth of slack.
-    assert sum(q4_agree) >= sum(dense_agree) - 64, (q4_agree, dense_agree)
+        full = ids + reference.generate([ids], greedy, use_tqdm=False)[0].outputs[0].token_ids
+        want = continuation_logprobs(reference, full, len(ids))
+        for name, llm in (("q4", native), ("dense", dense)):
+            errors[name].append((continuation_logprobs(llm, full, len(ids)) - want).abs().mean().item())
+    q4, bf = sum(errors["q4"]) / len(PROMPTS), sum(errors["dense"]) / len(PROMPTS)
+    # Measured here: mean |logprob error| per token 0.026 for the 4-bit path, 0.024 for dense bf16.
+    assert q4 < 0.05 and q4 <= 1.5 * bf + 0.005, errors
