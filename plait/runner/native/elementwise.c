@@ -6,6 +6,7 @@
  */
 #include <math.h>
 #include <stdint.h>
+#include <stdlib.h>
 
 #include "common.h"
 
@@ -55,17 +56,31 @@ static void silu_mul(const void *gate_up, void *out, int rows, int dim, int bf16
 static void rope(void *x, int64_t row_stride, const void *cos, const void *signed_sin, int tokens, int heads,
                  int dim, int bf16) {
     const int half = dim / 2;
-#pragma omp parallel for schedule(static)
-    for (int t = 0; t < tokens; ++t) {
-        for (int h = 0; h < heads; ++h) {
-            const int64_t base = t * row_stride + (int64_t)h * dim, table = (int64_t)t * dim;
-            for (int i = 0; i < half; ++i) {
-                const float a = load(x, base + i, bf16), b = load(x, base + half + i, bf16);
-                store(x, base + i, a * load(cos, table + i, bf16) + b * load(signed_sin, table + i, bf16), bf16);
-                store(x, base + half + i,
-                      b * load(cos, table + half + i, bf16) + a * load(signed_sin, table + half + i, bf16), bf16);
+#pragma omp parallel
+    {
+        /* A head is read into fp32 scratch before it is overwritten: with no aliasing left between the loads and the
+         * stores, the loops vectorize. cos/sin are converted once per token for all its heads. */
+        float *buf = malloc(sizeof(float) * 4 * (size_t)dim);
+#pragma omp for schedule(static)
+        for (int t = 0; t < tokens; ++t) {
+            if (!buf) continue;
+            float *head = buf, *c = buf + dim, *sn = buf + 2 * dim, *rotated = buf + 3 * dim;
+            const int64_t table = (int64_t)t * dim;
+            for (int i = 0; i < dim; ++i) {
+                c[i] = load(cos, table + i, bf16);
+                sn[i] = load(signed_sin, table + i, bf16);
+            }
+            for (int h = 0; h < heads; ++h) {
+                const int64_t base = t * row_stride + (int64_t)h * dim;
+                for (int i = 0; i < dim; ++i) head[i] = load(x, base + i, bf16);
+                for (int i = 0; i < half; ++i) {
+                    rotated[i] = head[i] * c[i] + head[half + i] * sn[i];
+                    rotated[half + i] = head[half + i] * c[half + i] + head[i] * sn[half + i];
+                }
+                for (int i = 0; i < dim; ++i) store(x, base + i, rotated[i], bf16);
             }
         }
+        free(buf);
     }
 }
 
