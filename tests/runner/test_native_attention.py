@@ -166,3 +166,18 @@ def test_rope_in_place_matches_apply_rope(dtype, tol):
     assert rope_(kernels, x, cos, sin) is x
     torch.testing.assert_close(x.float(), want, atol=tol, rtol=tol)
     assert torch.equal(fused[:, 5:], untouched)  # the rest of the row (v) is left alone
+
+
+def test_without_a_compiler_the_kernels_are_unavailable_with_a_reason(monkeypatch):
+    monkeypatch.setattr(native, "_compiler", lambda: None)
+    kernels_, reason = native._load.__wrapped__()
+    assert kernels_ is None and "no C compiler" in reason
+
+
+@needs_kernels
+def test_a_failed_build_is_reported_not_raised(monkeypatch, tmp_path):
+    monkeypatch.setenv("PLAIT_CACHE", str(tmp_path))
+    monkeypatch.setattr(native, "COMPILE_FLAGS", native.COMPILE_FLAGS + ("-fno-such-flag-plait",))
+    kernels_, reason = native._load.__wrapped__()
+    assert kernels_ is None and "kernel build or load failed" in reason and "-fno-such-flag-plait" in reason
+    assert not list(tmp_path.rglob("*.so")) and not list(tmp_path.rglob("*.o"))  # nothing half-built left behind
