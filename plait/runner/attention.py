@@ -74,13 +74,13 @@ class PagedAttention:
     def __init__(self, cache: KVCache, meta: AttentionMetadata, num_heads: int, num_kv_heads: int,
                  head_dim: int, kernels: Kernels | None = None) -> None:
         self.cache, self.meta, self.kernels = cache, meta, kernels
+        self.num_heads, self.num_kv_heads, self.head_dim = num_heads, num_kv_heads, head_dim
+        self.scale = head_dim ** -0.5
         self.kernel_step = None
         if meta.block_tables is not None:
             self.kernel_step = PagedAttentionStep(kernels, cache.tensor.dtype, meta.slot_mapping, meta.block_tables,
                                                   meta.token_rows, meta.token_context_lens, cache.block_size,
-                                                  head_dim ** -0.5)
-        self.num_heads, self.num_kv_heads, self.head_dim = num_heads, num_kv_heads, head_dim
-        self.scale = head_dim ** -0.5
+                                                  self.scale)
 
     def __call__(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         meta = self.meta
