@@ -323,13 +323,17 @@ def _load_tokenizer(name: str | None) -> Any:
     return tok
 
 
-def _served_model(args: argparse.Namespace, base_url: str | None = None) -> str:
+def _first_model(args: argparse.Namespace, base_url: str | None = None) -> dict[str, Any]:
     import httpx
 
     headers = {"Authorization": f"Bearer {args.api_key}"} if args.api_key else {}
     r = httpx.get((base_url or args.base_url).rstrip("/") + "/v1/models", headers=headers, timeout=30)
     r.raise_for_status()
-    return r.json()["data"][0]["id"]
+    return r.json()["data"][0]
+
+
+def _served_model(args: argparse.Namespace, base_url: str | None = None) -> str:
+    return _first_model(args, base_url)["id"]
 
 
 def measure(args: argparse.Namespace, base_url: str, workload: Workload, model: str,
@@ -398,7 +402,8 @@ def run_serve_bench(args: argparse.Namespace) -> int:
     status 1 if some run against --base-url had no successful request."""
     from plait.bench.serve_sweep import run_serve_sweep
 
-    model = args.model or _served_model(args)
+    served = _first_model(args)
+    model = args.model or served["id"]
     tok = _load_tokenizer(args.tokenizer)
     special = set(tok.all_special_ids)
 
@@ -406,6 +411,8 @@ def run_serve_bench(args: argparse.Namespace) -> int:
         return workload_from_args(argparse.Namespace(**dict(vars(args), seed=seed)), tok.vocab_size, special, tok)
 
     payload = run_serve_sweep(args, model, workload_for)
+    if served.get("owned_by"):  # who serves it ("plait", "llamacpp", ...): the report labels the system by it
+        payload["engine"] = served["owned_by"]
     path = report.save_json(args.output or report.default_output("serve"), payload)
     print(f"saved {path}")
     return 0 if all(run["completed"] for entry in payload["results"] for run in entry["runs"]) else 1

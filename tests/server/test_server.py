@@ -431,6 +431,7 @@ def test_bench_serve_against_the_server(server, tmp_path):
     assert run_serve_bench(args) == 0
     data = json.loads(out.read_text())
     assert data["model"] == MODEL and data["completed"] == 8 and data["failed"] == 0
+    assert data["engine"] == "plait"  # from /v1/models' owned_by: how the report labels the system
     assert data["total_output_tokens"] == 48 and data["total_input_tokens"] == 128
     for key in ("ttft", "tpot", "itl", "e2el"):
         assert all(data[f"{s}_{key}_ms"] > 0 for s in ("mean", "median", "p90", "p99"))
