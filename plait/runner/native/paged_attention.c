@@ -130,21 +130,12 @@ __attribute__((always_inline)) static inline void values_bf16(const float *probs
 }
 #endif
 
-/* One (token, kv head): `group` query heads over `len` context tokens.
- * work holds q (scaled, fp32) [group, D], the output accumulator [group, D] and the scores [group, len]. */
-__attribute__((always_inline)) static inline void attend_one(
-    const void *q, const void *k_head, const void *v_head, const int32_t *table, int len, int group, int D, int bs,
-    float scale, void *out, float *work, int bf16) {
-    float *q_f = work, *acc = work + group * D, *scores = work + 2 * group * D;
-#ifdef HAVE_BF16_DOT
-    if (bf16 && (D == 64 || D == 128)) {
-        scores_bf16((const uint16_t *)q, (const uint16_t *)k_head, table, len, group, bs, scale, scores, D);
-        goto softmax;
-    }
-#endif
+/* Generic scores (any head size, bf16 or fp32 storage): q is scaled into fp32 scratch, then each K row is read
+ * once, block by block: a block's rows are contiguous, and no division per token to find its slot. */
+__attribute__((always_inline)) static inline void scores_generic(
+    const void *q, const void *k_head, const int32_t *table, int len, int group, int D, int bs, float scale,
+    float *q_f, float *scores, int bf16) {
     for (int i = 0; i < group * D; ++i) q_f[i] = load(q, i, bf16) * scale;
-
-    /* Block by block: a block's rows are contiguous, and no division per token to find its slot. */
     for (int start = 0; start < len; start += bs) {
         const int64_t first = (int64_t)table[start / bs] * bs * D;
         if (start + bs < len) prefetch_rows(k_head, (int64_t)table[start / bs + 1] * bs * D, bs * D, bf16);
@@ -159,7 +150,30 @@ __attribute__((always_inline)) static inline void attend_one(
             }
         }
     }
-softmax:
+}
+
+/* Generic acc[g] = sum over the context of probs[g, t] * v_t, walking the blocks as scores_generic does. */
+__attribute__((always_inline)) static inline void values_generic(
+    const float *probs, const void *v_head, const int32_t *table, int len, int group, int D, int bs, float *acc,
+    int bf16) {
+    memset(acc, 0, sizeof(float) * group * D);
+    for (int start = 0; start < len; start += bs) {
+        const int64_t first = (int64_t)table[start / bs] * bs * D;
+        if (start + bs < len) prefetch_rows(v_head, (int64_t)table[start / bs + 1] * bs * D, bs * D, bf16);
+        const int n = len - start < bs ? len - start : bs;
+        for (int j = 0; j < n; ++j) {
+            const int64_t row = first + (int64_t)j * D;
+            for (int g = 0; g < group; ++g) {
+                const float p = probs[g * len + start + j];
+                float *ag = acc + g * D;
+                for (int i = 0; i < D; ++i) ag[i] += p * load(v_head, row + i, bf16);
+            }
+        }
+    }
+}
+
+/* Row-wise softmax of the [group, len] scores, in place. */
+static inline void softmax_rows(float *scores, int group, int len) {
     for (int g = 0; g < group; ++g) {
         float *s = scores + g * len;
         float top = -FLT_MAX, sum = 0.0f;  /* not -INFINITY: compiled with -ffast-math, which assumes finite math */
@@ -171,27 +185,30 @@ softmax:
         const float inv = 1.0f / sum;
         for (int t = 0; t < len; ++t) s[t] *= inv;
     }
+}
+
+/* One (token, kv head): `group` query heads over `len` context tokens.
+ * work holds q (scaled, fp32) [group, D], the output accumulator [group, D] and the scores [group, len]. */
+__attribute__((always_inline)) static inline void attend_one(
+    const void *q, const void *k_head, const void *v_head, const int32_t *table, int len, int group, int D, int bs,
+    float scale, void *out, float *work, int bf16) {
+    float *q_f = work, *acc = work + group * D, *scores = work + 2 * group * D;
 #ifdef HAVE_BF16_DOT
-    if (bf16 && (D == 64 || D == 128)) {
-        values_bf16(scores, (const uint16_t *)v_head, table, len, group, bs, acc, D);
-        goto finish;
-    }
+    const int fast = bf16 && (D == 64 || D == 128);
+#else
+    const int fast = 0;
 #endif
-    memset(acc, 0, sizeof(float) * group * D);
-    for (int start = 0; start < len; start += bs) {
-        const int64_t first = (int64_t)table[start / bs] * bs * D;
-        if (start + bs < len) prefetch_rows(v_head, (int64_t)table[start / bs + 1] * bs * D, bs * D, bf16);
-        const int n = len - start < bs ? len - start : bs;
-        for (int j = 0; j < n; ++j) {
-            const int64_t row = first + (int64_t)j * D;
-            for (int g = 0; g < group; ++g) {
-                const float p = scores[g * len + start + j];
-                float *ag = acc + g * D;
-                for (int i = 0; i < D; ++i) ag[i] += p * load(v_head, row + i, bf16);
-            }
-        }
+    if (fast) {
+#ifdef HAVE_BF16_DOT
+        scores_bf16((const uint16_t *)q, (const uint16_t *)k_head, table, len, group, bs, scale, scores, D);
+        softmax_rows(scores, group, len);
+        values_bf16(scores, (const uint16_t *)v_head, table, len, group, bs, acc, D);
+#endif
+    } else {
+        scores_generic(q, k_head, table, len, group, D, bs, scale, q_f, scores, bf16);
+        softmax_rows(scores, group, len);
+        values_generic(scores, v_head, table, len, group, D, bs, acc, bf16);
     }
-finish:
     for (int i = 0; i < group * D; ++i) store(out, i, acc[i], bf16);
 }
 
