@@ -65,8 +65,6 @@ class AsyncLLM:
         if self.error is not None:
             self._thread.join()
             raise self.error
-        self.engine = self._built.core
-        self.tokenizer = self._built.tokenizer
         if verbose:
             print(describe(self._built))
 
@@ -167,12 +165,12 @@ class AsyncLLM:
         try:
             if self._built is None:
                 self._built = build_engine(self.config)
+            self.engine, self.tokenizer = self._built.core, self._built.tokenizer
         except BaseException as exc:  # noqa: BLE001 - re-raised by __init__ in the caller's thread
             self.error = exc
             return
         finally:
-            ready.set()
-        self.engine = self._built.core
+            ready.set()  # after engine and tokenizer are set: __init__ returns and callers use them at once
         self._loop()
 
     def _loop(self) -> None:

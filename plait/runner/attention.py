@@ -73,7 +73,7 @@ class PagedAttention:
 
     def __init__(self, cache: KVCache, meta: AttentionMetadata, num_heads: int, num_kv_heads: int,
                  head_dim: int, kernels: Kernels | None = None) -> None:
-        self.cache, self.meta, self.kernels = cache, meta, kernels
+        self.cache, self.meta = cache, meta
         self.num_heads, self.num_kv_heads, self.head_dim = num_heads, num_kv_heads, head_dim
         self.scale = head_dim ** -0.5
         self.kernel_step = None
