@@ -6,72 +6,7 @@ import argparse
 import sys
 from typing import Sequence
 
-from plait.config import EngineConfig
-
-
-def add_engine_args(parser: argparse.ArgumentParser) -> None:
-    d = EngineConfig()
-    g = parser.add_argument_group("engine")
-    g.add_argument("--model", "-m", default=None,
-                   help="a .gguf file, a HuggingFace model directory, or 'smollm2-135m' (the default)")
-    g.add_argument("--dtype", default=d.dtype, choices=["auto", "float32", "bfloat16", "float16"],
-                   help="weights and activations; auto = bf16 where the CPU/GPU supports it, else fp32")
-    g.add_argument("--device", default=d.device, help="auto, cpu or cuda")
-    g.add_argument("--kv-cache-memory", default=None,
-                   help="bytes for the KV cache pool, e.g. 2GiB (default: from free memory, at most 1 GiB)")
-    g.add_argument("--block-size", type=int, default=d.block_size, help="tokens per KV block")
-    g.add_argument("--max-num-seqs", type=int, default=d.max_num_seqs, help="sequences running at once")
-    g.add_argument("--max-num-batched-tokens", type=int, default=None,
-                   help="token budget of one step = chunked prefill size (default: 2048 for generate and "
-                        "offline benchmarks, 512 for serve and chat, which favour steady streaming)")
-    g.add_argument("--max-model-len", type=int, default=None, help="context length cap")
-    g.add_argument("--no-prefix-caching", action="store_true", help="disable the automatic prefix cache")
-    g.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
-    g.add_argument("--no-native-q4", action="store_true",
-                   help="always use dense weights (by default, CPU bf16 steps of <= 8 tokens read a Q4_0/Q4_1 "
-                        "GGUF's 4-bit weights directly: faster at batch 1, slightly different bf16 numerics)")
-    g.add_argument("--no-native-kernels", action="store_true",
-                   help="run attention in PyTorch instead of plait's C kernel (which is compiled on first "
-                        "use with the machine's C compiler; also PLAIT_NATIVE_KERNELS=0)")
-    g.add_argument("--config", default=None,
-                   help="JSON file of engine settings (e.g. the best point `plait bench sweep` wrote); flags given "
-                        "on the command line win")
-
-
-def engine_kwargs(args: argparse.Namespace) -> dict:
-    kwargs = dict(model=args.model, dtype=args.dtype, device=args.device, kv_cache_memory=args.kv_cache_memory,
-                  block_size=args.block_size, max_num_seqs=args.max_num_seqs,
-                  max_num_batched_tokens=args.max_num_batched_tokens, max_model_len=args.max_model_len,
-                  enable_prefix_caching=not args.no_prefix_caching, num_threads=args.threads,
-                  native_q4=not getattr(args, "no_native_q4", False),
-                  native_kernels=not getattr(args, "no_native_kernels", False))
-    if getattr(args, "config", None):
-        kwargs = _merge_config_file(kwargs, args.config)
-    return kwargs
-
-
-def _merge_config_file(kwargs: dict, path: str) -> dict:
-    """Settings from the file fill in whatever the command line left at its default."""
-    import dataclasses
-    import json
-
-    try:
-        with open(path) as f:
-            settings = json.load(f)
-    except (OSError, ValueError) as exc:
-        raise ValueError(f"--config {path}: cannot read a JSON object ({exc})") from None
-    if not isinstance(settings, dict):
-        raise ValueError(f"--config {path}: expected a JSON object of engine settings")
-    settings = {k: v for k, v in settings.items() if not k.startswith("_")}  # "_sweep": provenance, not a setting
-    defaults = {f.name: f.default for f in dataclasses.fields(EngineConfig)}
-    unknown = sorted(set(settings) - set(defaults))
-    if unknown:
-        raise ValueError(f"--config {path}: unknown engine settings {unknown}; known: {sorted(defaults)}")
-    merged = dict(kwargs)
-    for key, value in settings.items():
-        if merged.get(key) == defaults[key]:
-            merged[key] = value
-    return merged
+from plait.engine.args import add_engine_args, engine_kwargs
 
 
 def add_sampling_args(parser: argparse.ArgumentParser, max_tokens: int) -> None:
@@ -175,6 +110,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="pending requests beyond which new ones get HTTP 503")
     p.add_argument("--served-model-name", default=None, help="model name reported by /v1/models")
     p.add_argument("--request-timeout", type=float, default=None, help="seconds before a request is aborted")
+    p.add_argument("--enable-priority", action="store_true",
+                   help="honour the request field `priority` (lower runs first and may preempt others); off by "
+                        "default, so no client can jump the queue, and then a non-zero priority gets HTTP 400")
     add_engine_args(p)
     p.set_defaults(func=cmd_serve)
 

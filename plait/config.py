@@ -66,14 +66,6 @@ def _rope_scaling(cfg: dict) -> dict | None:
 
 
 @dataclass
-class CacheConfig:
-    block_size: int = 16
-    # Bytes for the KV pool; None picks a default from free memory (see runner.memory).
-    kv_cache_memory: int | None = None
-    enable_prefix_caching: bool = True
-
-
-@dataclass
 class SchedulerConfig:
     max_num_seqs: int = 128
     max_num_batched_tokens: int = 512
@@ -136,6 +128,9 @@ class EngineConfig:
         self.kv_cache_memory = parse_memory(self.kv_cache_memory)
         if self.kv_cache_memory is not None and self.kv_cache_memory <= 0:
             raise ValueError(f"kv_cache_memory must be > 0 bytes, got {self.kv_cache_memory}")
+        if self.max_model_len is not None and (not isinstance(self.max_model_len, int) or self.max_model_len < 2):
+            raise ValueError(f"max_model_len must be an integer >= 2 (a prompt token and an output token) or None "
+                             f"for the model's context length, got {self.max_model_len!r}")
         SchedulerConfig(self.max_num_seqs, self.token_budget(offline=False))  # validates both
 
     def token_budget(self, offline: bool) -> int:

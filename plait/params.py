@@ -6,8 +6,13 @@ from dataclasses import dataclass, field
 
 # Upper bound on top-k alternatives returned per position; keeps one request from blowing up memory.
 MAX_LOGPROBS = 20
-# torch generators take 64-bit seeds; n>1 children use seed + index, so leave room below the top.
-MAX_SEED = 2**63 - 2**16
+# Samples per prompt: each holds its own decode KV blocks, so one request must not be able to take the pool.
+MAX_N = 128
+# Stop strings: each is searched for after every token, so their count and length are bounded.
+MAX_STOP_STRINGS = 64
+MAX_STOP_LENGTH = 1024
+# torch generators take 64-bit seeds; n>1 children derive theirs by hashing (seed, index).
+MAX_SEED = 2**63 - 1
 
 
 def _fail(name: str, allowed: str, value: object) -> None:
@@ -45,8 +50,8 @@ class SamplingParams:
     stop_strings: list[str] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
-        if not isinstance(self.n, int) or self.n < 1:
-            _fail("n", "an integer >= 1", self.n)
+        if not isinstance(self.n, int) or isinstance(self.n, bool) or not 1 <= self.n <= MAX_N:
+            _fail("n", f"an integer in [1, {MAX_N}]", self.n)
         if self.max_tokens is not None and (not isinstance(self.max_tokens, int) or self.max_tokens < 1):
             _fail("max_tokens", "an integer >= 1 (or None for 'up to the context length')", self.max_tokens)
         if not isinstance(self.min_tokens, int) or self.min_tokens < 0:
@@ -95,16 +100,17 @@ class SamplingParams:
             self.stop_strings = [s for s in self.stop if s]
         else:
             _fail("stop", "a string or a list of strings", self.stop)
+        if len(self.stop_strings) > MAX_STOP_STRINGS:
+            _fail("stop", f"at most {MAX_STOP_STRINGS} strings", f"{len(self.stop_strings)} strings")
+        if any(len(s) > MAX_STOP_LENGTH for s in self.stop_strings):
+            _fail("stop", f"strings of at most {MAX_STOP_LENGTH} characters",
+                  f"a string of {max(len(s) for s in self.stop_strings)} characters")
         if self.stop_token_ids is not None:
             if not all(isinstance(t, int) and t >= 0 for t in self.stop_token_ids):
                 _fail("stop_token_ids", "a list of non-negative integers", self.stop_token_ids)
             self.stop_token_ids = list(self.stop_token_ids)
         if not isinstance(self.priority, int):
             _fail("priority", "an integer (lower runs first)", self.priority)
-
-    @property
-    def greedy(self) -> bool:
-        return self.temperature == 0
 
     @property
     def uses_penalties(self) -> bool:

@@ -10,7 +10,7 @@ def add_bench_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Register `bench` and its sub-commands on plait's top-level sub-parsers."""
     from plait.bench.latency import add_latency_args
     from plait.bench.offline import add_offline_args
-    from plait.cli import add_engine_args
+    from plait.engine.args import add_engine_args
 
     bench = subparsers.add_parser("bench", help="benchmarks: offline throughput, batch-1 latency, serving load")
     sub = bench.add_subparsers(dest="bench_command", required=True, metavar="BENCHMARK")

@@ -60,7 +60,7 @@ def time_plait(llm: Any, prompt: list[int], output_len: int, request_id: str) ->
         for out in engine.step():
             if out.request_id != request_id:
                 continue
-            tokens = len(out.outputs[0].token_ids)
+            tokens += sum(len(s.token_ids) for s in out.samples)
             if first is None and tokens:
                 first = time.perf_counter()
     end = time.perf_counter()
@@ -76,7 +76,7 @@ def time_hf(model: Any, prompt: list[int], output_len: int) -> LatencyRun:
 
 def run_latency(args: argparse.Namespace, llm: Any = None, hf_model: Any = None) -> dict[str, Any]:
     """Alternate plait and the baseline on the same prompt each repeat; report medians and per-pair ratios."""
-    from plait.cli import engine_kwargs
+    from plait.engine.args import engine_kwargs
 
     if llm is None:
         from plait.engine.llm import LLM
@@ -127,7 +127,7 @@ def _medians(runs: list[LatencyRun]) -> dict[str, float]:
 
 def summarize(args: argparse.Namespace, llm: Any, plait_runs: list[LatencyRun],
               hf_runs: list[LatencyRun]) -> dict[str, Any]:
-    from plait.cli import engine_kwargs
+    from plait.engine.args import engine_kwargs
 
     dtype = engine_dtype_name(llm)
     result: dict[str, Any] = {

@@ -74,9 +74,7 @@ def engine_dtype_name(llm: Any) -> str:
 
 def reset_prefix_cache(llm: Any) -> None:
     """Repeats reuse the same prompts; without this the second pass would be served from the prefix cache."""
-    kv = getattr(getattr(llm.engine, "scheduler", None), "kv", None)
-    if kv is not None and hasattr(kv, "reset_prefix_cache"):
-        kv.reset_prefix_cache()
+    llm.reset_prefix_cache()
 
 
 def build_workload(args: argparse.Namespace, tokenizer: Any) -> Workload:
@@ -163,7 +161,7 @@ def run_llamacpp(case: dict[str, Any]) -> Throughput:
 
 def run_offline(args: argparse.Namespace, llm: Any = None, hf_model: Any = None) -> dict[str, Any]:
     """Run the benchmark described by `args`; `llm`/`hf_model` may be prebuilt (tests pass tiny ones)."""
-    from plait.cli import engine_kwargs
+    from plait.engine.args import engine_kwargs
 
     if llm is None:
         from plait.engine.llm import LLM
@@ -216,7 +214,7 @@ def summarize(args: argparse.Namespace, llm: Any, workload: Workload, plait_runs
               hf_runs: list[Throughput], hf_workload: Workload | None, hf_batch: int,
               llamacpp_runs: list[Throughput] = (), llamacpp: dict[str, Any] | None = None) -> dict[str, Any]:
     """Everything the JSON holds: config, machine, per-run numbers, medians and per-pair ratios."""
-    from plait.cli import engine_kwargs
+    from plait.engine.args import engine_kwargs
 
     dtype = engine_dtype_name(llm)
     result: dict[str, Any] = {

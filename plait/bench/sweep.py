@@ -26,7 +26,7 @@ from typing import Any, Callable, Iterable
 from plait.config import EngineConfig
 
 METRICS = ("output_tps", "total_tps")
-# EngineConfig field -> attribute that plait.cli.add_engine_args stores it under (inverted flags noted apart).
+# EngineConfig field -> attribute that plait.engine.args.add_engine_args stores it under (inverted flags noted apart).
 _ARG_NAMES = {"num_threads": "threads"}
 _INVERTED = {"enable_prefix_caching": "no_prefix_caching"}
 
@@ -132,7 +132,7 @@ def write_config(path: str | Path, settings: dict[str, Any], note: dict[str, Any
 def add_sweep_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Register `sweep` under `plait bench`'s sub-parsers: --param plus the offline workload and engine flags."""
     from plait.bench.offline import add_offline_args
-    from plait.cli import add_engine_args
+    from plait.engine.args import add_engine_args
 
     p = subparsers.add_parser("sweep", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
                               help="offline throughput over a grid of engine settings; writes the best as a config",
@@ -151,7 +151,7 @@ def add_sweep_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def _engine_settings(args: argparse.Namespace) -> dict[str, Any]:
-    from plait.cli import engine_kwargs
+    from plait.engine.args import engine_kwargs
 
     return engine_kwargs(args)
 

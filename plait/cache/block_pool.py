@@ -51,10 +51,6 @@ class BlockPool:
     def num_free(self) -> int:
         return len(self._free)
 
-    @property
-    def num_cached(self) -> int:
-        return len(self._cached)
-
     def allocate(self, count: int) -> list[int]:
         if count > len(self._free):
             raise RuntimeError(f"asked for {count} blocks with {len(self._free)} free")
@@ -96,9 +92,7 @@ class BlockPool:
         return block
 
     def clear_cache(self) -> None:
-        """Forget every cached key of a free block (used blocks keep theirs)."""
-        for block in list(self._free):
-            key = self.keys[block]
-            if key is not None:
-                del self._cached[key]
-                self.keys[block] = None
+        """Forget every cached key, of free blocks and of blocks in use alike (their data stays with their
+        users, but no later lookup finds it)."""
+        self._cached.clear()
+        self.keys = [None] * self.num_blocks

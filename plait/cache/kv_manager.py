@@ -26,6 +26,7 @@ class _Table:
     blocks: list[int] = field(default_factory=list)
     keys: list[BlockKey] = field(default_factory=list)  # keys of the leading full, registered blocks
     pending: list[BlockKey] = field(default_factory=list)  # announced keys this request owns
+    epoch: int = 0  # the prefix-cache epoch its KV was computed in; older tables never register blocks
 
 
 @dataclass
@@ -52,6 +53,7 @@ class KVCacheManager:
         self.prefix_queries = 0  # prompt tokens looked up
         self.prefix_hits = 0  # of which found cached
         self._pending: dict[BlockKey, str] = {}  # full blocks being computed -> the request computing them
+        self.epoch = 0  # bumped by reset_prefix_cache
 
     @property
     def num_blocks(self) -> int:
@@ -60,10 +62,6 @@ class KVCacheManager:
     @property
     def num_free_blocks(self) -> int:
         return self.pool.num_free
-
-    @property
-    def usage(self) -> float:
-        return 1.0 - self.pool.num_free / self.pool.num_blocks
 
     def blocks_for(self, num_tokens: int) -> int:
         return -(-num_tokens // self.block_size)
@@ -110,7 +108,7 @@ class KVCacheManager:
         table = self._tables.get(request_id)
         fresh = table is None
         if fresh:
-            table = _Table()
+            table = _Table(epoch=self.epoch)
         taken = []
         if prefix is not None and prefix.blocks:
             for block in prefix.blocks:
@@ -134,6 +132,8 @@ class KVCacheManager:
         if not self.enable_prefix_caching:
             return
         table = self._tables[request_id]
+        if table.epoch != self.epoch:
+            return  # its KV predates a reset: it must never be served to a later request
         bs = self.block_size
         for i in range(len(table.keys), num_computed // bs):
             parent = table.keys[-1] if table.keys else None
@@ -155,7 +155,12 @@ class KVCacheManager:
             self.pool.release(block)
 
     def reset_prefix_cache(self) -> None:
+        """No later request may hit KV computed before this call: forget every key (blocks in use too, or they
+        would come back into the cache when released), every announcement, and stop running requests from
+        registering the blocks they fill later."""
         self.pool.clear_cache()
+        self._pending.clear()
+        self.epoch += 1
 
     def all_blocks_free(self) -> bool:
         """The leak invariant: every block is free (cached-but-unused blocks count as free)."""

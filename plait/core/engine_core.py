@@ -1,20 +1,20 @@
-"""The synchronous engine core: schedule -> run -> update, then detokenize and apply stop strings.
+"""The synchronous engine core: schedule -> run -> update, and hand the frontend each request's new tokens.
 
 No asyncio and no threads in here: the offline API drives `step()` in a loop, the async API runs the same loop
-in a background thread.
+in a background thread. Text, stop strings and logprob dicts are the frontend's (plait.engine.output_processor);
+when it finds a stop string it calls `finish_sample`.
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Protocol
 
-from plait.core.detokenizer import IncrementalDetokenizer
+from plait.core.engine_output import EngineOutput, RawLogprobs, SampleDelta
 from plait.core.request import Request
 from plait.core.scheduler import Scheduler
 from plait.core.sched_output import ModelOutput, SchedulerOutput
-from plait.outputs import CompletionOutput, Logprob, RequestOutput
 from plait.params import SamplingParams
 
 
@@ -53,19 +53,15 @@ class _Group:
     """One caller request: n sibling sequences over one prompt."""
 
     request_id: str
-    prompt: str | None
-    prompt_token_ids: list[int]
-    params: SamplingParams
     children: list[Request]
-    detokenizers: list[IncrementalDetokenizer]
-    completions: list[CompletionOutput]
-    arrival: float
-    prompt_logprobs: list | None = None
-    metrics: dict[str, float] = field(default_factory=dict)
+    prompt_len: int
+    # Prompt positions whose logprobs were already sent (a preempted request recomputes them).
+    prompt_logprobs_sent: int = 1
+    queue_time_sent: bool = False
 
     @property
     def finished(self) -> bool:
-        return all(c.finished for c in self.completions)
+        return all(c.finished for c in self.children)
 
 
 class EngineCore:
@@ -98,8 +94,7 @@ class EngineCore:
             raise ValueError(f"logit_bias keys must be token ids in [0, {self.vocab_size})")
         return max_tokens
 
-    def add_request(self, request_id: str, prompt_token_ids: list[int], params: SamplingParams,
-                    prompt: str | None = None) -> None:
+    def add_request(self, request_id: str, prompt_token_ids: list[int], params: SamplingParams) -> None:
         """Validate and queue a request; raises ValueError (and queues nothing) for bad input."""
         if request_id in self._groups:
             raise ValueError(f"request_id {request_id!r} is already in use")
@@ -109,43 +104,53 @@ class EngineCore:
         if taken:
             raise ValueError(f"request_id {request_id!r} clashes with running request {taken[0]!r}")
         # Siblings wait for the first one's prompt only when the prefix cache lets them share its blocks.
+        # Prompt logprobs are computed by the first child alone (the others skip them), so they never wait.
         share_prompt = self.scheduler.kv.enable_prefix_caching
         now = time.monotonic()
-        children, detoks, completions = [], [], []
+        children: list[Request] = []
         for i in range(params.n):
-            child = Request(
+            children.append(Request(
                 request_id=child_ids[i],
                 prompt_token_ids=prompt_token_ids, params=params, max_tokens=max_tokens,
                 eos_token_ids=self.eos_token_ids, arrival=now, group_id=request_id, sample_index=i,
-                wait_for=children[0] if children and share_prompt else None)
-            children.append(child)
-            detoks.append(IncrementalDetokenizer(self.tokenizer, prompt_token_ids, params.stop_strings,
-                                                 params.include_stop_str_in_output, params.skip_special_tokens))
-            completions.append(CompletionOutput(i, "", [], logprobs=[] if params.logprobs is not None else None,
-                                                cumulative_logprob=0.0 if params.logprobs is not None else None))
-        group = _Group(request_id, prompt, prompt_token_ids, params, children, detoks, completions, now)
+                wait_for=children[0] if children and share_prompt else None))
+        group = _Group(request_id, children, len(prompt_token_ids))
         for child in children:
             self.scheduler.add(child)
             self._child_to_group[child.request_id] = group
         self._groups[request_id] = group
 
-    def abort(self, request_id: str) -> RequestOutput | None:
-        """Stop a request now; its KV is freed at once. Returns its final output (finish_reason 'abort')."""
+    def abort(self, request_id: str) -> EngineOutput | None:
+        """Stop a request now; its KV is freed at once. Returns its final output (finish_reason 'abort' for the
+        samples that were still running), or None for an unknown or finished request."""
         group = self._groups.get(request_id)
         if group is None:
             return None
-        for child, completion in zip(group.children, group.completions):
-            if not completion.finished:
+        deltas = []
+        for child in group.children:
+            if not child.finished:
                 self.scheduler.abort(child.request_id)
-                completion.finish_reason = "abort"
-        return self._emit(group)
+                deltas.append(SampleDelta(child.sample_index, [], finish_reason="abort"))
+        return self._output(group, deltas, [])
+
+    def finish_sample(self, request_id: str, index: int, stop_reason: str) -> None:
+        """The frontend found a stop string in sample `index`: end it with 'stop' now (frees its KV). Unknown or
+        already finished samples are ignored: the engine may have ended it meanwhile."""
+        group = self._groups.get(request_id)
+        if group is None or not 0 <= index < len(group.children):
+            return
+        child = group.children[index]
+        if not child.finished:
+            self.scheduler.finish(child, "stop", stop_reason)
+        if group.finished:
+            self._forget(group)
 
     def has_unfinished(self) -> bool:
         return bool(self._groups)
 
     # ------------------------------------------------------------------------------------ the loop
-    def step(self) -> list[RequestOutput]:
-        """One forward pass for everything scheduled; returns an output for each request that changed."""
+    def step(self) -> list[EngineOutput]:
+        """One forward pass for everything scheduled; returns the news of each request that changed."""
         sched = self.scheduler.schedule()
         if sched.empty:
             # Nothing can run; still hand the runner the finished ids so its per-request state is dropped.
@@ -154,70 +159,55 @@ class EngineCore:
             return []
         model_out = self.runner.execute(sched)
         self.num_steps += 1
-        changed_groups: dict[str, _Group] = {}
+        deltas: dict[str, list[SampleDelta]] = {}
+        prompt_lps: dict[str, list[tuple[int, RawLogprobs]]] = {}
         for rid, (start, entries) in model_out.prompt_logprobs.items():
             group = self._child_to_group.get(rid)
             if group is not None:
-                self._record_prompt_logprobs(group, start, entries)
+                fresh = self._fresh_prompt_logprobs(group, start, entries)
+                if fresh:
+                    prompt_lps.setdefault(group.request_id, []).extend(fresh)
+                    deltas.setdefault(group.request_id, [])
         for child in self.scheduler.update(sched, model_out):
             group = self._child_to_group[child.request_id]
-            self._apply_token(group, child, model_out.sampled[child.request_id].logprobs)
-            changed_groups[group.request_id] = group
-        return [self._emit(group) for group in changed_groups.values()]
+            logprobs = model_out.sampled[child.request_id].logprobs
+            deltas.setdefault(group.request_id, []).append(SampleDelta(
+                child.sample_index, [child.output_token_ids[-1]], None if logprobs is None else [logprobs],
+                child.finish_reason, child.stop_reason))
+        return [self._output(self._groups[rid], samples, prompt_lps.get(rid, []))
+                for rid, samples in deltas.items()]
 
-    def _apply_token(self, group: _Group, child: Request, logprobs) -> None:
-        now = time.monotonic()
-        group.metrics.setdefault("first_token_time", now - group.arrival)
-        completion = group.completions[child.sample_index]
-        token = child.output_token_ids[-1]
-        completion.token_ids.append(token)
-        if logprobs is not None and completion.logprobs is not None:
-            completion.logprobs.append({tid: Logprob(lp, rank, self.tokenizer.id_to_token_text(tid))
-                                        for tid, lp, rank in logprobs})
-            completion.cumulative_logprob += logprobs[0][1]
-        stop = group.detokenizers[child.sample_index].add(token, stop_allowed=len(completion.token_ids) >
-                                                          group.params.min_tokens)
-        if stop is not None:
-            if not child.finished:
-                self.scheduler.finish(child, "stop", stop)
-            elif child.finish_reason == "length":
-                child.finish_reason, child.stop_reason = "stop", stop  # the last allowed token ended a stop string
-        if child.finished:
-            completion.finish_reason, completion.stop_reason = child.finish_reason, child.stop_reason
-
-    def _record_prompt_logprobs(self, group: _Group, start: int, entries) -> None:
-        """Entry j is the logprob of prompt token start + 1 + j. Positions already recorded (recomputed after a
-        preemption) are skipped, so the list stays aligned with the prompt."""
-        if group.prompt_logprobs is None:
-            group.prompt_logprobs = [None]
-        decode = self.tokenizer.id_to_token_text
+    def _fresh_prompt_logprobs(self, group: _Group, start: int, entries) -> list[tuple[int, RawLogprobs]]:
+        """Entry j is the logprob of prompt token start + 1 + j. Positions already sent (recomputed after a
+        preemption) are skipped, so each position reaches the frontend once and in order."""
+        fresh = []
         for j, entry in enumerate(entries):
             position = start + 1 + j
-            if position == len(group.prompt_logprobs) and position < len(group.prompt_token_ids):
-                group.prompt_logprobs.append({tid: Logprob(lp, rank, decode(tid)) for tid, lp, rank in entry})
+            if position == group.prompt_logprobs_sent and position < group.prompt_len:
+                fresh.append((position, entry))
+                group.prompt_logprobs_sent += 1
+        return fresh
 
-    def _emit(self, group: _Group) -> RequestOutput:
+    def _output(self, group: _Group, samples: list[SampleDelta], prompt_logprobs) -> EngineOutput:
         finished = group.finished
-        outputs = []
-        for completion, detok in zip(group.completions, group.detokenizers):
-            outputs.append(CompletionOutput(
-                index=completion.index, text=detok.emittable(completion.finished),
-                token_ids=list(completion.token_ids), finish_reason=completion.finish_reason,
-                stop_reason=completion.stop_reason,
-                logprobs=None if completion.logprobs is None else list(completion.logprobs),
-                cumulative_logprob=completion.cumulative_logprob))
+        queue_time = None
         first_scheduled = group.children[0].first_scheduled
-        if first_scheduled is not None:
-            group.metrics["queue_time"] = first_scheduled - group.arrival
+        if first_scheduled is not None and not group.queue_time_sent:
+            queue_time = first_scheduled - group.children[0].arrival
+            group.queue_time_sent = True
         if finished:
-            group.metrics["e2e_time"] = time.monotonic() - group.arrival
-            del self._groups[group.request_id]
-            for child in group.children:
-                self._child_to_group.pop(child.request_id, None)
-        return RequestOutput(
-            request_id=group.request_id, prompt=group.prompt, prompt_token_ids=group.prompt_token_ids,
-            outputs=outputs, finished=finished, prompt_logprobs=group.prompt_logprobs,
-            num_cached_tokens=group.children[0].num_cached_prompt, metrics=dict(group.metrics))
+            self._forget(group)
+        return EngineOutput(group.request_id, samples, finished, prompt_logprobs,
+                            group.children[0].num_cached_prompt, queue_time)
+
+    def _forget(self, group: _Group) -> None:
+        self._groups.pop(group.request_id, None)
+        for child in group.children:
+            self._child_to_group.pop(child.request_id, None)
+
+    def reset_prefix_cache(self) -> None:
+        """No later request reuses KV computed before this call (running requests keep their own KV)."""
+        self.scheduler.kv.reset_prefix_cache()
 
     # ------------------------------------------------------------------------------------ stats
     def stats(self) -> EngineStats:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import hashlib
 import time
 from dataclasses import dataclass, field
 
@@ -37,7 +38,6 @@ class Request:
     stop_reason: str | int | None = None
     num_preemptions: int = 0
     first_scheduled: float | None = None
-    first_token_time: float | None = None
 
     @property
     def all_token_ids(self) -> list[int]:
@@ -55,6 +55,21 @@ class Request:
     @property
     def prefill_done(self) -> bool:
         return self.num_computed >= len(self.prompt_token_ids)
+
+    @property
+    def wants_prompt_logprobs(self) -> bool:
+        """Only the first sample of an n>1 request computes prompt logprobs; its siblings reuse its blocks."""
+        return self.params.prompt_logprobs is not None and self.sample_index == 0
+
+    @property
+    def seed(self) -> int | None:
+        """This sample's seed: the request's own for sample 0, a hash of (seed, index) for the others, so
+        sample i of seed s never repeats sample 0 of seed s + i."""
+        seed = self.params.seed
+        if seed is None or self.sample_index == 0:
+            return seed
+        digest = hashlib.blake2b(f"{seed}:{self.sample_index}".encode(), digest_size=8).digest()
+        return int.from_bytes(digest, "little") >> 1  # 63 bits: a valid torch seed
 
     @property
     def finished(self) -> bool:

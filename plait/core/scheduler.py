@@ -112,8 +112,8 @@ class Scheduler:
                 index += 1  # its sibling is still computing the shared prompt
                 continue
             tokens = request.all_token_ids
-            prefix = (self.kv.match_prefix(tokens) if request.params.prompt_logprobs is None
-                      else PrefixMatch([], [], self.kv.block_size))
+            prefix = (PrefixMatch([], [], self.kv.block_size) if request.wants_prompt_logprobs
+                      else self.kv.match_prefix(tokens))
             if prefix.pending_owner is not None and prefix.pending_owner in self.requests:
                 index += 1  # another request is computing this prefix now: wait, then share its blocks
                 continue
@@ -138,8 +138,7 @@ class Scheduler:
         rid = request.request_id
         if rid not in self._seen_by_runner:
             self._seen_by_runner.add(rid)
-            seed = None if request.params.seed is None else request.params.seed + request.sample_index
-            out.new_requests.append(NewRequestData(rid, request.prompt_token_ids, request.params, seed))
+            out.new_requests.append(NewRequestData(rid, request.prompt_token_ids, request.params, request.seed))
         start = request.num_computed
         prompt_len = len(request.prompt_token_ids)
         if start < prompt_len:
@@ -152,7 +151,7 @@ class Scheduler:
             request_id=rid, token_ids=tokens, start=start,
             block_table=list(self.kv.block_table(rid)),
             sample=start + num_new == request.num_tokens,
-            prompt_logprobs=request.params.prompt_logprobs is not None and start < prompt_len,
+            prompt_logprobs=request.wants_prompt_logprobs and start < prompt_len,
         ))
 
     def _preempt(self, request: Request) -> None:

@@ -14,13 +14,15 @@ import itertools
 import logging
 import threading
 import traceback
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field
 from typing import Any, AsyncIterator
 
 from plait.config import EngineConfig
 from plait.engine.builder import build_engine, describe
 from plait.engine.prompts import encode_prompt
-from plait.outputs import CompletionOutput, RequestOutput
+from plait.core.engine_output import EngineOutput
+from plait.engine.output_processor import OUTPUT_KINDS, RequestState
+from plait.outputs import RequestOutput
 from plait.params import SamplingParams
 
 log = logging.getLogger("plait")
@@ -36,12 +38,20 @@ class QueueFullError(RuntimeError):
 
 @dataclass
 class _Stream:
+    """One request as its caller's event loop sees it. The engine thread only ever posts callbacks to `loop`;
+    output processing (text, stop strings, logprobs) runs there, and a reader that falls behind finds one
+    up-to-date state to read, not a queue of copies."""
+
     loop: asyncio.AbstractEventLoop
-    queue: asyncio.Queue
-    finished: bool = False
+    state: RequestState
+    ready: asyncio.Event = field(default_factory=asyncio.Event)
+    error: BaseException | None = None
+    done: bool = False  # finished, failed or aborted: nothing more will come
 
 
 class AsyncLLM:
+    """The engine in a background thread, for asyncio callers; implements `plait.engine.protocol.EngineClient`."""
+
     def __init__(self, model: str | None = None, *, max_waiting_requests: int | None = None, verbose: bool = False,
                  _prebuilt=None, **config: Any) -> None:
         self.config = EngineConfig(model=model, **config)
@@ -79,6 +89,19 @@ class AsyncLLM:
         `max_waiting_requests` bounds this number."""
         return len(self._streams)
 
+    @property
+    def max_model_len(self) -> int:
+        return self.engine.scheduler.max_model_len
+
+    @property
+    def max_seq_tokens(self) -> int:
+        kv = self.engine.scheduler.kv
+        return min(self.max_model_len, kv.num_blocks * kv.block_size)
+
+    @property
+    def vocab_size(self) -> int:
+        return self.engine.vocab_size
+
     def encode(self, prompt: Any) -> tuple[str | None, list[int]]:
         return encode_prompt(self.tokenizer, prompt)
 
@@ -89,45 +112,50 @@ class AsyncLLM:
         output_kind 'delta' yields new text/tokens only, 'cumulative' everything so far, 'final' only the finished
         output. Call it from a coroutine; closing the iterator early aborts the request.
         """
-        if output_kind not in ("delta", "cumulative", "final"):
+        if output_kind not in OUTPUT_KINDS:
             raise ValueError(f"output_kind must be 'delta', 'cumulative' or 'final', got {output_kind!r}")
         request_id, stream = self.submit(prompt, sampling_params, request_id)
         return self._iterate(request_id, stream, output_kind)
 
     async def _iterate(self, request_id: str, stream: "_Stream", output_kind: str) -> AsyncIterator[RequestOutput]:
-        queue = stream.queue
-        sent: dict[int, tuple[int, int, int]] = {}
         try:
             while True:
-                item = await queue.get()
-                if isinstance(item, BaseException):
-                    raise item
-                if output_kind == "final" and not item.finished:
+                await stream.ready.wait()
+                stream.ready.clear()
+                if stream.error is not None:
+                    raise stream.error
+                if output_kind == "final" and not stream.state.finished:
                     continue
-                yield _delta(item, sent) if output_kind == "delta" else item
-                if item.finished:
+                out = stream.state.output(output_kind)
+                yield out
+                if out.finished:
                     return
         finally:
-            if not stream.finished:
+            if not stream.done:
                 self._abort_stream(request_id, stream)
 
     def submit(self, prompt: Any, sampling_params: SamplingParams | None = None,
                request_id: str | None = None) -> tuple[str, _Stream]:
-        """Queue a request without waiting for anything; returns (request_id, stream). Raises ValueError."""
+        """Queue a request without waiting for anything; returns (request_id, stream). Raises ValueError
+        (bad input or a request id in use) or QueueFullError. Safe to call from many threads at once."""
         self._check_alive()
         params = sampling_params or SamplingParams()
         text, token_ids = self.encode(prompt)
-        request_id = request_id or f"req-{next(self._ids)}"
-        if request_id in self._streams:
-            raise ValueError(f"request_id {request_id!r} is already in use")
-        if self.max_waiting_requests is not None and len(self._streams) >= self.max_waiting_requests:
-            raise QueueFullError(f"{len(self._streams)} requests pending; the limit is {self.max_waiting_requests}")
         self.engine.validate(token_ids, params)  # the caller gets its ValueError now, not mid-stream
-        stream = _Stream(asyncio.get_running_loop(), asyncio.Queue())
+        stream = _Stream(asyncio.get_running_loop(), RequestState(request_id or "", text, token_ids, params,
+                                                                  self.tokenizer))
         with self._wake:
-            self._check_alive()  # again under the lock: the loop cannot die or stop between check and insert
+            # Every check that reads shared state happens under the lock that guards the insert.
+            self._check_alive()  # the loop cannot die or stop between check and insert
+            request_id = request_id or f"req-{next(self._ids)}"
+            if request_id in self._streams:
+                raise ValueError(f"request_id {request_id!r} is already in use")
+            if self.max_waiting_requests is not None and len(self._streams) >= self.max_waiting_requests:
+                raise QueueFullError(f"{len(self._streams)} requests pending; the limit is "
+                                     f"{self.max_waiting_requests}")
+            stream.state.request_id = request_id
             self._streams[request_id] = stream
-            self._commands.append(("add", request_id, stream, token_ids, params, text))
+            self._commands.append(("add", request_id, stream, token_ids, params))
             self._wake.notify()
         return request_id, stream
 
@@ -141,15 +169,23 @@ class AsyncLLM:
         self.abort_nowait(request_id)
 
     def abort_nowait(self, request_id: str) -> None:
-        stream = self._streams.get(request_id)
+        with self._wake:
+            stream = self._streams.get(request_id)
         if stream is not None:
             self._abort_stream(request_id, stream)
 
     def _abort_stream(self, request_id: str, stream: _Stream) -> None:
         # The command names the stream, so a late abort can never hit a new request that reuses the id.
+        self._command(("abort", request_id, stream))
+
+    def _command(self, command: tuple) -> None:
         with self._wake:
-            self._commands.append(("abort", request_id, stream))
+            self._commands.append(command)
             self._wake.notify()
+
+    def reset_prefix_cache(self) -> None:
+        """Forget every cached prefix (applied by the engine thread before its next step)."""
+        self._command(("reset_prefix_cache", None, None))
 
     def stats(self):
         return self.engine.stats()
@@ -206,12 +242,22 @@ class AsyncLLM:
 
     def _apply(self, command: tuple) -> None:
         kind, request_id, stream = command[:3]
-        if self._streams.get(request_id) is not stream:
+        if kind == "reset_prefix_cache":
+            self.engine.reset_prefix_cache()
+            return
+        if kind == "finish_sample":
+            # Not gated on the stream: the frontend may already have dropped it (its request is over), and no
+            # newer request with this id can be in the engine yet, since commands apply in order.
+            self.engine.finish_sample(request_id, *command[3:])
+            return
+        with self._wake:
+            current = self._streams.get(request_id)
+        if current is not stream:
             return  # that stream is gone (aborted before pick-up, or finished); the id may be reused since
         if kind == "add":
-            _, _, _, token_ids, params, text = command
+            _, _, _, token_ids, params = command
             try:
-                self.engine.add_request(request_id, token_ids, params, prompt=text)
+                self.engine.add_request(request_id, token_ids, params)
             except ValueError as exc:
                 self._deliver_error(request_id, exc)
         else:
@@ -219,43 +265,56 @@ class AsyncLLM:
             if out is not None:
                 self._deliver(out)
             else:
-                self._streams.pop(request_id, None)
+                self._drop(request_id, stream)
 
-    def _deliver(self, out: RequestOutput) -> None:
-        stream = self._streams.get(out.request_id)
+    def _drop(self, request_id: str, stream: _Stream) -> bool:
+        """Forget a stream (its id may be reused from now on); False if it was already gone."""
+        with self._wake:
+            if self._streams.get(request_id) is stream:
+                del self._streams[request_id]
+                return True
+            return False
+
+    def _deliver(self, out: EngineOutput) -> None:
+        with self._wake:
+            stream = self._streams.get(out.request_id)
         if stream is None:
             return
         if out.finished:
-            stream.finished = True
-            del self._streams[out.request_id]
-        if not self._post(stream, out):
+            self._drop(out.request_id, stream)
+        if not self._post(stream, self._on_output, out.request_id, stream, out):
             # The caller's event loop is closed (it left without waiting): drop its request, not the engine.
-            self._streams.pop(out.request_id, None)
+            self._drop(out.request_id, stream)
             self.engine.abort(out.request_id)
 
+    def _on_output(self, request_id: str, stream: _Stream, out: EngineOutput) -> None:
+        """Runs on the caller's event loop: the frontend's share of the work for one step's news."""
+        if stream.done:
+            return
+        state = stream.state
+        for index, stop in state.process(out):
+            self._command(("finish_sample", request_id, stream, index, stop))
+        if state.finished:
+            stream.done = True
+            self._drop(request_id, stream)  # a stop string may end it before the engine says so
+        stream.ready.set()
+
     def _deliver_error(self, request_id: str, exc: BaseException) -> None:
-        stream = self._streams.pop(request_id, None)
+        with self._wake:
+            stream = self._streams.pop(request_id, None)
         if stream is not None:
-            stream.finished = True
-            self._post(stream, exc)
+            self._post(stream, self._on_error, stream, exc)
 
     @staticmethod
-    def _post(stream: _Stream, item: object) -> bool:
+    def _on_error(stream: _Stream, exc: BaseException) -> None:
+        stream.done = True
+        stream.error = exc
+        stream.ready.set()
+
+    @staticmethod
+    def _post(stream: _Stream, callback, *args) -> bool:
         try:
-            stream.loop.call_soon_threadsafe(stream.queue.put_nowait, item)
+            stream.loop.call_soon_threadsafe(callback, *args)
             return True
         except RuntimeError:  # event loop closed
             return False
-
-
-def _delta(out: RequestOutput, sent: dict[int, tuple[int, int, int]]) -> RequestOutput:
-    """Only what is new since the last output of this stream (text, token ids, logprobs)."""
-    outputs = []
-    for c in out.outputs:
-        text_len, tok_len, lp_len = sent.get(c.index, (0, 0, 0))
-        outputs.append(CompletionOutput(
-            index=c.index, text=c.text[text_len:], token_ids=c.token_ids[tok_len:],
-            finish_reason=c.finish_reason, stop_reason=c.stop_reason,
-            logprobs=None if c.logprobs is None else c.logprobs[lp_len:], cumulative_logprob=c.cumulative_logprob))
-        sent[c.index] = (len(c.text), len(c.token_ids), len(c.logprobs or []))
-    return replace(out, outputs=outputs)

@@ -6,6 +6,7 @@ from typing import Any, Sequence
 
 from plait.config import EngineConfig
 from plait.engine.builder import build_engine, describe
+from plait.engine.output_processor import RequestState
 from plait.engine.prompts import encode_prompt, normalize_batch
 from plait.outputs import RequestOutput
 from plait.params import SamplingParams
@@ -40,18 +41,19 @@ class LLM:
             if len(params_list) != len(batch):
                 raise ValueError(f"sampling_params has {len(params_list)} entries for {len(batch)} prompts")
         encoded = [encode_prompt(self.tokenizer, p) for p in batch]  # all errors before anything is queued
-        ids = []
+        states: dict[str, RequestState] = {}
         try:
             for (text, token_ids), params in zip(encoded, params_list):
                 request_id = f"offline-{self._next_id}"
                 self._next_id += 1
-                self.engine.add_request(request_id, token_ids, params, prompt=text)
-                ids.append(request_id)
-        except ValueError:
-            for request_id in ids:
+                self.engine.add_request(request_id, token_ids, params)
+                states[request_id] = RequestState(request_id, text, token_ids, params, self.tokenizer)
+            return self._run(states, use_tqdm and len(states) > 1)
+        finally:
+            # Whatever ended the call early (bad input, KeyboardInterrupt, a callback's exception) must not leave
+            # requests behind to hold KV and compute during the next call.
+            for request_id in states:
                 self.engine.abort(request_id)
-            raise
-        return self._run(ids, use_tqdm and len(ids) > 1)
 
     def chat(self, conversations: list[dict] | list[list[dict]],
              sampling_params: SamplingParams | Sequence[SamplingParams] | None = None,
@@ -64,31 +66,37 @@ class LLM:
         token_prompts = [self.tokenizer.encode(p, add_special_tokens=False) for p in prompts]
         return self.generate(token_prompts, sampling_params, use_tqdm)
 
-    def _run(self, ids: list[str], use_tqdm: bool) -> list[RequestOutput]:
+    def _run(self, states: dict[str, RequestState], use_tqdm: bool) -> list[RequestOutput]:
         finished: dict[str, RequestOutput] = {}
         bar = None
         if use_tqdm:
             from tqdm import tqdm
 
-            bar = tqdm(total=len(ids), desc="generating", unit="req", dynamic_ncols=True)
+            bar = tqdm(total=len(states), desc="generating", unit="req", dynamic_ncols=True)
         generated = 0
-        wanted = set(ids)
-        while len(finished) < len(ids):
+        while len(finished) < len(states):
             for out in self.engine.step():
-                if out.request_id not in wanted:
+                state = states.get(out.request_id)
+                if state is None:
                     continue
-                if out.finished:
-                    finished[out.request_id] = out
-                    generated += sum(len(c.token_ids) for c in out.outputs)
+                for index, stop in state.process(out):
+                    self.engine.finish_sample(out.request_id, index, stop)
+                if state.finished and out.request_id not in finished:
+                    finished[out.request_id] = state.output("final")
+                    generated += sum(len(s.token_ids) for s in state.samples)
                     if bar is not None:
                         bar.update(1)
                         rate = bar.format_dict["elapsed"] or 1e-9
                         bar.set_postfix_str(f"{generated / rate:.0f} out tok/s")
-            if not self.engine.has_unfinished() and len(finished) < len(ids):
+            if not self.engine.has_unfinished() and len(finished) < len(states):
                 raise RuntimeError("engine went idle before all requests finished")
         if bar is not None:
             bar.close()
-        return [finished[i] for i in ids]
+        return [finished[i] for i in states]
+
+    def reset_prefix_cache(self) -> None:
+        """Forget every cached prefix: no later request reuses KV computed before this call."""
+        self.engine.reset_prefix_cache()
 
     def stats(self):
         return self.engine.stats()

@@ -70,9 +70,10 @@ class APIKeyMiddleware:
 
 
 def build_app(engine: Any, served_model_name: str, api_key: str | None = None,
-              request_timeout: float | None = None) -> FastAPI:
-    """The FastAPI app for one AsyncLLM. The caller owns the engine (and shuts it down)."""
-    ctx = ServerContext(engine, served_model_name, request_timeout)
+              request_timeout: float | None = None, enable_priority: bool = False) -> FastAPI:
+    """The FastAPI app for one engine client (plait.engine.protocol.EngineClient, e.g. AsyncLLM). The caller
+    owns the engine (and shuts it down)."""
+    ctx = ServerContext(engine, served_model_name, request_timeout, enable_priority)
     app = FastAPI(title="plait", version=plait.__version__,
                   description="OpenAI-compatible API over plait's AsyncLLM.")
     app.state.ctx = ctx
@@ -127,7 +128,7 @@ def build_app(engine: Any, served_model_name: str, api_key: str | None = None,
     @app.post("/detokenize", response_model=DetokenizeResponse, responses=_ERRORS)
     async def detokenize(body: DetokenizeRequest) -> DetokenizeResponse:
         ctx.check_model(body.model)
-        vocab = engine.engine.vocab_size
+        vocab = engine.vocab_size
         if any(not 0 <= t < vocab for t in body.tokens):
             raise bad_request(f"tokens must be ids in [0, {vocab})", "tokens")
         return DetokenizeResponse(prompt=engine.tokenizer.decode(body.tokens))
@@ -160,7 +161,7 @@ def serve(args: argparse.Namespace, engine_kwargs: dict) -> int:
     engine = AsyncLLM(**engine_kwargs, max_waiting_requests=args.max_waiting_requests)
     name = args.served_model_name or default_model_name(engine_kwargs.get("model"))
     try:
-        app = build_app(engine, name, api_key, args.request_timeout)
+        app = build_app(engine, name, api_key, args.request_timeout, getattr(args, "enable_priority", False))
         config = uvicorn.Config(app, host=args.host, port=args.port, log_level="info",
                                 timeout_graceful_shutdown=getattr(args, "shutdown_timeout", SHUTDOWN_GRACE_S))
         server = _Server(config)

@@ -118,7 +118,8 @@ class _Chat:
 async def create_chat_completion(ctx: ServerContext, req: ChatCompletionRequest,
                                  raw: Request) -> Response | ChatCompletionResponse:
     ctx.check_model(req.model)
-    req.check_common(ctx.engine.engine.vocab_size)
+    req.check_common(ctx.engine.vocab_size)
+    ctx.check_priority(req.priority)
     if req.tools:
         raise bad_request("tools (function calling) are not supported by this server", "tools")
     if req.top_logprobs is not None and not req.logprobs:

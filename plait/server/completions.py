@@ -158,7 +158,8 @@ def _concat(a: CompletionLogprobs, b: CompletionLogprobs) -> CompletionLogprobs:
 
 async def create_completion(ctx: ServerContext, req: CompletionRequest, raw: Request) -> Response | CompletionResponse:
     ctx.check_model(req.model)
-    req.check_common(ctx.engine.engine.vocab_size)
+    req.check_common(ctx.engine.vocab_size)
+    ctx.check_priority(req.priority)
     if req.suffix:
         raise bad_request("suffix is not supported", "suffix")
     prompts = _prompts(req.prompt)

@@ -13,10 +13,8 @@ from typing import Any, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from plait.params import SamplingParams
+from plait.params import MAX_N, SamplingParams
 from plait.server.errors import bad_request
-
-MAX_N = 128  # choices per prompt; n children share the prompt's KV but each holds its own decode blocks
 
 TokenIds = list[int]
 
@@ -50,7 +48,7 @@ class _SamplingRequest(_Strict):
     repetition_penalty: Optional[float] = None
     ignore_eos: bool = False
     min_tokens: int = 0
-    priority: int = 0
+    priority: int = Field(0, description="lower runs first; only when the server runs with --enable-priority")
     stop_token_ids: Optional[list[int]] = None
     include_stop_str_in_output: bool = False
     skip_special_tokens: bool = True

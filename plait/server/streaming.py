@@ -219,21 +219,28 @@ class SSEResponse(StreamingResponse):
 class ServerContext:
     """What every handler needs: the engine, the served name, limits and metrics."""
 
-    def __init__(self, engine, model_name: str, request_timeout: float | None) -> None:
+    def __init__(self, engine, model_name: str, request_timeout: float | None, enable_priority: bool = False) -> None:
         self.engine = engine
         self.model_name = model_name
         self.request_timeout = request_timeout
+        self.enable_priority = enable_priority
         self.metrics = ServerMetrics(engine, model_name)
-        scheduler = engine.engine.scheduler
-        self.max_model_len: int = scheduler.max_model_len
+        self.max_model_len: int = engine.max_model_len
         # The longest sequence the KV pool can ever hold: a default max_tokens must fit it, or every request
         # without max_tokens would be refused on a server started with a small --kv-cache-memory.
-        self.max_seq_tokens: int = min(self.max_model_len, scheduler.kv.num_blocks * scheduler.kv.block_size)
+        self.max_seq_tokens: int = engine.max_seq_tokens
 
     def check_model(self, model: str | None) -> None:
         if model is not None and model != self.model_name:
             raise APIError(404, f"the model {model!r} does not exist; this server serves {self.model_name!r}",
                            type="not_found_error", param="model", code="model_not_found")
+
+    def check_priority(self, priority: int) -> None:
+        """A priority lets a client preempt everyone else's requests: only a server started with
+        --enable-priority honours it."""
+        if priority != 0 and not self.enable_priority:
+            raise APIError(400, "priority is not enabled on this server (start it with --enable-priority); "
+                                "send 0 or leave it out", param="priority")
 
     def default_max_tokens(self, prompt_len: int) -> int | None:
         """Up to the context length (or what the KV pool can hold), as OpenAI's chat default."""

@@ -73,6 +73,23 @@ def test_priority_runs_first_and_newest_lowest_priority_is_preempted():
     assert [c.request_id for c in out.chunks] == ["high"]
 
 
+def test_when_kv_runs_out_the_lowest_priority_newest_request_is_preempted():
+    # 4 blocks of 4 tokens: three 4-token prompts fill 3 blocks; the first decodes need a block each.
+    s = make(num_blocks=4, block_size=4, budget=100)
+    low_old, high, low_new = req("low-old", 4, 8, priority=1, arrival=0), req("high", 4, 8, priority=-1, arrival=1), \
+        req("low-new", 4, 8, priority=1, arrival=2)
+    for r in (low_old, high, low_new):
+        s.add(r)
+    run_step(s)  # all three prompts computed
+    run_step(s)  # each decode needs a fresh block; only one is free
+    assert (high.num_preemptions, low_old.num_preemptions, low_new.num_preemptions) == (0, 0, 1)
+    assert s.num_preemptions >= 1
+    while s.has_unfinished():
+        run_step(s)
+    assert all(len(r.output_token_ids) == 8 for r in (low_old, high, low_new))
+    assert s.kv.all_blocks_free()
+
+
 def test_request_that_can_never_fit_is_refused():
     s = make(num_blocks=4, block_size=4, max_len=256)
     with pytest.raises(ValueError, match="pool"):

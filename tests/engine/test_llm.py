@@ -38,16 +38,15 @@ def test_batch_invariance_with_staggered_arrivals(make_engine):
     batch = prompts(32, seed=1)
     alone = [tokens(llm.generate([p], GREEDY, use_tqdm=False))[0] for p in batch]
     core = llm.engine
-    results = {}
+    results = {i: [] for i in range(32)}
     pending = list(enumerate(batch))
     while pending or core.has_unfinished():
         for _ in range(3):  # a few new arrivals every step
             if pending:
                 i, p = pending.pop(0)
                 core.add_request(f"s{i}", p, GREEDY)
-        for out in core.step():
-            if out.finished:
-                results[int(out.request_id[1:])] = out.outputs[0].token_ids
+        for out in core.step():  # the core hands out new tokens only
+            results[int(out.request_id[1:])] += out.samples[0].token_ids
     assert [results[i] for i in range(32)] == alone
     assert_no_leak(llm)
 
@@ -141,7 +140,8 @@ BAD = [
     (dict(max_tokens=-1), "max_tokens"), (dict(temperature=-0.5), "temperature"), (dict(top_p=0), "top_p"),
     (dict(top_p=1.5), "top_p"), (dict(top_k=-2), "top_k"), (dict(n=0), "n"), (dict(logprobs=100), "logprobs"),
     (dict(min_p=2), "min_p"), (dict(presence_penalty=5), "presence_penalty"),
-    (dict(repetition_penalty=0), "repetition_penalty"), (dict(stop=5), "stop"),
+    (dict(repetition_penalty=0), "repetition_penalty"), (dict(stop=5), "stop"), (dict(n=129), "n"),
+    (dict(stop=[str(i) for i in range(65)]), "stop"), (dict(stop="x" * 1025), "stop"),
 ]
 
 
@@ -169,7 +169,7 @@ def test_abort_frees_kv(make_engine):
     core.add_request("b", prompts(1, seed=1)[0], SamplingParams(max_tokens=3))
     core.step()
     out = core.abort("a")
-    assert out.finished and out.outputs[0].finish_reason == "abort"
+    assert out.finished and out.samples[0].finish_reason == "abort"
     while core.has_unfinished():
         core.step()
     assert_no_leak(llm)
@@ -218,20 +218,105 @@ def test_prompt_logprobs_stay_aligned_after_preemption_mid_prefill(make_engine):
 
 def test_stop_string_on_the_last_token_reports_stop_and_respects_min_tokens(make_engine):
     llm = make_engine()
-    p = prompts(1, seed=8)[0]
-    free = llm.generate([p], SamplingParams(max_tokens=20, temperature=0, ignore_eos=True), use_tqdm=False)[0]
-    ids = free.outputs[0].token_ids
+    # A prompt whose 6th output token's text ends a string seen nowhere earlier (searched, never skipped).
+    for seed in range(8, 60):
+        p = prompts(1, seed=seed)[0]
+        free = llm.generate([p], SamplingParams(max_tokens=20, temperature=0, ignore_eos=True), use_tqdm=False)[0]
+        ids = free.outputs[0].token_ids
+        prefix6 = llm.tokenizer.decode(ids[:6])
+        stop = prefix6[-2:]
+        if len(stop) == 2 and stop.strip() and stop not in prefix6[:-1] and prefix6 != llm.tokenizer.decode(ids[:5]):
+            break
+    else:
+        pytest.fail("no prompt gives a usable stop string")
     # The stop string ends exactly with the 6th token's text: max_tokens=6 must still report "stop".
-    prefix6 = llm.tokenizer.decode(ids[:6])
-    stop = prefix6[-2:]
-    if stop in prefix6[:-2] or not stop.strip():
-        pytest.skip("tiny model's text makes an ambiguous stop string")
     last = llm.generate([p], SamplingParams(max_tokens=6, temperature=0, ignore_eos=True, stop=[stop]),
                         use_tqdm=False)[0].outputs[0]
-    assert last.finish_reason == "stop" and last.stop_reason == stop
+    assert last.finish_reason == "stop" and last.stop_reason == stop and len(last.token_ids) == 6
     held = llm.generate([p], SamplingParams(max_tokens=20, min_tokens=10, temperature=0, ignore_eos=True,
                                             stop=[stop]), use_tqdm=False)[0].outputs[0]
-    assert len(held.token_ids) > 6  # the stop string inside the first min_tokens tokens does not end it
+    # The stop string inside the first min_tokens tokens does not end it; only a later one may.
+    assert len(held.token_ids) > 10 and held.token_ids == ids[: len(held.token_ids)]
+    assert_no_leak(llm)
+
+
+def test_interrupted_generate_leaves_nothing_behind(make_engine):
+    """KeyboardInterrupt (or any exception) inside generate aborts its requests: no KV held, no compute later."""
+    llm = make_engine()
+    real_step, calls = llm.engine.step, []
+
+    def step():
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real_step()
+
+    llm.engine.step = step
+    with pytest.raises(KeyboardInterrupt):
+        llm.generate(prompts(4), GREEDY, use_tqdm=False)
+    llm.engine.step = real_step
+    assert_no_leak(llm)
+    assert len(llm.generate(prompts(2), GREEDY, use_tqdm=False)) == 2
+
+
+def test_reset_prefix_cache_forgets_blocks_in_use_too(make_engine):
+    """Blocks a running request holds at the reset must not come back into the cache when it ends."""
+    llm = make_engine(block_size=16)
+    core = llm.engine
+    p = prompts(1, seed=30, lo=64, hi=64)[0]
+    core.add_request("a", p, SamplingParams(max_tokens=20, temperature=0, ignore_eos=True))
+    core.step()
+    core.step()  # prompt computed, its 4 full blocks registered, the request still running
+    llm.reset_prefix_cache()
+    while core.has_unfinished():
+        core.step()
+    before = llm.stats().prefix_cache_hits
+    llm.generate([p], GREEDY, use_tqdm=False)
+    assert llm.stats().prefix_cache_hits == before
+    llm.generate([p], GREEDY, use_tqdm=False)  # computed after the reset: cached again
+    assert llm.stats().prefix_cache_hits == before + 48
+    assert_no_leak(llm)
+
+
+def test_child_seeds_never_coincide_with_other_seeds(make_engine):
+    """Sample i of seed s is not sample 0 of seed s + i (child seeds are hashed, not added)."""
+    llm = make_engine()
+    p = prompts(1, seed=31)[0]
+    sampled = dict(max_tokens=12, temperature=1.0, ignore_eos=True)
+    pair = llm.generate([p], SamplingParams(n=2, seed=5, **sampled), use_tqdm=False)[0]
+    next_seed = llm.generate([p], SamplingParams(seed=6, **sampled), use_tqdm=False)[0]
+    alone = llm.generate([p], SamplingParams(seed=5, **sampled), use_tqdm=False)[0]
+    assert pair.outputs[1].token_ids != next_seed.outputs[0].token_ids
+    assert pair.outputs[0].token_ids == alone.outputs[0].token_ids  # sample 0 keeps the request's own seed
+    assert_no_leak(llm)
+
+
+def test_seeded_output_survives_preemption(make_engine):
+    """A seeded sampled request gives the same tokens when preempted and recomputed as when it runs alone."""
+    params = SamplingParams(max_tokens=40, temperature=1.0, ignore_eos=True, seed=7)
+    p = prompts(1, seed=32, lo=30, hi=30)[0]
+    alone = make_engine().generate([p], params, use_tqdm=False)[0].outputs[0].token_ids
+    tight = make_engine(kv_cache_memory=12 * 16 * 2 * 2 * 2 * 16 * 4, max_num_batched_tokens=48,
+                        enable_prefix_caching=False)
+    hog = SamplingParams(max_tokens=60, temperature=0, ignore_eos=True, priority=-1)
+    outs = tight.generate(prompts(3, seed=33, lo=30, hi=30) + [p], [hog] * 3 + [params], use_tqdm=False)
+    assert tight.stats().preemptions > 0
+    assert outs[-1].outputs[0].token_ids == alone
+    assert_no_leak(tight)
+
+
+def test_n_with_prompt_logprobs_computes_the_prompt_once(make_engine):
+    llm = make_engine(block_size=16)
+    p = prompts(1, seed=34, lo=40, hi=40)[0]
+    params = SamplingParams(n=4, max_tokens=4, temperature=1.0, seed=1, prompt_logprobs=1, ignore_eos=True)
+    out = llm.generate([p], params, use_tqdm=False)[0]
+    # Sample 0 computes all 40 prompt tokens with their logprobs; the others reuse its 2 full blocks.
+    assert llm.stats().prompt_tokens == 40 + 3 * 8
+    one = llm.generate([p], SamplingParams(max_tokens=1, prompt_logprobs=1), use_tqdm=False)[0]
+    assert len(out.prompt_logprobs) == 40
+    for a, b in zip(out.prompt_logprobs[1:], one.prompt_logprobs[1:]):
+        assert {t: lp.logprob for t, lp in a.items()} == pytest.approx({t: lp.logprob for t, lp in b.items()})
+    assert_no_leak(llm)
 
 
 def test_batch_sharing_a_prefix_computes_it_once(make_engine):

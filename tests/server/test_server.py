@@ -199,8 +199,21 @@ def test_usage_counts_cached_prompt_tokens(client):
 
 def test_extra_engine_params_accepted(client):
     r = client.completions.create(model=MODEL, prompt="abc", max_tokens=8, temperature=0.8, seed=1, extra_body=dict(
-        top_k=5, min_p=0.01, repetition_penalty=1.1, ignore_eos=True, min_tokens=8, priority=1))
+        top_k=5, min_p=0.01, repetition_penalty=1.1, ignore_eos=True, min_tokens=8, priority=0))
     assert r.usage.completion_tokens == 8
+
+
+def test_priority_needs_the_server_flag(client, tokenizer, tiny_model):
+    """Without --enable-priority no client may jump the queue (and preempt others): priority != 0 is a 400."""
+    with pytest.raises(openai.BadRequestError) as err:
+        client.completions.create(model=MODEL, prompt="abc", max_tokens=2, extra_body={"priority": -5})
+    assert err.value.body["param"] == "priority"
+    srv = Server(make_async(tokenizer, tiny_model), enable_priority=True)
+    try:
+        r = srv.client().completions.create(model=MODEL, prompt="abc", max_tokens=2, extra_body={"priority": -5})
+        assert r.usage.completion_tokens == 2
+    finally:
+        srv.stop()
 
 
 def test_models_tokenize_detokenize_health_openapi(server, client):
