@@ -17,6 +17,7 @@ def wait_idle(engine, timeout=10.0):
             if engine.num_pending == 0 and not engine.engine.has_unfinished():
                 return
             await asyncio.sleep(0.01)
+        raise AssertionError(f"engine not idle after {timeout} s: {engine.stats()}")
     return idle()
 
 
@@ -203,3 +204,78 @@ def test_engine_is_built_in_the_engine_thread_and_build_errors_reach_the_caller(
     with pytest.raises(RuntimeError, match="boom"):
         AsyncLLM()
     assert built_in == ["plait-engine"]
+
+
+def test_abort_of_an_n_request_ends_every_sample(make_engine):
+    engine = make_engine(AsyncLLM)
+
+    async def main():
+        params = SamplingParams(n=3, max_tokens=300, temperature=1.0, ignore_eos=True)
+        outs = []
+        async for out in engine.generate(prompts(1)[0], params, request_id="fan"):
+            outs.append(out)
+            if len(outs) == 2:
+                await engine.abort("fan")
+        await wait_idle(engine)
+        return outs[-1]
+
+    last = asyncio.run(main())
+    assert last.finished and [c.finish_reason for c in last.outputs] == ["abort"] * 3
+    assert engine.engine.scheduler.kv.all_blocks_free()
+
+
+def test_concurrent_submits_from_threads_with_one_id(make_engine):
+    """Threads racing to submit the same request id: exactly one wins, the others get ValueError, nobody hangs."""
+    import threading
+
+    engine = make_engine(AsyncLLM)
+    barrier = threading.Barrier(8)
+    results = []
+
+    def caller():
+        async def run():
+            barrier.wait()
+            try:
+                outs = [o async for o in engine.generate(prompts(1)[0], SamplingParams(
+                    max_tokens=200, temperature=0, ignore_eos=True), request_id="same")]
+                results.append(("ok", sum(len(o.outputs[0].token_ids) for o in outs)))
+            except ValueError as exc:
+                results.append(("refused", str(exc)))
+        asyncio.run(asyncio.wait_for(run(), 60))
+
+    threads = [threading.Thread(target=caller) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(90)
+    assert not any(t.is_alive() for t in threads), "a caller hangs"
+    assert sorted(r[0] for r in results) == ["ok"] + ["refused"] * 7
+    assert ("ok", 200) in results
+
+
+def test_many_threads_each_get_their_own_outputs(make_engine):
+    import threading
+
+    from plait.engine.llm import LLM
+
+    batch = prompts(24, seed=40)
+    expected = [o.outputs[0].token_ids for o in make_engine(LLM).generate(batch, GREEDY, use_tqdm=False)]
+    engine = make_engine(AsyncLLM)
+    got = {}
+
+    def caller(k):
+        async def run():
+            for i in range(k, len(batch), 6):
+                ids = []
+                async for out in engine.generate(batch[i], GREEDY, request_id=f"t{i}"):
+                    ids += out.outputs[0].token_ids
+                got[i] = ids
+        asyncio.run(run())
+
+    threads = [threading.Thread(target=caller, args=(k,)) for k in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert [got.get(i) for i in range(len(batch))] == expected
+    assert engine.engine.scheduler.kv.all_blocks_free()
