@@ -315,7 +315,7 @@ def write_plots(results: list[dict[str, Any]], out_dir: Path) -> tuple[list[tupl
     try:
         pyplot()
     except ImportError:
-        return [], ["matplotlib is not installed (pip install matplotlib): no plots"]
+        return [], ["matplotlib is not installed (an optional extra: pip install 'plait[bench]'): no plots, tables only"]
     made, skipped = [], []
     plan = [("Throughput vs concurrency", "throughput_vs_concurrency.png", plot_throughput_vs_concurrency,
              "no serve or offline runs with throughput"),

@@ -24,8 +24,11 @@ SWEEP_PANELS = (("output_throughput", "output tok/s"), ("p99_ttft_ms", "p99 TTFT
 
 
 def pyplot() -> Any:
-    """matplotlib.pyplot on the Agg backend (no display needed); ImportError when matplotlib is missing."""
-    import matplotlib
+    """matplotlib.pyplot on the Agg backend (no display needed); ImportError naming the extra when it is missing."""
+    try:
+        import matplotlib
+    except ImportError:
+        raise ImportError("plots need matplotlib, an optional extra: pip install 'plait[bench]'") from None
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

@@ -103,17 +103,15 @@ class EngineCore:
         taken = [c for c in child_ids if c in self.scheduler.requests or c in self._child_to_group]
         if taken:
             raise ValueError(f"request_id {request_id!r} clashes with running request {taken[0]!r}")
-        # Siblings wait for the first one's prompt only when the prefix cache lets them share its blocks.
-        # Prompt logprobs are computed by the first child alone (the others skip them), so they never wait.
-        share_prompt = self.scheduler.kv.enable_prefix_caching
+        # Siblings share the first one's prompt blocks through the prefix cache: the scheduler lets a request
+        # whose next prompt block another request is computing wait a step for it (pending prefixes).
         now = time.monotonic()
         children: list[Request] = []
         for i in range(params.n):
             children.append(Request(
                 request_id=child_ids[i],
                 prompt_token_ids=prompt_token_ids, params=params, max_tokens=max_tokens,
-                eos_token_ids=self.eos_token_ids, arrival=now, group_id=request_id, sample_index=i,
-                wait_for=children[0] if children and share_prompt else None))
+                eos_token_ids=self.eos_token_ids, arrival=now, group_id=request_id, sample_index=i))
         group = _Group(request_id, children, len(prompt_token_ids))
         for child in children:
             self.scheduler.add(child)

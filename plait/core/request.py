@@ -28,8 +28,6 @@ class Request:
     arrival: float = field(default_factory=time.monotonic)
     group_id: str | None = None
     sample_index: int = 0
-    # Sibling whose prompt prefill this request waits for, so the siblings share its prompt blocks.
-    wait_for: "Request | None" = None
     output_token_ids: list[int] = field(default_factory=list)
     num_computed: int = 0  # tokens whose KV is in the cache
     num_cached_prompt: int = 0  # prompt tokens served by the prefix cache at admission

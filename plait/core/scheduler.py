@@ -107,10 +107,6 @@ class Scheduler:
         index = 0
         while index < len(self.waiting) and budget > 0 and len(self.running) < self.config.max_num_seqs:
             request = self.waiting[index]
-            leader = request.wait_for
-            if leader is not None and not (leader.finished or leader.prefill_done):
-                index += 1  # its sibling is still computing the shared prompt
-                continue
             tokens = request.all_token_ids
             prefix = (PrefixMatch([], [], self.kv.block_size) if request.wants_prompt_logprobs
                       else self.kv.match_prefix(tokens))
@@ -127,7 +123,6 @@ class Scheduler:
             if request.num_preemptions == 0:
                 request.num_cached_prompt = prefix.num_tokens
             request.status = Status.RUNNING
-            request.wait_for = None
             if request.first_scheduled is None:
                 request.first_scheduled = time.monotonic()
             self.running.append(request)
