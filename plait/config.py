@@ -119,6 +119,10 @@ class EngineConfig:
     # CPU: attention through plait's C kernel (runner/native), compiled on first use with the machine's C
     # compiler; without one, or when off, the PyTorch path runs (same results within float rounding).
     native_kernels: bool = True
+    # Raise glibc's mmap/trim thresholds so each step's large temporaries are reused instead of page-faulted
+    # afresh (runner/cpu_memory.py). It changes the allocator for the whole process, so a library caller opts
+    # in; plait's own commands (generate, chat, serve, bench), which own their process, turn it on.
+    tune_malloc: bool = False
 
     def __post_init__(self) -> None:
         if self.dtype not in ("auto", "float32", "bfloat16", "float16", "fp32", "bf16", "fp16"):

@@ -25,6 +25,12 @@ def add_bench_parser(subparsers: Any) -> argparse.ArgumentParser:
                        description="Batch-1 time to first token and decode tok/s, median of --repeats.")
     add_latency_args(p)
     add_engine_args(p)
+    p = sub.add_parser("overhead", formatter_class=fmt,
+                       help="the engine's own time per step (outside the model) early vs late in a long generation")
+    from plait.bench.overhead import add_overhead_args
+
+    add_overhead_args(p)
+    add_engine_args(p)
     from plait.bench.serve import add_serve_parser
 
     add_serve_parser(sub)
@@ -49,6 +55,10 @@ def run_bench(args: argparse.Namespace) -> int:
         from plait.bench.latency import run_latency
 
         run_latency(args)
+    elif args.bench_command == "overhead":
+        from plait.bench.overhead import run_overhead
+
+        run_overhead(args)
     elif args.bench_command in ("sweep", "roofline", "report"):
         return args.func(args)
     elif args.bench_command == "serve":

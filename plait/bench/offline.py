@@ -227,7 +227,7 @@ def summarize(args: argparse.Namespace, llm: Any, workload: Workload, plait_runs
             "seed": args.seed, "repeats": len(plait_runs), "warmup": not args.no_warmup,
             "sampling": {"temperature": 0, "ignore_eos": True},
             "engine": engine_kwargs(args),
-            "max_num_seqs": llm.config.max_num_seqs, "max_num_batched_tokens": llm.engine.scheduler.config.max_num_batched_tokens,
+            "max_num_seqs": llm.config.max_num_seqs, "max_num_batched_tokens": llm.config.token_budget(offline=True),
             "workload_description": workload.describe(),
             **({"shared_prefix": {k: getattr(args, k) for k in ("num_groups", "prompts_per_group", "prefix_len",
                                                                  "question_len")}}

@@ -42,7 +42,8 @@ def engine_kwargs(args: argparse.Namespace) -> dict:
                   max_num_batched_tokens=args.max_num_batched_tokens, max_model_len=args.max_model_len,
                   enable_prefix_caching=not args.no_prefix_caching, num_threads=args.threads,
                   native_q4=not getattr(args, "no_native_q4", False),
-                  native_kernels=not getattr(args, "no_native_kernels", False))
+                  native_kernels=not getattr(args, "no_native_kernels", False),
+                  tune_malloc=True)  # plait's commands own their process (see EngineConfig.tune_malloc)
     if getattr(args, "config", None):
         kwargs = _merge_config_file(kwargs, args.config)
     return kwargs

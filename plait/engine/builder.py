@@ -72,7 +72,7 @@ def build_engine(config: EngineConfig, model_config: ModelConfig | None = None,
     if config.num_threads:
         torch.set_num_threads(config.num_threads)
     device = pick_device(config.device)
-    if device.type == "cpu":
+    if device.type == "cpu" and config.tune_malloc:
         keep_freed_memory()
     generation_defaults: dict = {}
     dtype = pick_dtype(config.dtype, device)
