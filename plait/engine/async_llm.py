@@ -115,9 +115,11 @@ class AsyncLLM:
         if output_kind not in OUTPUT_KINDS:
             raise ValueError(f"output_kind must be 'delta', 'cumulative' or 'final', got {output_kind!r}")
         request_id, stream = self.submit(prompt, sampling_params, request_id)
-        return self._iterate(request_id, stream, output_kind)
+        return self.stream_outputs(request_id, stream, output_kind)
 
-    async def _iterate(self, request_id: str, stream: "_Stream", output_kind: str) -> AsyncIterator[RequestOutput]:
+    async def stream_outputs(self, request_id: str, stream: "_Stream",
+                             output_kind: str = "delta") -> AsyncIterator[RequestOutput]:
+        """The outputs of a submitted request, on the stream's event loop; closing early aborts the request."""
         try:
             while True:
                 await stream.ready.wait()
@@ -135,15 +137,18 @@ class AsyncLLM:
                 self._abort_stream(request_id, stream)
 
     def submit(self, prompt: Any, sampling_params: SamplingParams | None = None,
-               request_id: str | None = None) -> tuple[str, _Stream]:
+               request_id: str | None = None, loop: asyncio.AbstractEventLoop | None = None) -> tuple[str, _Stream]:
         """Queue a request without waiting for anything; returns (request_id, stream). Raises ValueError
-        (bad input or a request id in use) or QueueFullError. Safe to call from many threads at once."""
+        (bad input or a request id in use) or QueueFullError. Safe to call from many threads at once.
+
+        The stream's outputs are processed on `loop` (default: the running loop), which a caller outside any
+        event loop names explicitly and iterates with `stream_outputs(request_id, stream)` there."""
         self._check_alive()
         params = sampling_params or SamplingParams()
         text, token_ids = self.encode(prompt)
         self.engine.validate(token_ids, params)  # the caller gets its ValueError now, not mid-stream
-        stream = _Stream(asyncio.get_running_loop(), RequestState(request_id or "", text, token_ids, params,
-                                                                  self.tokenizer))
+        stream = _Stream(loop or asyncio.get_running_loop(), RequestState(request_id or "", text, token_ids, params,
+                                                                          self.tokenizer))
         with self._wake:
             # Every check that reads shared state happens under the lock that guards the insert.
             self._check_alive()  # the loop cannot die or stop between check and insert
