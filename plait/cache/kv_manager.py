@@ -70,13 +70,18 @@ class KVCacheManager:
         table = self._tables.get(request_id)
         return table.blocks if table is not None else []
 
-    def match_prefix(self, tokens: list[int]) -> PrefixMatch:
+    def match_prefix(self, tokens: list[int], keys: list[BlockKey] | None = None) -> PrefixMatch:
+        """Cached leading full blocks of `tokens` (never the block holding the last token). `keys`, when given,
+        are the tokens' block keys already computed (Request.block_keys), so nothing is hashed again."""
         match = PrefixMatch([], [], self.block_size)
         if not self.enable_prefix_caching:
             return match
         parent = None
         for i in range((len(tokens) - 1) // self.block_size):
-            key = BlockKey.chain(parent, tuple(tokens[i * self.block_size: (i + 1) * self.block_size]))
+            if keys is not None:
+                key = keys[i]
+            else:
+                key = BlockKey.chain(parent, tuple(tokens[i * self.block_size: (i + 1) * self.block_size]))
             block = self.pool.lookup(key)
             if block is None:
                 match.pending_owner = self._pending.get(key)
@@ -92,13 +97,17 @@ class KVCacheManager:
             self.prefix_queries += num_tokens
             self.prefix_hits += match.num_tokens
 
-    def announce(self, request_id: str, tokens: list[int], match: PrefixMatch) -> None:
+    def announce(self, request_id: str, tokens: list[int], match: PrefixMatch,
+                 keys: list[BlockKey] | None = None) -> None:
         if not self.enable_prefix_caching:
             return
         table = self._tables[request_id]
         parent = match.keys[-1] if match.keys else None
         for i in range(len(match.keys), (len(tokens) - 1) // self.block_size):
-            parent = BlockKey.chain(parent, tuple(tokens[i * self.block_size: (i + 1) * self.block_size]))
+            if keys is not None:
+                parent = keys[i]
+            else:
+                parent = BlockKey.chain(parent, tuple(tokens[i * self.block_size: (i + 1) * self.block_size]))
             if parent not in self._pending:
                 self._pending[parent] = request_id
                 table.pending.append(parent)

@@ -7,6 +7,7 @@ import hashlib
 import time
 from dataclasses import dataclass, field
 
+from plait.cache.block_pool import BlockKey
 from plait.params import SamplingParams
 
 
@@ -36,6 +37,9 @@ class Request:
     stop_reason: str | int | None = None
     num_preemptions: int = 0
     first_scheduled: float | None = None
+    # Prefix-cache keys of the leading full blocks of all_token_ids, extended as tokens come (never recomputed:
+    # a request that waits many steps must not re-hash its whole prompt each step).
+    _block_keys: list[BlockKey] = field(default_factory=list, repr=False)
 
     @property
     def all_token_ids(self) -> list[int]:
@@ -53,6 +57,18 @@ class Request:
     @property
     def prefill_done(self) -> bool:
         return self.num_computed >= len(self.prompt_token_ids)
+
+    def block_keys(self, block_size: int) -> list[BlockKey]:
+        """Keys of every full block of the request's tokens (cached; only new full blocks are hashed)."""
+        keys = self._block_keys
+        full = self.num_tokens // block_size
+        if len(keys) < full:
+            tokens = self.all_token_ids
+            parent = keys[-1] if keys else None
+            for i in range(len(keys), full):
+                parent = BlockKey.chain(parent, tuple(tokens[i * block_size: (i + 1) * block_size]))
+                keys.append(parent)
+        return keys
 
     @property
     def wants_prompt_logprobs(self) -> bool:

@@ -108,8 +108,9 @@ class Scheduler:
         while index < len(self.waiting) and budget > 0 and len(self.running) < self.config.max_num_seqs:
             request = self.waiting[index]
             tokens = request.all_token_ids
+            keys = request.block_keys(self.kv.block_size) if self.kv.enable_prefix_caching else None
             prefix = (PrefixMatch([], [], self.kv.block_size) if request.wants_prompt_logprobs
-                      else self.kv.match_prefix(tokens))
+                      else self.kv.match_prefix(tokens, keys))
             if prefix.pending_owner is not None and prefix.pending_owner in self.requests:
                 index += 1  # another request is computing this prefix now: wait, then share its blocks
                 continue
@@ -117,7 +118,7 @@ class Scheduler:
             if not self.kv.allocate(request.request_id, prefix.num_tokens, num_new, prefix):
                 break  # no KV memory left: later arrivals wait too (FCFS)
             self.kv.record_lookup(len(tokens), prefix)
-            self.kv.announce(request.request_id, tokens, prefix)
+            self.kv.announce(request.request_id, tokens, prefix, keys)
             self.waiting.pop(index)
             request.num_computed = prefix.num_tokens
             if request.num_preemptions == 0:

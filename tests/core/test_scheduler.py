@@ -119,3 +119,30 @@ def test_abort_frees_blocks():
     s.abort("a")
     assert s.kv.all_blocks_free() and not s.has_unfinished()
     assert run_step(s).finished_ids == ["a"]
+
+
+def test_waiting_requests_are_not_rehashed_every_step(monkeypatch):
+    """A request waiting for KV memory hashes its (cached) prompt's blocks once, not again at every step."""
+    from plait.cache import block_pool
+
+    calls = []
+    real_chain = block_pool.BlockKey.chain
+    monkeypatch.setattr(block_pool.BlockKey, "chain", staticmethod(lambda p, t: calls.append(1) or real_chain(p, t)))
+    s = make(num_blocks=40, block_size=4, budget=128)
+    prompt = list(range(200, 264))
+    s.add(Request("warm", prompt, SamplingParams(max_tokens=1), 1, frozenset({2}), arrival=0))
+    while s.has_unfinished():
+        run_step(s)  # the prompt's 16 blocks are now cached (and free)
+    s.add(Request("hog", list(range(10, 106)), SamplingParams(max_tokens=40), 40, frozenset({2}), arrival=1))
+    run_step(s)  # the hog holds 24 blocks and grows, leaving too few for the waiter
+    s.add(Request("waiter", prompt + [7], SamplingParams(max_tokens=4), 4, frozenset({2}), arrival=2))
+    calls.clear()
+    waited = 0
+    while s.requests["waiter"].status.value == "waiting":
+        run_step(s)
+        waited += 1
+    assert waited > 10
+    assert len(calls) < 17 + waited  # its blocks once, plus the hog's commits (one new block per 4 steps)
+    while s.has_unfinished():
+        run_step(s)
+    assert s.kv.all_blocks_free()
