@@ -176,6 +176,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--served-model-name", default=None, help="model name reported by /v1/models")
     p.add_argument("--request-timeout", type=float, default=None, help="seconds before a request is aborted")
     add_engine_args(p)
+    from plait.distributed.serve import add_serve_args
+
+    add_serve_args(p)
     p.set_defaults(func=cmd_serve)
 
     from plait.bench.cli import add_bench_parser
