@@ -4,7 +4,8 @@ Importing this package never imports Ray; the features below ask for it when use
 
 - `DataParallelLLM` (also `LLM(..., data_parallel_size=N)`): one generate call over N replicas.
 - `RayRouter` (`plait serve --data-parallel-size N`): the server's engine over N replicas, prefix-aware.
-- `PlaitProcessor`: a Ray Data `map_batches` class for datasets larger than memory.
+- `generate_dataset` / `PlaitProcessor`: Ray Data `map_batches` over plait engines, for datasets larger than
+  memory.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ _EXPORTS = {
     "DataParallelLLM": "plait.distributed.offline",
     "RayRouter": "plait.distributed.router",
     "PlaitProcessor": "plait.distributed.data",
+    "generate_dataset": "plait.distributed.data",
     "split_by_prefix": "plait.distributed.placement",
     "PrefixRouter": "plait.distributed.placement",
     "require_ray": "plait.distributed.ray_env",
