@@ -11,6 +11,7 @@ from tests.distributed.tiny_engine import TINY_SETTINGS, build_tiny
 pytestmark = pytest.mark.ray
 
 
+@pytest.mark.slow  # Ray Data starts its own executor and actor pool: about a minute on 2 cores
 def test_generate_dataset_matches_one_engine(ray_cluster, make_engine):
     pytest.importorskip("ray.data", reason="Ray Data needs ray[data] (pyarrow, pandas)")
     params = SamplingParams(max_tokens=6, temperature=0.0)
