@@ -40,6 +40,13 @@ log = logging.getLogger("plait.distributed")
 _GAUGES = ("running", "waiting", "kv_blocks_used", "kv_blocks_total")  # what a dead replica no longer has
 
 
+@dataclass(eq=False)
+class _Entry:
+    """One routed request (compared by identity)."""
+
+    index: int
+
+
 @dataclass
 class ReplicaState:
     """What the router knows about one replica (for /health and the per-replica metrics)."""
@@ -74,7 +81,7 @@ class RayRouter:
         self.max_waiting_requests = max_waiting_requests
         self.policy = PrefixRouter(len(self.replicas), self.engine.scheduler.kv.num_blocks, max_imbalance)
         self.states = [ReplicaState(i) for i in range(len(self.replicas))]
-        self._pending: dict[str, int] = {}  # request id -> replica index
+        self._pending: dict[str, _Entry] = {}
         self._lock = threading.Lock()
         self._ids = itertools.count()
         self._stopping = threading.Event()
@@ -137,13 +144,17 @@ class RayRouter:
                 raise EngineDeadError("every replica has died") from None
             self.policy.start(index, digests)
             self.states[index].in_flight += 1
-            self._pending[request_id] = index
+            entry = self._pending[request_id] = _Entry(index)
         stream = self.replicas[index].generate.options(num_returns="streaming").remote(
             token_ids, params, request_id, output_kind)
-        return self._iterate(request_id, index, stream, text)
+        # The bookkeeping ends when the replica's task does, even for a stream nobody ever iterates (an async
+        # generator that never started runs no `finally`).
+        stream.completed().future().add_done_callback(lambda _: self._release(request_id, entry))
+        return self._iterate(request_id, entry, stream, text)
 
-    async def _iterate(self, request_id: str, index: int, stream: Any, text: str | None
+    async def _iterate(self, request_id: str, entry: "_Entry", stream: Any, text: str | None
                        ) -> AsyncIterator[RequestOutput]:
+        index = entry.index
         exceptions = self._ray.exceptions
         finished = False
         try:
@@ -169,18 +180,24 @@ class RayRouter:
         finally:
             if not finished:
                 self._abort_on(index, request_id)
-            with self._lock:
-                if self._pending.pop(request_id, None) is not None:
-                    self.policy.finish(index)
-                    self.states[index].in_flight -= 1
+            self._release(request_id, entry)
+
+    def _release(self, request_id: str, entry: "_Entry") -> None:
+        """The request no longer counts against its replica's load; safe to call twice (identity-checked, so a
+        late call cannot release a newer request that reuses the id)."""
+        with self._lock:
+            if self._pending.get(request_id) is entry:
+                del self._pending[request_id]
+                self.policy.finish(entry.index)
+                self.states[entry.index].in_flight -= 1
 
     async def abort(self, request_id: str) -> None:
         self.abort_nowait(request_id)
 
     def abort_nowait(self, request_id: str) -> None:
-        index = self._pending.get(request_id)
-        if index is not None:
-            self._abort_on(index, request_id)
+        entry = self._pending.get(request_id)
+        if entry is not None:
+            self._abort_on(entry.index, request_id)
 
     def _abort_on(self, index: int, request_id: str) -> None:
         if self.states[index].alive:

@@ -145,6 +145,22 @@ def test_disconnect_aborts_and_overload_is_503(server, router):
     assert over.status_code == 503 and over.headers["retry-after"] == "1"
 
 
+def test_python_surface(router):
+    async def main() -> None:
+        with pytest.raises(ValueError, match="output_kind"):
+            router.generate("x", output_kind="everything")
+        with pytest.raises(ValueError, match="context length"):
+            router.generate([5] * 600)  # refused at submission, like AsyncLLM, before any replica sees it
+        outs = [o async for o in router.generate("Hello", SamplingParams(max_tokens=4, temperature=0),
+                                                 output_kind="final")]
+        assert len(outs) == 1 and outs[0].finished and outs[0].prompt == "Hello"
+        assert len(outs[0].outputs[0].token_ids) <= 4
+        router.generate("Never read", SamplingParams(max_tokens=4))  # a stream nobody iterates ...
+
+    asyncio.run(main())
+    wait_idle(router)  # ... is released when its replica task ends
+
+
 def test_dead_replica_fails_its_requests_and_the_other_serves(server, router):
     import ray
 
@@ -152,7 +168,7 @@ def test_dead_replica_fails_its_requests_and_the_other_serves(server, router):
     with httpx.stream("POST", server.url + "/v1/completions", json=body, timeout=60) as r:
         lines = r.iter_lines()
         next(lines)
-        (index,) = router._pending.values()
+        (index,) = [entry.index for entry in router._pending.values()]
         ray.kill(router.replicas[index])
         rest = [line for line in lines if line.startswith("data: ")]
     assert rest[-1] == "data: [DONE]"
