@@ -114,6 +114,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="honour the request field `priority` (lower runs first and may preempt others); off by "
                         "default, so no client can jump the queue, and then a non-zero priority gets HTTP 400")
     add_engine_args(p)
+    from plait.distributed.serve import add_serve_args
+
+    add_serve_args(p)
     p.set_defaults(func=cmd_serve)
 
     from plait.bench.cli import add_bench_parser

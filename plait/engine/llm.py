@@ -15,7 +15,16 @@ from plait.params import SamplingParams
 class LLM:
     """`LLM(model=None, **engine_config)`; see `plait.config.EngineConfig` for the settings."""
 
-    def __init__(self, model: str | None = None, *, verbose: bool = False, _prebuilt=None, **config: Any) -> None:
+    def __new__(cls, *args: Any, data_parallel_size: int = 1, **kwargs: Any) -> Any:
+        # data_parallel_size > 1: the same offline API over N engine replicas on Ray (plait.distributed).
+        if data_parallel_size != 1:
+            from plait.distributed.offline import DataParallelLLM
+
+            return DataParallelLLM(*args, data_parallel_size=data_parallel_size, **kwargs)
+        return super().__new__(cls)
+
+    def __init__(self, model: str | None = None, *, verbose: bool = False, _prebuilt=None,
+                 data_parallel_size: int = 1, **config: Any) -> None:
         self.config = EngineConfig(model=model, **config)
         self._built = _prebuilt if _prebuilt is not None else build_engine(self.config, offline=True)
         self.engine = self._built.core

@@ -77,6 +77,8 @@ def build_app(engine: Any, served_model_name: str, api_key: str | None = None,
     app = FastAPI(title="plait", version=plait.__version__,
                   description="OpenAI-compatible API over plait's AsyncLLM.")
     app.state.ctx = ctx
+    for collector in getattr(engine, "metric_collectors", list)():  # a Ray router's per-replica gauges
+        ctx.metrics.registry.register(collector)
     install_error_handlers(app)
     if api_key:
         app.add_middleware(APIKeyMiddleware, api_key=api_key)
@@ -86,8 +88,9 @@ def build_app(engine: Any, served_model_name: str, api_key: str | None = None,
                         503: {"description": "the engine loop died",
                               "content": {"application/json": {"schema": _ERROR_SCHEMA}}}})
     async def health() -> Response:
+        detail = getattr(engine, "health_detail", None)  # a Ray router reports each replica
         if engine.is_running:
-            return Response(status_code=200)
+            return Response(status_code=200) if detail is None else JSONResponse(detail())
         return APIError(503, f"the engine loop is not running: {engine.error!r}", type="server_error",
                         code="engine_dead").response()
 
@@ -158,7 +161,12 @@ def serve(args: argparse.Namespace, engine_kwargs: dict) -> int:
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     api_key = args.api_key or os.environ.get("PLAIT_API_KEY") or None
-    engine = AsyncLLM(**engine_kwargs, max_waiting_requests=args.max_waiting_requests)
+    from plait.distributed.serve import start_router, wants_router
+
+    if wants_router(args):  # --data-parallel-size N: N replicas on Ray behind one router, same surface
+        engine = start_router(args, engine_kwargs)
+    else:
+        engine = AsyncLLM(**engine_kwargs, max_waiting_requests=args.max_waiting_requests)
     name = args.served_model_name or default_model_name(engine_kwargs.get("model"))
     try:
         app = build_app(engine, name, api_key, args.request_timeout, getattr(args, "enable_priority", False))

@@ -1,0 +1,33 @@
+"""plait on Ray: data-parallel engine replicas for offline batches and serving (optional extra `plait[ray]`).
+
+Importing this package never imports Ray; the features below ask for it when used and say how to install it.
+
+- `DataParallelLLM` (also `LLM(..., data_parallel_size=N)`): one generate call over N replicas.
+- `RayRouter` (`plait serve --data-parallel-size N`): the server's engine over N replicas, prefix-aware.
+- `generate_dataset` / `PlaitProcessor`: Ray Data `map_batches` over plait engines, for datasets larger than
+  memory.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+_EXPORTS = {
+    "DataParallelLLM": "plait.distributed.offline",
+    "RayRouter": "plait.distributed.router",
+    "PlaitProcessor": "plait.distributed.data",
+    "generate_dataset": "plait.distributed.data",
+    "split_by_prefix": "plait.distributed.placement",
+    "PrefixRouter": "plait.distributed.placement",
+    "require_ray": "plait.distributed.ray_env",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'plait.distributed' has no attribute {name!r}")
+    import importlib
+
+    return getattr(importlib.import_module(_EXPORTS[name]), name)
