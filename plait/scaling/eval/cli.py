@@ -29,6 +29,9 @@ def add_eval_parser(sub) -> None:
     p.add_argument("--save-samples", default=None, help="draw --samples per question once and store them here")
     p.add_argument("--samples", type=int, default=64, help="samples per question for --save-samples")
     p.add_argument("--replay", default=None, help="replay strategies on samples stored by --save-samples")
+    p.add_argument("--throughput", action="store_true",
+                   help="instead of accuracy: --samples per question as one shared request (self-consistency) vs "
+                        "as independent requests, generated tokens/s")
     p.add_argument("-o", "--output", default=None, help="write the table as JSON here")
     add_engine_args(p)
     p.set_defaults(func=cmd_eval)
@@ -76,6 +79,16 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
         engine = AsyncLLM(**engine_kwargs(args))
         try:
+            if args.throughput:
+                from plait.scaling.eval.throughput import compare
+
+                result = asyncio.run(compare(engine, [q.prompt for q in task.questions], args.samples, params,
+                                             args.seed))
+                print(json.dumps(result, indent=1))
+                if args.output:
+                    with open(args.output, "w") as f:
+                        json.dump({"task": task.name, **result}, f, indent=1)
+                return 0
             if args.save_samples:
                 stored = asyncio.run(run.draw_samples(engine, task, args.samples, params, args.seed,
                                                       args.concurrency))

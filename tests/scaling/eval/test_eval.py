@@ -79,3 +79,14 @@ def test_replay_refuses_a_budget_beyond_the_stored_samples(tmp_path):
     assert main(["eval", "--task", "add1", "--num-questions", "1", "--replay", str(path),
                  "--strategy", "sc:n=4"]) == 2
     assert main(["eval", "--task", "add2", "--num-questions", "1", "--replay", str(path)]) == 2
+
+
+def test_throughput_compares_shared_and_independent_samples(make_engine):
+    from plait import SamplingParams
+    from plait.scaling.eval.throughput import compare
+
+    engine = make_engine(AsyncLLM)
+    out = asyncio.run(compare(engine, ["a b c", "d e f"], 4, SamplingParams(max_tokens=5, ignore_eos=True)))
+    assert out["independent"]["generated_tokens"] == out["self_consistency"]["generated_tokens"] == 2 * 4 * 5
+    assert out["speedup"] > 0
+    assert engine.engine.scheduler.kv.all_blocks_free()
