@@ -16,10 +16,11 @@ from plait.scaling.best_of_n import BestOfN
 from plait.scaling.blend import BlendASC
 from plait.scaling.consistency import AdaptiveConsistency, EarlyStoppingConsistency, SelfConsistency
 from plait.scaling.draws import LiveSampler, ReplaySampler
+from plait.scaling.particle_filter import ParticleFilter
 from plait.scaling.result import Sample, ScalingResult
 from plait.scaling.rpc import RPC
 from plait.scaling.spec import build_strategy, parse_strategy
 
-__all__ = ["AdaptiveConsistency", "BestOfN", "BlendASC", "EarlyStoppingConsistency", "RPC", "SelfConsistency",
+__all__ = ["AdaptiveConsistency", "BestOfN", "BlendASC", "EarlyStoppingConsistency", "ParticleFilter", "RPC", "SelfConsistency",
            "LiveSampler", "ReplaySampler", "Sample", "ScalingResult", "answers_match", "boxed", "canonical",
            "last_number", "build_strategy", "parse_strategy"]

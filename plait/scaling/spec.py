@@ -11,6 +11,7 @@ from typing import Any
 from plait.scaling.best_of_n import BestOfN
 from plait.scaling.blend import BlendASC
 from plait.scaling.consistency import AdaptiveConsistency, EarlyStoppingConsistency, SelfConsistency
+from plait.scaling.particle_filter import ParticleFilter
 from plait.scaling.rpc import RPC
 
 # name -> (class, {accepted key: constructor argument})
@@ -22,13 +23,17 @@ STRATEGIES: dict[str, tuple[type, dict[str, str]]] = {
     "esc": (EarlyStoppingConsistency, {"w": "window", "window": "window", "max": "max_samples",
                                        "max_samples": "max_samples"}),
     "rpc": (RPC, {"n": "n", "pruning": "pruning"}),
+    "pf": (ParticleFilter, {"n": "n", "temperature": "temperature", "max_steps": "max_steps",
+                            "step_max_tokens": "step_max_tokens", "ess": "ess_threshold",
+                            "ess_threshold": "ess_threshold"}),
     "blend": (BlendASC, {"avg": "budget_per_question", "budget_per_question": "budget_per_question",
                          "max": "max_per_question", "max_per_question": "max_per_question",
                          "round": "round_size", "round_size": "round_size", "stop": "stop_threshold",
                          "stop_threshold": "stop_threshold"}),
 }
 ALIASES = {"self_consistency": "sc", "best_of_n": "bon", "adaptive_consistency": "asc",
-           "early_stopping_consistency": "esc", "blend_asc": "blend", "blend-asc": "blend"}
+           "early_stopping_consistency": "esc", "blend_asc": "blend", "blend-asc": "blend",
+           "particle_filter": "pf"}
 
 
 def build_strategy(name: str, params: dict[str, Any], field: str = "strategy"):
