@@ -7,7 +7,7 @@ import pytest
 from plait import SamplingParams
 from plait.engine.async_llm import AsyncLLM
 from plait.scaling import AdaptiveConsistency, BestOfN, BlendASC, EarlyStoppingConsistency, RPC, SelfConsistency
-from plait.scaling.rewards import oracle, self_certainty
+from plait.scaling.rewards import llm_judge, oracle, self_certainty
 from plait.scaling.scoring import score_continuation
 
 PARAMS = SamplingParams(temperature=1.0, max_tokens=12, ignore_eos=True)
@@ -157,6 +157,8 @@ def test_rewards_on_a_live_engine(make_engine):
 
     async def main():
         certainty = await self_certainty(engine)("Question:", " 5")
+        judged = await llm_judge(engine)("What is 2 + 3?", "5")
+        assert 0.0 < judged < 1.0
         good = await oracle("5")("Question:", "it is 5")
         bad = await oracle("5")("Question:", "it is 6")
         return certainty, good, bad

@@ -94,3 +94,11 @@ def test_parse_and_bad_parameters():
         build_strategy("asc", {"max_samples": 0})
     with pytest.raises(ValueError, match="threshold must be a number in"):
         AdaptiveConsistency(threshold=1.5)
+
+
+def test_blend_asc_stop_threshold_leaves_settled_questions_alone():
+    sampler = ReplaySampler({"a": stored(*["3"] * 20), "b": stored(*["1", "2"] * 10)})
+    results = asyncio.run(BlendASC(round_size=2, stop_threshold=0.9).run_many([sampler.open("a"),
+                                                                               sampler.open("b")], 12))
+    # q0 settles at 3-0 (15/16 >= 0.9) and gets no more; q1 takes the rest of the budget
+    assert [r.samples_used for r in results] == [3, 9]
