@@ -10,11 +10,9 @@ import asyncio
 import contextlib
 import time
 from dataclasses import replace
-from typing import Any
 
-from plait.params import SamplingParams
 from plait.scaling.base import Strategy, check_int, finish
-from plait.scaling.draws import Draws, LiveSampler
+from plait.scaling.draws import Draws
 from plait.scaling.rewards import Reward
 from plait.scaling.result import ScalingResult
 from plait.scaling.voting import Tally
@@ -26,16 +24,10 @@ class BestOfN(Strategy):
     def __init__(self, n: int = 16, reward: Reward | None = None) -> None:
         self.n = self.budget = check_int("n", n, 1)
         self.reward = reward
-        self._question: Any = None
 
-    async def solve(self, engine: Any, prompt: Any, *, params: SamplingParams | None = None,
-                    extract: Any = "last_number", seed: int = 0) -> ScalingResult:
-        self._question = prompt
-        return await self.run(LiveSampler(engine, params, extract, seed).open(prompt))
-
-    async def run(self, draws: Draws, question: Any = None) -> ScalingResult:
+    async def run(self, draws: Draws) -> ScalingResult:
         started = time.perf_counter()
-        question = question if question is not None else self._question
+        question = draws.prompt  # what the reward is asked about
         async with contextlib.aclosing(draws.stream(self.n)) as stream:
             samples = [s async for s in stream]
         if self.reward is None:

@@ -29,8 +29,9 @@ def derive_seed(seed: int, *parts: object) -> int:
 
 
 class Draws(Protocol):
-    """Samples of one question. `available` is how many more can be drawn (None: unlimited)."""
+    """Samples of one question (`prompt`). `available` is how many more can be drawn (None: unlimited)."""
 
+    prompt: Any
     prompt_tokens: int
     generated_tokens: int
     launched: int
@@ -108,7 +109,8 @@ class LiveSampler:
 
 
 class ReplayDraws:
-    def __init__(self, samples: list[Sample], prompt_tokens: int = 0) -> None:
+    def __init__(self, prompt: Any, samples: list[Sample], prompt_tokens: int = 0) -> None:
+        self.prompt = prompt
         self._samples = samples
         self._prompt_tokens_each = prompt_tokens
         self.prompt_tokens = 0
@@ -140,4 +142,4 @@ class ReplaySampler:
         key = prompt if isinstance(prompt, str) else tuple(prompt)
         if key not in self.stored:
             raise ValueError("prompt has no stored samples to replay")
-        return ReplayDraws(self.stored[key], self.prompt_tokens.get(key, 0))
+        return ReplayDraws(prompt, self.stored[key], self.prompt_tokens.get(key, 0))

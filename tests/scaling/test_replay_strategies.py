@@ -77,8 +77,9 @@ def test_best_of_n_default_picks_the_highest_mean_logprob():
 
 def test_best_of_n_with_a_reward():
     async def reward(question, text):
+        assert question == "q"
         return 1.0 if text.endswith("3") else 0.0
-    r = asyncio.run(BestOfN(n=4, reward=reward).run(ReplaySampler({"q": stored("1", "2", "3", "4")}).open("q"), "q"))
+    r = asyncio.run(BestOfN(n=4, reward=reward).run(ReplaySampler({"q": stored("1", "2", "3", "4")}).open("q")))
     assert r.answer == "3" and r.text == "#2 3"
 
 
