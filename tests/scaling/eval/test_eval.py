@@ -90,3 +90,11 @@ def test_throughput_compares_shared_and_independent_samples(make_engine):
     assert out["independent"]["generated_tokens"] == out["self_consistency"]["generated_tokens"] == 2 * 4 * 5
     assert out["speedup"] > 0
     assert engine.engine.scheduler.kv.all_blocks_free()
+
+
+def test_reasoning_gym_tasks_use_their_own_scorer():
+    pytest.importorskip("reasoning_gym")
+    task = load_task("rg:basic_arithmetic", 3, seed=1)
+    assert task.name == "rg:basic_arithmetic" and len(task.questions) == 3
+    q = task.questions[0]
+    assert task.is_correct(q.reference, q) and not task.is_correct(None, q)
