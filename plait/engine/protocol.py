@@ -37,6 +37,9 @@ class EngineClient(Protocol):
     @property
     def vocab_size(self) -> int: ...
 
+    def encode(self, prompt: Any) -> tuple[str | None, list[int]]:
+        """A prompt (text or token ids) -> (text or None, token ids); ValueError for anything else."""
+
     def generate(self, prompt: Any, sampling_params: SamplingParams | None = None,
                  request_id: str | None = None, output_kind: str = "delta") -> AsyncIterator[RequestOutput]:
         """Submit at once (ValueError for bad input, QueueFullError when full) and stream the outputs."""

@@ -24,6 +24,7 @@ from plait.server.chat import create_chat_completion
 from plait.server.completions import create_completion
 from plait.server.errors import APIError, bad_request, install_error_handlers
 from plait.server.metrics import CONTENT_TYPE
+from plait.server.scaling_routes import install_scaling
 from plait.server.protocol import (ChatCompletionRequest, ChatCompletionResponse, CompletionRequest,
                                    CompletionResponse, DetokenizeRequest, DetokenizeResponse, ModelCard, ModelList,
                                    TokenizeRequest, TokenizeResponse)
@@ -80,6 +81,7 @@ def build_app(engine: Any, served_model_name: str, api_key: str | None = None,
     for collector in getattr(engine, "metric_collectors", list)():  # a Ray router's per-replica gauges
         ctx.metrics.registry.register(collector)
     install_error_handlers(app)
+    install_scaling(app, ctx)  # before auth is added, so auth stays the outermost layer
     if api_key:
         app.add_middleware(APIKeyMiddleware, api_key=api_key)
 

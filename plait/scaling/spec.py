@@ -1,0 +1,76 @@
+"""Building strategies from text ("asc:max=40,threshold=0.9") or a JSON object ({"strategy": "asc", ...}).
+
+The same table serves `plait eval --strategy` and the server's `scaling` body field, so names and parameters are
+spelled one way. Unknown names or parameters raise ValueError naming the field and what is allowed.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from plait.scaling.best_of_n import BestOfN
+from plait.scaling.blend import BlendASC
+from plait.scaling.consistency import AdaptiveConsistency, EarlyStoppingConsistency, SelfConsistency
+from plait.scaling.particle_filter import ParticleFilter
+from plait.scaling.rpc import RPC
+
+# name -> (class, {accepted key: constructor argument})
+STRATEGIES: dict[str, tuple[type, dict[str, str]]] = {
+    "sc": (SelfConsistency, {"n": "n"}),
+    "bon": (BestOfN, {"n": "n"}),
+    "asc": (AdaptiveConsistency, {"max": "max_samples", "max_samples": "max_samples", "threshold": "threshold",
+                                  "batch": "batch", "min": "min_samples", "min_samples": "min_samples"}),
+    "esc": (EarlyStoppingConsistency, {"w": "window", "window": "window", "max": "max_samples",
+                                       "max_samples": "max_samples"}),
+    "rpc": (RPC, {"n": "n", "pruning": "pruning"}),
+    "pf": (ParticleFilter, {"n": "n", "temperature": "temperature", "max_steps": "max_steps",
+                            "step_max_tokens": "step_max_tokens", "ess": "ess_threshold",
+                            "ess_threshold": "ess_threshold"}),
+    "blend": (BlendASC, {"avg": "budget_per_question", "budget_per_question": "budget_per_question",
+                         "max": "max_per_question", "max_per_question": "max_per_question",
+                         "round": "round_size", "round_size": "round_size", "stop": "stop_threshold",
+                         "stop_threshold": "stop_threshold"}),
+}
+ALIASES = {"self_consistency": "sc", "best_of_n": "bon", "adaptive_consistency": "asc",
+           "early_stopping_consistency": "esc", "blend_asc": "blend", "blend-asc": "blend",
+           "particle_filter": "pf"}
+
+
+def build_strategy(name: str, params: dict[str, Any], field: str = "strategy"):
+    """`field` names the caller's field in error messages (e.g. 'scaling.strategy' at the server)."""
+    if not isinstance(name, str):
+        raise ValueError(f"{field} must be one of {sorted(STRATEGIES)}, got {name!r}")
+    key = ALIASES.get(name.lower(), name.lower())
+    if key not in STRATEGIES:
+        raise ValueError(f"{field} must be one of {sorted(STRATEGIES)}, got {name!r}")
+    cls, accepted = STRATEGIES[key]
+    kwargs = {}
+    for k, v in params.items():
+        if k not in accepted:
+            raise ValueError(f"{field}: {key} takes the parameters {sorted(accepted)}, got {k!r}")
+        kwargs[accepted[k]] = v
+    return cls(**kwargs)
+
+
+def parse_strategy(text: str):
+    """'asc:max=40,threshold=0.9' -> AdaptiveConsistency(max_samples=40, threshold=0.9). Values are read as int,
+    then float, then true/false."""
+    name, _, rest = text.partition(":")
+    params: dict[str, Any] = {}
+    for item in filter(None, (p.strip() for p in rest.split(","))):
+        k, eq, v = item.partition("=")
+        if not eq:
+            raise ValueError(f"--strategy {text!r}: expected key=value, got {item!r}")
+        params[k.strip()] = _value(v.strip())
+    return build_strategy(name.strip(), params, field="--strategy")
+
+
+def _value(v: str) -> Any:
+    for cast in (int, float):
+        try:
+            return cast(v)
+        except ValueError:
+            pass
+    if v.lower() in ("true", "false"):
+        return v.lower() == "true"
+    return v

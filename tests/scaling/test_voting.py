@@ -1,0 +1,80 @@
+"""Answer extraction, vote tallies, ASC's statistic, RPC's pruning: hand-computed cases, no engine."""
+
+import math
+
+import pytest
+
+from plait.scaling.answers import answers_match, boxed, canonical, last_number
+from plait.scaling.result import Sample
+from plait.scaling.rpc import prune, rpc_tally
+from plait.scaling.voting import Tally, leader_probability
+
+
+def test_extraction_and_canonical_forms():
+    assert last_number("so 12 + 3 = 15.") == "15"
+    assert last_number("it costs 1,000.50 dollars") == "1000.5"
+    assert last_number("no digits here") is None
+    assert last_number("-7") == "-7"
+    assert canonical("4/2") == "2" and canonical("1/3") == "1/3" and canonical("2.50") == "2.5"
+    assert boxed(r"so \boxed{\frac{1}{2}} and more") == r"\frac{1}{2}"
+    assert boxed(r"\boxed{12} then \boxed{13}") == "13"
+    assert boxed("none") is None
+
+
+def test_grading():
+    assert answers_match("15", "15.0")
+    assert not answers_match("15", "16")
+    assert not answers_match(None, "1")
+    pytest.importorskip("math_verify")
+    assert answers_match(r"\frac{1}{2}", "0.5")
+
+
+def test_tally_ties_go_to_the_earliest_answer():
+    t = Tally()
+    for a in ["7", "9", None, "9", "7"]:
+        t.add(a)
+    assert t.weights == {"7": 2.0, "9": 2.0}  # None votes for nothing
+    assert t.leader() == "7" and t.top_two() == (2.0, 2.0)
+
+
+def test_leader_probability_hand_computed():
+    # P(Bin(v1+v2+1, 1/2) <= v1)
+    assert leader_probability(0, 0) == 0.5
+    assert leader_probability(1, 0) == 0.75
+    assert leader_probability(3, 0) == 15 / 16
+    assert leader_probability(4, 0) == 31 / 32
+    assert leader_probability(5, 1) == (1 + 7 + 21 + 35 + 35 + 21) / 128
+
+
+def _samples(spec):
+    """spec: list of (answer, confidence) -> samples with distinct texts."""
+    return [Sample(index=i, text=f"path {i}: {a}", answer=a, num_tokens=5, mean_logprob=math.log(c))
+            for i, (a, c) in enumerate(spec)]
+
+
+def test_rpc_equal_confidences_is_majority_vote():
+    samples = _samples([("1", 0.5), ("2", 0.5), ("2", 0.5), ("3", 0.5)])
+    tally, scored = rpc_tally(samples)
+    assert tally.leader() == "2" and tally.weights["2"] == pytest.approx(1.0)
+    assert all(s.score == pytest.approx(0.5) for s in scored)
+    assert samples[0].score is None  # the caller's samples are not modified
+
+
+def test_rpc_prunes_the_low_confidence_cluster():
+    # 30 low-confidence paths say "7" (sum 30 x ~0.11 = 3.4), three confident paths say "9" (sum 2.73).
+    # Without pruning "7" wins; the Weibull mixture puts the low cluster in its low component, below the mean,
+    # so pruning removes it and "9" wins.
+    spec = [("7", 0.10 + 0.001 * i) for i in range(30)] + [("9", 0.90), ("9", 0.91), ("9", 0.92)]
+    keep = prune([c for _, c in spec])
+    assert keep == [False] * 30 + [True] * 3
+    assert rpc_tally(_samples(spec), pruning=False)[0].leader() == "7"
+    tally, scored = rpc_tally(_samples(spec))
+    assert tally.leader() == "9" and tally.weights == {"9": pytest.approx(2.73)}
+    assert [s.score for s in scored[:30]] == [0.0] * 30
+
+
+def test_rpc_counts_identical_completions_once():
+    samples = [Sample(0, "x = 3", "3", 3, math.log(0.6)), Sample(1, "x = 3", "3", 3, math.log(0.6)),
+               Sample(2, "y = 4", "4", 3, math.log(0.5)), Sample(3, "z = 4", "4", 3, math.log(0.5))]
+    tally, _ = rpc_tally(samples, pruning=False)
+    assert tally.weights == {"3": pytest.approx(0.6), "4": pytest.approx(1.0)}
