@@ -188,9 +188,10 @@ class Scheduler:
             request.output_token_ids.append(token)
             self.num_generated_tokens += 1
             changed.append(request)
-            self._check_stop(request, token)
-            if sampled.grammar_ended and not request.finished:
+            if sampled.grammar_ended:  # structured output complete: 'stop' even on the last allowed token
                 self.finish(request, "stop")
+            else:
+                self._check_stop(request, token)
         return changed
 
     def _check_stop(self, request: Request, token: int) -> None:
