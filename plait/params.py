@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 # Upper bound on top-k alternatives returned per position; keeps one request from blowing up memory.
 MAX_LOGPROBS = 20
@@ -47,6 +48,9 @@ class SamplingParams:
     prompt_logprobs: int | None = None
     skip_special_tokens: bool = True
     priority: int = 0
+    # A grammar the output must follow: StructuredOutputsParams or a dict of its fields (json, json_object,
+    # regex, choice, grammar); see plait/sampling/structured_params.py.
+    structured_outputs: Any = None
     stop_strings: list[str] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -111,6 +115,9 @@ class SamplingParams:
             self.stop_token_ids = list(self.stop_token_ids)
         if not isinstance(self.priority, int):
             _fail("priority", "an integer (lower runs first)", self.priority)
+        if self.structured_outputs is not None:  # imported only when used: the plait.sampling package needs torch
+            from plait.sampling.structured_params import to_structured_outputs
+            self.structured_outputs = to_structured_outputs(self.structured_outputs)
 
     @property
     def uses_penalties(self) -> bool:

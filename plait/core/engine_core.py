@@ -92,6 +92,8 @@ class EngineCore:
         self.scheduler.check_fits(len(prompt_token_ids), max_tokens)
         if params.logit_bias and any(not 0 <= t < self.vocab_size for t in params.logit_bias):
             raise ValueError(f"logit_bias keys must be token ids in [0, {self.vocab_size})")
+        if params.structured_outputs is not None:  # compiles in the caller's thread, cached for the engine's
+            self.runner.prepare(params)
         return max_tokens
 
     def add_request(self, request_id: str, prompt_token_ids: list[int], params: SamplingParams) -> None:

@@ -51,6 +51,8 @@ class SampledToken:
     token_id: int
     # [(token_id, logprob, rank)]: chosen first, then the top alternatives; None when not asked for.
     logprobs: list[tuple[int, float, int]] | None = None
+    # Structured output: the request's grammar can go no further after this token; it finishes with 'stop'.
+    grammar_ended: bool = False
 
 
 @dataclass

@@ -178,11 +178,15 @@ class Scheduler:
                 self.kv.commit(request.request_id, request.all_token_ids, request.num_computed)
             if not chunk.sample:
                 continue
-            token = model_out.sampled[chunk.request_id].token_id
+            sampled = model_out.sampled[chunk.request_id]
+            token = sampled.token_id
             request.output_token_ids.append(token)
             self.num_generated_tokens += 1
             changed.append(request)
-            self._check_stop(request, token)
+            if sampled.grammar_ended:  # structured output complete: 'stop' even on the last allowed token
+                self.finish(request, "stop")
+            else:
+                self._check_stop(request, token)
         return changed
 
     def _check_stop(self, request: Request, token: int) -> None:

@@ -18,6 +18,7 @@ from plait.runner.cpu_memory import keep_freed_memory
 from plait.runner.model_runner import ModelRunner
 from plait.runner.packed_linear import can_pack, pack_linears
 from plait.runner.q4_linear import attach_q4, can_use_q4
+from plait.sampling.structured_compiler import GrammarCompiler
 
 _DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
            "float16": torch.float16, "fp16": torch.float16}
@@ -120,7 +121,8 @@ def build_engine(config: EngineConfig, model_config: ModelConfig | None = None,
             from plait.runner.native.modules import use_native_layers
 
             use_native_layers(model, kernels)
-    runner = ModelRunner(model, cache, eos, device, kernels=kernels)
+    runner = ModelRunner(model, cache, eos, device, kernels=kernels,
+                         grammars=GrammarCompiler(tokenizer, model_config.vocab_size, eos) if tokenizer else None)
     core = EngineCore(scheduler, runner, tokenizer, eos, model_config.vocab_size)
     return BuiltEngine(core, tokenizer, model_config, config, dtype, device, time.perf_counter() - start,
                        generation_defaults)

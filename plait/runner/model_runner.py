@@ -12,6 +12,8 @@ from plait.runner.attention import KVCache, PagedAttention
 from plait.runner.input_batch import build_input_batch
 from plait.runner.native import Kernels
 from plait.sampling import Sampler, SamplingBatch
+from plait.sampling.structured import StructuredState
+from plait.sampling.structured_compiler import GrammarCompiler
 
 
 @dataclass
@@ -26,8 +28,10 @@ class _SamplingState:
 
 class ModelRunner:
     def __init__(self, model: torch.nn.Module, cache: KVCache, eos_token_ids: list[int],
-                 device: torch.device | str = "cpu", kernels: Kernels | None = None) -> None:
-        """`kernels`: plait's C kernels (CPU only), used for attention when given."""
+                 device: torch.device | str = "cpu", kernels: Kernels | None = None,
+                 grammars: GrammarCompiler | None = None) -> None:
+        """`kernels`: plait's C kernels (CPU only), used for attention when given; `grammars`: compiles
+        structured_outputs (requests that ask for one are rejected without it)."""
         self.model = model
         self.kernels = kernels
         self.cache = cache
@@ -37,6 +41,14 @@ class ModelRunner:
         cfg = model.config
         self._heads = (cfg.num_heads, cfg.num_kv_heads, cfg.head_dim)
         self._states: dict[str, _SamplingState] = {}
+        self.structured = StructuredState(grammars) if grammars is not None else None
+
+    def prepare(self, params: SamplingParams) -> None:
+        """Compile a request's grammar before it is queued (called from the submitting thread, not the engine's);
+        raises ValueError for a bad one."""
+        if self.structured is None:
+            raise ValueError("structured_outputs is not available: this engine was built without a tokenizer")
+        self.structured.prepare(params)
 
     def _register(self, new: NewRequestData) -> None:
         generator = None
@@ -44,11 +56,15 @@ class ModelRunner:
             generator = torch.Generator(device="cpu")
             generator.manual_seed(new.seed)
         self._states[new.request_id] = _SamplingState(new.params, new.prompt_token_ids, generator)
+        if self.structured is not None:
+            self.structured.register(new.request_id, new.params)
 
     @torch.inference_mode()
     def execute(self, sched: SchedulerOutput) -> ModelOutput:
         for rid in sched.finished_ids:
             self._states.pop(rid, None)
+            if self.structured is not None:
+                self.structured.drop(rid)
         for new in sched.new_requests:
             self._register(new)
         out = ModelOutput()
@@ -71,16 +87,19 @@ class ModelRunner:
         rows = torch.tensor(sample_rows, device=self.device)
         logits = self.model.compute_logits(hidden[rows]).float()
         states = [self._states[rid] for rid in sample_ids]
+        structured = self.structured if self.structured and self.structured.constrained(sample_ids) else None
         result = self.sampler(logits, SamplingBatch(
             params=[s.params for s in states],
             generators=[s.generator for s in states],
             output_token_ids=[s.output_token_ids for s in states],
             prompt_token_ids=[s.prompt_token_ids for s in states],
             eos_token_ids=self.eos_token_ids,
+            allowed=structured.masks(sample_ids, logits.shape[1], logits.device) if structured else None,
         ))
+        ended = structured.advance(sample_ids, result.token_ids) if structured else ()
         for rid, state, token, logprobs in zip(sample_ids, states, result.token_ids, result.logprobs):
             state.output_token_ids.append(token)
-            out.sampled[rid] = SampledToken(token, logprobs)
+            out.sampled[rid] = SampledToken(token, logprobs, grammar_ended=rid in ended)
         return out
 
     def _prompt_logprobs(self, out: ModelOutput, chunk, hidden: torch.Tensor) -> None:

@@ -30,6 +30,7 @@ import torch
 
 from plait.params import SamplingParams
 from plait.sampling.penalties import apply_logit_bias, apply_min_tokens, apply_penalties, needs_processing
+from plait.sampling.structured import AllowedTokens, apply_allowed
 
 # Temperatures below this are greedy (as in vLLM): dividing by a tiny temperature would overflow to inf/nan.
 GREEDY_EPS = 1e-5
@@ -47,13 +48,15 @@ class SamplingBatch:
     output_token_ids: list[list[int]]  # tokens generated so far by each row (for penalties, min_tokens)
     prompt_token_ids: list[list[int]]  # the prompt (repetition_penalty applies to prompt + output)
     eos_token_ids: list[int]  # model's eos ids: masked while len(output) < min_tokens unless ignore_eos
+    allowed: AllowedTokens | None = None  # structured output: grammar masks of the constrained rows
 
 
 @dataclass
 class SamplerOutput:
     token_ids: list[int]  # one sampled id per row
     # Per row: None if params.logprobs is None, else [(chosen_id, logprob, rank)] followed by the
-    # top-`params.logprobs` alternatives as (id, logprob, rank); logprobs of the RAW logits, rank 1 = most likely.
+    # top-`params.logprobs` alternatives as (id, logprob, rank); logprobs of the RAW logits (grammar-masked for
+    # structured rows), rank 1 = most likely.
     logprobs: list[list[tuple[int, float, int]] | None]
 
 
@@ -95,6 +98,8 @@ class Sampler:
             raise ValueError(f"SamplingBatch has {len(params)} params, {len(batch.generators)} generators and "
                              f"{len(batch.output_token_ids)} output lists for {num_rows} logits rows")
         device = logits.device
+        if batch.allowed is not None:  # grammar masks come first: everything after, logprobs too, sees them
+            logits = apply_allowed(logits, batch.allowed)
 
         if needs_processing(params, [len(o) for o in batch.output_token_ids]):
             # Work on an owned contiguous copy: the caller's logits stay raw (logprobs, speculative decoding).

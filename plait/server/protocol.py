@@ -27,6 +27,48 @@ class StreamOptions(_Strict):
     include_usage: bool = False
 
 
+class JsonSchemaFormat(_Strict):
+    name: Optional[str] = None
+    description: Optional[str] = None
+    # "schema" shadows a BaseModel attribute, hence the alias.
+    json_schema: Optional[dict[str, Any]] = Field(None, alias="schema")
+    strict: Optional[bool] = None
+
+
+class ResponseFormat(_Strict):
+    """OpenAI's response_format: text (no constraint), json_object, or json_schema (always enforced)."""
+
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: Optional[JsonSchemaFormat] = None
+
+    def to_structured(self) -> Optional[dict[str, Any]]:
+        if self.type == "text":
+            return None
+        if self.type == "json_object":
+            return {"json_object": True}
+        if self.json_schema is None:
+            raise bad_request("response_format.json_schema is required when type is json_schema",
+                              "response_format")
+        # OpenAI allows omitting the schema (any JSON); a missing schema constrains to a JSON object.
+        schema = self.json_schema.json_schema
+        return {"json": schema} if schema is not None else {"json_object": True}
+
+
+class StructuredOutputsRequest(_Strict):
+    """vLLM's extra body field structured_outputs (exactly one field set); see StructuredOutputsParams."""
+
+    model_config = ConfigDict(strict=True, extra="forbid")
+
+    json_: Union[dict[str, Any], str, None] = Field(None, alias="json")
+    json_object: Optional[bool] = None
+    regex: Optional[str] = None
+    choice: Optional[list[str]] = None
+    grammar: Optional[str] = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(by_alias=True, exclude_none=True)
+
+
 class _SamplingRequest(_Strict):
     """Fields both generation endpoints share, including vLLM's extra engine parameters."""
 
@@ -52,6 +94,17 @@ class _SamplingRequest(_Strict):
     stop_token_ids: Optional[list[int]] = None
     include_stop_str_in_output: bool = False
     skip_special_tokens: bool = True
+    # Structured output: OpenAI's response_format, or vLLM's structured_outputs (json, regex, choice, grammar).
+    response_format: Optional[ResponseFormat] = None
+    structured_outputs: Optional[StructuredOutputsRequest] = None
+
+    def structured_spec(self) -> Optional[dict[str, Any]]:
+        """The StructuredOutputsParams fields this request asks for (None: unconstrained)."""
+        from_format = self.response_format.to_structured() if self.response_format is not None else None
+        if from_format is not None and self.structured_outputs is not None:
+            raise bad_request("response_format and structured_outputs cannot both constrain the output",
+                              "structured_outputs")
+        return self.structured_outputs.to_dict() if self.structured_outputs is not None else from_format
 
     def check_common(self, vocab_size: int) -> None:
         """API-level rules that SamplingParams does not know about (checked here so a stream gets a 400 too)."""
@@ -78,6 +131,7 @@ class _SamplingRequest(_Strict):
             include_stop_str_in_output=self.include_stop_str_in_output, logprobs=logprobs,
             prompt_logprobs=prompt_logprobs, skip_special_tokens=self.skip_special_tokens, priority=self.priority,
             logit_bias={int(k): v for k, v in self.logit_bias.items()} if self.logit_bias else None,
+            structured_outputs=self.structured_spec(),
             **{k: v for k, v in given.items() if v is not None})
 
 
