@@ -67,3 +67,14 @@ def plait_logits(model, token_ids: list[int], chunk_size: int | None = None, blo
             attn = PagedAttention(cache, batch.attention, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim)
             outs.append(model.compute_logits(model(batch.input_ids, batch.positions, attn)).float())
     return torch.cat(outs)
+
+
+def wait_kv_free(engine, timeout: float = 20.0) -> None:
+    """Every KV block of an AsyncLLM free again within `timeout` seconds. A stop string found by the frontend
+    ends its sample in the engine a moment after the caller saw the final output, so a test polls."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not (engine.engine.scheduler.kv.all_blocks_free() and not engine.engine.has_unfinished()):
+        assert time.monotonic() < deadline, f"KV blocks still held after {timeout} s: {engine.stats()}"
+        time.sleep(0.01)

@@ -9,6 +9,7 @@ from plait.engine.async_llm import AsyncLLM
 from plait.scaling import AdaptiveConsistency, BestOfN, BlendASC, EarlyStoppingConsistency, RPC, SelfConsistency
 from plait.scaling.rewards import llm_judge, oracle, self_certainty
 from plait.scaling.scoring import score_continuation
+from tests.helpers import wait_kv_free
 
 PARAMS = SamplingParams(temperature=1.0, max_tokens=12, ignore_eos=True)
 PROMPT = "Question: what is 2 + 3? Answer:"
@@ -42,7 +43,7 @@ def test_self_consistency_runs_its_samples_in_shared_steps(make_engine):
     assert r.samples_used == 8 and len(r.samples) == 8 and r.generated_tokens == 8 * 12
     assert steps <= 13  # 8 samples x 12 tokens in ~12 decode steps (+ prefill): concurrent, not one after another
     assert sum(r.votes.values()) == 8 and r.answer == max(r.votes, key=r.votes.get)
-    assert engine.engine.scheduler.kv.all_blocks_free()
+    wait_kv_free(engine)
 
 
 def test_asc_stops_early_and_aborts_the_rest_without_leaking_kv(make_engine):
@@ -61,7 +62,7 @@ def test_asc_stops_early_and_aborts_the_rest_without_leaking_kv(make_engine):
     # they were aborted, and their partial tokens are counted with the finished ones'.
     finished = sum(s.num_tokens for s in r.samples)
     assert finished < r.generated_tokens < finished + 4 * 40
-    assert engine.engine.scheduler.kv.all_blocks_free()
+    wait_kv_free(engine)
 
 
 def test_adaptive_budgets_hold_when_answers_never_agree(make_engine):
@@ -109,7 +110,7 @@ def test_blend_asc_spends_one_budget_over_many_prompts(make_engine):
         return await BlendASC(round_size=4).solve_many(engine, prompts, 13, params=PARAMS, extract=by_length)
     results = asyncio.run(main())
     assert sum(r.samples_used for r in results) == 13 and all(r.samples_used >= 1 for r in results)
-    assert engine.engine.scheduler.kv.all_blocks_free()
+    wait_kv_free(engine)
 
 
 def test_rpc_and_best_of_n_use_the_recorded_logprobs(make_engine):

@@ -8,6 +8,7 @@ import pytest
 from plait import SamplingParams
 from plait.engine.async_llm import AsyncLLM
 from plait.scaling.particle_filter import ParticleFilter, softmax
+from tests.helpers import wait_kv_free
 
 PARAMS = SamplingParams(temperature=1.0, max_tokens=24, ignore_eos=True)
 PROMPT = "Solve step by step: 2 + 3 ="
@@ -25,7 +26,7 @@ def test_constant_reward_never_resamples(make_engine):
     assert len(r.samples) == 4 and len({s.text for s in r.samples}) == 4  # four independent streams
     assert all(s.num_tokens <= 24 for s in r.samples)
     assert r.generated_tokens == sum(s.num_tokens for s in r.samples)  # nothing discarded
-    assert engine.engine.scheduler.kv.all_blocks_free()
+    wait_kv_free(engine)
 
 
 def test_a_sharp_reward_converges_to_the_favoured_particle(make_engine):
@@ -43,7 +44,7 @@ def test_a_sharp_reward_converges_to_the_favoured_particle(make_engine):
     assert r.text == max(r.samples, key=lambda s: s.score).text
     assert r.generated_tokens >= sum(s.num_tokens for s in r.samples) - 4 * 6  # discarded particles still cost
     asyncio.run(asyncio.sleep(0))
-    assert engine.engine.scheduler.kv.all_blocks_free()
+    wait_kv_free(engine)
 
 
 def test_parameters_and_softmax():

@@ -6,6 +6,7 @@ import pytest
 
 from plait import SamplingParams
 from plait.scaling import AdaptiveConsistency, RPC, SelfConsistency
+from tests.helpers import wait_kv_free
 
 PROMPT = "Q: What is 1 + 1?\nA: 2\n\nQ: What is 3 + 4?\nA: 7\n\nQ: What is 2 + 5?\nA: 7\n\nQ: What is 2 + 2?\nA:"
 PARAMS = SamplingParams(temperature=0.3, max_tokens=6, stop=["\n"])  # low: the 135M model is spread thin
@@ -30,4 +31,4 @@ def test_strategies_on_the_default_model():
     assert asc.samples_launched <= 16 and asc.samples_used <= asc.samples_launched
     assert rpc.answer in rpc.votes
     assert all(s.mean_logprob is not None for s in rpc.samples)
-    assert engine.engine.scheduler.kv.all_blocks_free()
+    wait_kv_free(engine)

@@ -10,6 +10,7 @@ from plait.engine.async_llm import AsyncLLM
 from plait.scaling.eval import run
 from plait.scaling.eval.stats import bootstrap_interval
 from plait.scaling.eval.tasks import load_task
+from tests.helpers import wait_kv_free
 
 
 def test_builtin_tasks_are_seeded_and_correct():
@@ -37,7 +38,7 @@ def test_draw_save_replay_and_report(make_engine, tmp_path):
     params = run.task_params(task, temperature=1.0, max_tokens=6)
     stored = asyncio.run(run.draw_samples(engine, task, 8, params, seed=1))
     assert len(stored["questions"]) == 3 and all(len(q["samples"]) == 8 for q in stored["questions"])
-    assert engine.engine.scheduler.kv.all_blocks_free()
+    wait_kv_free(engine)
     # Make the stored answers meaningful for a hand check: question 0 all right, 1 mostly right, 2 all wrong.
     for qi, answers in enumerate([["2"] * 8, ["5", "1", "5", "5", "1", "5", "5", "5"], ["0"] * 8]):
         stored["questions"][qi]["reference"] = task.questions[qi].reference = ["2", "5", "9"][qi]
@@ -89,7 +90,7 @@ def test_throughput_compares_shared_and_independent_samples(make_engine):
     out = asyncio.run(compare(engine, ["a b c", "d e f"], 4, SamplingParams(max_tokens=5, ignore_eos=True)))
     assert out["independent"]["generated_tokens"] == out["self_consistency"]["generated_tokens"] == 2 * 4 * 5
     assert out["speedup"] > 0
-    assert engine.engine.scheduler.kv.all_blocks_free()
+    wait_kv_free(engine)
 
 
 def test_reasoning_gym_tasks_use_their_own_scorer():
