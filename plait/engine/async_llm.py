@@ -259,11 +259,13 @@ class AsyncLLM:
         except BaseException as exc:  # noqa: BLE001 - every in-flight caller must hear about it
             self.error = exc
             log.error("engine loop died:\n%s", traceback.format_exc())
+            self._fail_updates(EngineDeadError(f"the engine loop has died: {exc!r}"))
             with self._wake:
                 streams = list(self._streams)
             for request_id in streams:
                 self._deliver_error(request_id, EngineDeadError(f"the engine loop has died: {exc!r}"))
             return
+        self._fail_updates(EngineDeadError("the engine was shut down"))
         with self._wake:
             streams = list(self._streams)
         for request_id in streams:
@@ -311,6 +313,14 @@ class AsyncLLM:
                 self._deliver(out)
             else:
                 self._drop(request_id, stream)
+
+    def _fail_updates(self, exc: BaseException) -> None:
+        """The loop ends: weight updates waiting to drain or still queued will never happen; their callers hear."""
+        self._updater.fail_pending(exc)
+        with self._wake:
+            queued = [c for c in self._commands if c[0] == "update_weights"]
+        for command in queued:
+            command[4].set_exception(exc)
 
     def _abort_all(self) -> int:
         """Engine thread: end every request the engine holds (update_weights mode 'abort')."""

@@ -197,6 +197,12 @@ class WeightUpdater:
         held, self.held = self.held, []
         return held
 
+    def fail_pending(self, exc: BaseException) -> None:
+        """The engine stops: a 'drain' update still waiting will never happen; its caller must hear so."""
+        if self.pending is not None:
+            self.pending[1].set_exception(exc)
+            self.pending = None
+
     def _swap(self, update: PreparedUpdate, future: Future) -> None:
         try:
             update.info.wait_seconds = time.perf_counter() - update.queued_at

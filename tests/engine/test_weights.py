@@ -149,3 +149,17 @@ def test_abort_mode_ends_in_flight_requests(make_engine, fresh_on, w2):
     batch = prompts(1, seed=8)
     again = engine.result(engine.submit(batch[0], GREEDY), timeout=30)
     assert ids([again]) == ids(fresh_on(w2).generate(batch, GREEDY, use_tqdm=False)) and again.weight_version == 7
+
+
+def test_shutdown_fails_a_drain_update_still_waiting(make_engine, w2):
+    from plait.engine.async_llm import EngineDeadError
+
+    engine = make_engine(BackgroundLLM)
+    rid = engine.submit(prompts(1, seed=9)[0], SamplingParams(max_tokens=400, temperature=0, ignore_eos=True),
+                        stream=True)
+    _first_tokens(engine, rid, count=1)
+    future = engine.update_weights(w2, "v2", mode="drain", block=False)
+    engine.shutdown()
+    with pytest.raises(EngineDeadError):
+        future.result(30)
+    assert engine.weight_version is None
