@@ -59,12 +59,13 @@ def install_admin_routes(app: FastAPI, ctx: Any, api_key: str | None) -> None:
         if not hasattr(engine, "update_weights_nowait"):
             raise APIError(501, "this engine cannot update its weights", type="server_error")
 
-    @app.get("/v1/admin/weight_version")
+    # Not in the public OpenAPI schema: an operator surface, not part of the OpenAI-compatible API.
+    @app.get("/v1/admin/weight_version", include_in_schema=False)
     async def weight_version() -> dict:
         check_enabled()
         return {"weight_version": engine.weight_version}
 
-    @app.post("/v1/admin/update_weights")
+    @app.post("/v1/admin/update_weights", include_in_schema=False)
     async def update_weights(body: UpdateWeightsRequest) -> dict:
         check_enabled()
         try:
