@@ -1,6 +1,7 @@
 """plait: batched and asynchronous LLM inference.
 
-Public API: LLM (offline), AsyncLLM (streaming, background engine loop), SamplingParams, RequestOutput.
+Public API: LLM (offline), AsyncLLM (streaming, background engine loop), BackgroundLLM (submit/poll from plain
+threads), SamplingParams, RequestOutput.
 Heavy modules (torch, the model) load on first use, so `import plait` stays fast.
 """
 
@@ -13,9 +14,10 @@ from plait.params import SamplingParams
 
 if TYPE_CHECKING:
     from plait.engine.async_llm import AsyncLLM
+    from plait.engine.background import BackgroundLLM
     from plait.engine.llm import LLM
 
-__all__ = ["LLM", "AsyncLLM", "SamplingParams", "RequestOutput", "CompletionOutput", "Logprob"]
+__all__ = ["LLM", "AsyncLLM", "BackgroundLLM", "SamplingParams", "RequestOutput", "CompletionOutput", "Logprob"]
 __version__ = "0.1.0"
 
 
@@ -28,4 +30,8 @@ def __getattr__(name: str) -> Any:
         from plait.engine.async_llm import AsyncLLM
 
         return AsyncLLM
+    if name == "BackgroundLLM":
+        from plait.engine.background import BackgroundLLM
+
+        return BackgroundLLM
     raise AttributeError(f"module 'plait' has no attribute {name!r}")

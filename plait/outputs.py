@@ -27,6 +27,9 @@ class CompletionOutput:
     stop_reason: str | int | None = None  # the stop string or stop token id that ended it
     logprobs: list[PositionLogprobs] | None = None
     cumulative_logprob: float | None = None
+    # (first token index in token_ids, weight version) for each run of tokens made by one version of the weights;
+    # more than one segment only when weights changed mid-request (update_weights mode 'continue').
+    weight_versions: list[tuple[int, str | int | None]] | None = None
 
     @property
     def finished(self) -> bool:
@@ -43,3 +46,4 @@ class RequestOutput:
     prompt_logprobs: list[PositionLogprobs | None] | None = None
     num_cached_tokens: int = 0
     metrics: dict[str, float] = field(default_factory=dict)
+    weight_version: str | int | None = None  # the weights that made the latest token (None: as loaded)

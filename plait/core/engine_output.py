@@ -34,3 +34,4 @@ class EngineOutput:
     prompt_logprobs: list[tuple[int, RawLogprobs]] = field(default_factory=list)
     num_cached_tokens: int = 0
     queue_time: float | None = None  # seconds from arrival to first scheduling
+    weight_version: str | int | None = None  # the weights this step ran on (stamped by the frontend's engine loop)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import concurrent.futures
 import itertools
 import logging
 import threading
@@ -20,8 +21,9 @@ from typing import Any, AsyncIterator
 from plait.config import EngineConfig
 from plait.engine.builder import build_engine, describe
 from plait.engine.prompts import encode_prompt
-from plait.core.engine_output import EngineOutput
+from plait.core.engine_output import EngineOutput, SampleDelta
 from plait.engine.output_processor import OUTPUT_KINDS, RequestState
+from plait.engine.weights import WeightUpdateInfo, WeightUpdater, prepare_update
 from plait.outputs import RequestOutput
 from plait.params import SamplingParams
 
@@ -62,6 +64,7 @@ class AsyncLLM:
         self._ids = itertools.count()
         self._stopping = False
         self.error: BaseException | None = None
+        self._updater: WeightUpdater | None = None
         # The engine is built inside the thread that then runs it. Why: OpenMP keeps one worker pool per thread
         # that runs parallel ops; once two pools exist, libgomp has more threads than cores and stops spinning at
         # its barriers, and every small op pays a futex wake-up. Measured: batch-1 decode 10.8 ms/token when
@@ -195,6 +198,28 @@ class AsyncLLM:
     def stats(self):
         return self.engine.stats()
 
+    @property
+    def weight_version(self):
+        """The version of the weights steps run on now (None: as loaded)."""
+        return self._updater.version
+
+    def update_weights_nowait(self, weights, version, mode: str = "drain") -> concurrent.futures.Future:
+        """Check `weights` now (a bad state dict raises ValueError here and nothing changes), then queue the swap;
+        the future resolves to a WeightUpdateInfo once the engine thread has swapped between steps. Modes
+        (plait/engine/weights.py): 'abort' ends in-flight requests, 'drain' holds new ones until the running
+        ones finish on the old weights, 'continue' swaps at once and in-flight requests go on. Asyncio callers
+        `await asyncio.wrap_future(...)` it."""
+        self._check_alive()
+        update = prepare_update(self._built, weights, version, mode)
+        future: concurrent.futures.Future = concurrent.futures.Future()
+        self._command(("update_weights", None, None, update, future))
+        return future
+
+    def update_weights(self, weights, version, mode: str = "drain",
+                       timeout: float | None = None) -> WeightUpdateInfo:
+        """`update_weights_nowait` and wait for the swap (blocking: from a thread, not a coroutine)."""
+        return self.update_weights_nowait(weights, version, mode).result(timeout)
+
     def shutdown(self, timeout: float = 5.0) -> None:
         with self._wake:
             self._stopping = True
@@ -207,6 +232,7 @@ class AsyncLLM:
             if self._built is None:
                 self._built = build_engine(self.config)
             self.engine, self.tokenizer = self._built.core, self._built.tokenizer
+            self._updater = WeightUpdater(self._built, self._abort_all)
         except BaseException as exc:  # noqa: BLE001 - re-raised by __init__ in the caller's thread
             self.error = exc
             return
@@ -228,14 +254,18 @@ class AsyncLLM:
                     self._apply(command)
                 for out in self.engine.step():
                     self._deliver(out)
+                for command in self._updater.maybe_finish(idle=not self.engine.has_unfinished()):
+                    self._apply(command)  # requests held back while a 'drain' update waited
         except BaseException as exc:  # noqa: BLE001 - every in-flight caller must hear about it
             self.error = exc
             log.error("engine loop died:\n%s", traceback.format_exc())
+            self._fail_updates(EngineDeadError(f"the engine loop has died: {exc!r}"))
             with self._wake:
                 streams = list(self._streams)
             for request_id in streams:
                 self._deliver_error(request_id, EngineDeadError(f"the engine loop has died: {exc!r}"))
             return
+        self._fail_updates(EngineDeadError("the engine was shut down"))
         with self._wake:
             streams = list(self._streams)
         for request_id in streams:
@@ -250,6 +280,9 @@ class AsyncLLM:
         if kind == "reset_prefix_cache":
             self.engine.reset_prefix_cache()
             return
+        if kind == "update_weights":
+            self._updater.start(*command[3:])
+            return
         if kind == "finish_sample":
             # Not gated on the stream: the frontend may already have dropped it (its request is over), and no
             # newer request with this id can be in the engine yet, since commands apply in order.
@@ -259,6 +292,15 @@ class AsyncLLM:
             current = self._streams.get(request_id)
         if current is not stream:
             return  # that stream is gone (aborted before pick-up, or finished); the id may be reused since
+        if kind == "add" and self._updater.draining:
+            self._updater.held.append(command)
+            return
+        if kind == "abort" and any(held[2] is stream for held in self._updater.held):
+            self._updater.held = [held for held in self._updater.held if held[2] is not stream]
+            n = stream.state.params.n
+            self._deliver(EngineOutput(request_id, [SampleDelta(i, [], finish_reason="abort") for i in range(n)],
+                                       finished=True))
+            return
         if kind == "add":
             _, _, _, token_ids, params = command
             try:
@@ -271,6 +313,26 @@ class AsyncLLM:
                 self._deliver(out)
             else:
                 self._drop(request_id, stream)
+
+    def _fail_updates(self, exc: BaseException) -> None:
+        """The loop ends: weight updates waiting to drain or still queued will never happen; their callers hear."""
+        self._updater.fail_pending(exc)
+        with self._wake:
+            queued = [c for c in self._commands if c[0] == "update_weights"]
+        for command in queued:
+            command[4].set_exception(exc)
+
+    def _abort_all(self) -> int:
+        """Engine thread: end every request the engine holds (update_weights mode 'abort')."""
+        with self._wake:
+            request_ids = list(self._streams)
+        aborted = 0
+        for request_id in request_ids:
+            out = self.engine.abort(request_id)
+            if out is not None:
+                self._deliver(out)
+                aborted += 1
+        return aborted
 
     def _drop(self, request_id: str, stream: _Stream) -> bool:
         """Forget a stream (its id may be reused from now on); False if it was already gone."""
@@ -285,6 +347,7 @@ class AsyncLLM:
             stream = self._streams.get(out.request_id)
         if stream is None:
             return
+        out.weight_version = self._updater.version  # the weights this step ran on: updates happen between steps
         if out.finished:
             self._drop(out.request_id, stream)
         if not self._post(stream, self._on_output, out.request_id, stream, out):

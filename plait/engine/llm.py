@@ -30,6 +30,7 @@ class LLM:
         self.engine = self._built.core
         self.tokenizer = self._built.tokenizer
         self._next_id = 0
+        self.weight_version = None  # the version given to the last update_weights (None: as loaded)
         if verbose:
             print(describe(self._built))
 
@@ -85,6 +86,7 @@ class LLM:
         generated = 0
         while len(finished) < len(states):
             for out in self.engine.step():
+                out.weight_version = self.weight_version
                 state = states.get(out.request_id)
                 if state is None:
                     continue
@@ -109,3 +111,14 @@ class LLM:
 
     def stats(self):
         return self.engine.stats()
+
+    def update_weights(self, weights, version, mode: str = "drain"):
+        """Swap in new weights (a state dict by HF names, or a path) tagged `version`; later outputs carry it.
+        Between `generate` calls nothing is in flight, so every mode is the same here. A bad state dict raises
+        ValueError and the old weights stay. Returns a WeightUpdateInfo (timings)."""
+        from plait.engine.weights import prepare_update, swap_weights
+
+        update = prepare_update(self._built, weights, version, mode)
+        update.info.swap_seconds = swap_weights(self._built, update)
+        self.weight_version = version
+        return update.info

@@ -36,6 +36,7 @@ class _Sample:
     stop_reason: str | int | None = None
     sent_tokens: int = 0  # how much a delta reader has already been given
     sent_logprobs: int = 0
+    versions: list[tuple[int, str | int | None]] = field(default_factory=list)  # (first token, weight version)
 
     @property
     def finished(self) -> bool:
@@ -62,6 +63,7 @@ class RequestState:
         self.num_cached_tokens = 0
         self.created = time.monotonic()
         self.metrics: dict[str, float] = {}
+        self.weight_version: str | int | None = None
 
     @property
     def finished(self) -> bool:
@@ -83,6 +85,10 @@ class RequestState:
             if sample.finished:
                 continue  # a stop string ended it here first; the engine's later news is moot
             stop = None
+            if delta.token_ids:
+                self.weight_version = out.weight_version
+                if not sample.versions or sample.versions[-1][1] != out.weight_version:
+                    sample.versions.append((len(sample.token_ids), out.weight_version))
             for i, token in enumerate(delta.token_ids):
                 self.metrics.setdefault("first_token_time", time.monotonic() - self.created)
                 sample.token_ids.append(token)
@@ -118,13 +124,19 @@ class RequestState:
                 text = s.detokenizer.take()
                 token_ids = s.token_ids[s.sent_tokens:]
                 logprobs = None if s.logprobs is None else s.logprobs[s.sent_logprobs:]
+                # Segments as offsets into this delta's token_ids.
+                versions = [(max(at - s.sent_tokens, 0), v) for i, (at, v) in enumerate(s.versions)
+                            if i + 1 == len(s.versions) or s.versions[i + 1][0] > s.sent_tokens]
+                versions = versions if token_ids else []
                 s.sent_tokens, s.sent_logprobs = len(s.token_ids), len(s.logprobs or ())
             else:
                 text, token_ids = s.detokenizer.text, list(s.token_ids)
                 logprobs = None if s.logprobs is None else list(s.logprobs)
+                versions = list(s.versions)
             outputs.append(CompletionOutput(index, text, token_ids, s.finish_reason, s.stop_reason, logprobs,
-                                            s.cumulative_logprob))
+                                            s.cumulative_logprob, versions))
         return RequestOutput(
             request_id=self.request_id, prompt=self.prompt, prompt_token_ids=self.prompt_token_ids,
             outputs=outputs, finished=self.finished, prompt_logprobs=self.prompt_logprobs,
-            num_cached_tokens=self.num_cached_tokens, metrics=dict(self.metrics))
+            num_cached_tokens=self.num_cached_tokens, metrics=dict(self.metrics),
+            weight_version=self.weight_version)

@@ -20,6 +20,7 @@ from fastapi import FastAPI, Request
 from starlette.responses import JSONResponse, Response
 
 import plait
+from plait.server.admin import install_admin_routes
 from plait.server.chat import create_chat_completion
 from plait.server.completions import create_completion
 from plait.server.errors import APIError, bad_request, install_error_handlers
@@ -141,6 +142,8 @@ def build_app(engine: Any, served_model_name: str, api_key: str | None = None,
     @app.get("/metrics", response_class=Response)
     async def metrics() -> Response:
         return Response(ctx.metrics.render(), media_type=CONTENT_TYPE)
+
+    install_admin_routes(app, ctx, api_key)
 
     @app.get("/version")
     async def version() -> JSONResponse:
