@@ -275,7 +275,9 @@ def run_sweep(args: argparse.Namespace, engine_factory: EngineFactory | None = N
     }
     if best:
         defaults = engine_fields()
-        chosen = {k: v for k, v in base.items() if k in defaults and v != defaults[k] and v is not None}
+        # tune_malloc is how plait's own commands run their process, not a setting the sweep chose.
+        chosen = {k: v for k, v in base.items()
+                  if k in defaults and v != defaults[k] and v is not None and k != "tune_malloc"}
         chosen.update(best["settings"])
         config_path = Path(args.config_out or output.with_name(output.stem + ".config.json"))
         write_config(config_path, chosen, {"metric": args.metric, "value": best[args.metric],
