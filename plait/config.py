@@ -127,6 +127,10 @@ class EngineConfig:
     # CPU: attention through plait's C kernel (runner/native), compiled on first use with the machine's C
     # compiler; without one, or when off, the PyTorch path runs (same results within float rounding).
     native_kernels: bool = True
+    # Bitwise batch-invariant numerics: a request's logits are the same alone, in any batch, after a prefix-cache
+    # hit or a preemption (fp32 linears through oneDNN, no 4-bit path; CPU with the C kernels only). Off by
+    # default: it costs batch-1 speed (docs/batch_invariance.md).
+    batch_invariant: bool = False
 
     def __post_init__(self) -> None:
         if self.dtype not in ("auto", "float32", "bfloat16", "float16", "fp32", "bf16", "fp16"):
