@@ -124,3 +124,12 @@ def test_default_model_is_batch_invariant(dtype):
     prompt = llm.tokenizer.encode("The quick brown fox jumps over the lazy dog. Write a short poem about the sea, "
                                   "the wind and the boats that sail at dawn.")
     check_invariance(make, prompt, 49152, (8, 32, 64), max_prompt=80, prefix_len=16)
+
+
+def test_cli_flag_reaches_the_engine_config():
+    from plait.cli import build_parser, engine_kwargs
+
+    assert engine_kwargs(build_parser().parse_args(["generate", "hi", "--batch-invariant"]))["batch_invariant"]
+    assert not engine_kwargs(build_parser().parse_args(["generate", "hi"]))["batch_invariant"]
+    assert EngineConfig(**engine_kwargs(build_parser().parse_args(["generate", "hi", "--batch-invariant"]))
+                        ).batch_invariant
