@@ -123,6 +123,10 @@ class EngineConfig:
     # afresh (runner/cpu_memory.py). It changes the allocator for the whole process, so a library caller opts
     # in; plait's own commands (generate, chat, serve, bench), which own their process, turn it on.
     tune_malloc: bool = False
+    # Bitwise batch-invariant numerics: a request's logits are the same alone, in any batch, after a prefix-cache
+    # hit or a preemption (fp32 linears through oneDNN, no 4-bit path; CPU with the C kernels only). Off by
+    # default: it costs batch-1 speed (docs/batch_invariance.md).
+    batch_invariant: bool = False
 
     def __post_init__(self) -> None:
         if self.dtype not in ("auto", "float32", "bfloat16", "float16", "fp32", "bf16", "fp16"):

@@ -24,8 +24,10 @@ def _fail(name: str, allowed: str, value: object) -> None:
 class SamplingParams:
     """Sampling settings for one prompt. Invalid values raise ValueError naming the field and its range.
 
-    temperature == 0 means greedy. top_k == -1 (or 0) disables top-k. `seed` makes the sampled tokens of this
-    request identical whatever else shares the batch.
+    temperature == 0 means greedy. top_k == -1 (or 0) disables top-k. `seed` gives this request its own random
+    stream: its draws never depend on other requests. Its logits do, by float rounding (which kernel a step's
+    size picks), unless the engine runs with `batch_invariant=True`: only then are its tokens identical whatever
+    else shares the batch (docs/batch_invariance.md).
     """
 
     n: int = 1

@@ -28,6 +28,9 @@ def add_engine_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--no-native-q4", action="store_true",
                    help="always use dense weights (by default, CPU bf16 steps of <= 8 tokens read a Q4_0/Q4_1 "
                         "GGUF's 4-bit weights directly: faster at batch 1, slightly different bf16 numerics)")
+    g.add_argument("--batch-invariant", action="store_true",
+                   help="bitwise batch-invariant numerics: a request's output never depends on what else is in "
+                        "its step (slower at batch 1; docs/batch_invariance.md)")
     g.add_argument("--no-native-kernels", action="store_true",
                    help="run attention in PyTorch instead of plait's C kernel (which is compiled on first "
                         "use with the machine's C compiler; also PLAIT_NATIVE_KERNELS=0)")
@@ -43,6 +46,7 @@ def engine_kwargs(args: argparse.Namespace) -> dict:
                   enable_prefix_caching=not args.no_prefix_caching, num_threads=args.threads,
                   native_q4=not getattr(args, "no_native_q4", False),
                   native_kernels=not getattr(args, "no_native_kernels", False),
+                  batch_invariant=getattr(args, "batch_invariant", False),
                   tune_malloc=True)  # plait's commands own their process (see EngineConfig.tune_malloc)
     if getattr(args, "config", None):
         kwargs = _merge_config_file(kwargs, args.config)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -16,8 +16,8 @@ from plait.models import build_model
 from plait.runner.attention import KVCache
 from plait.runner.cpu_memory import keep_freed_memory
 from plait.runner.model_runner import ModelRunner
-from plait.runner.packed_linear import can_pack, pack_linears
-from plait.runner.q4_linear import attach_q4, can_use_q4
+from plait.runner.invariance import check_batch_invariant
+from plait.runner.weight_transforms import TransformContext, WeightTransform, apply_transforms, default_transforms
 from plait.sampling.structured_compiler import GrammarCompiler
 
 _DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
@@ -36,6 +36,7 @@ class BuiltEngine:
     device: torch.device
     load_seconds: float
     generation_defaults: dict
+    weight_transforms: list[WeightTransform] = field(default_factory=list)  # applied, in order
 
 
 def pick_device(name: str) -> torch.device:
@@ -91,12 +92,8 @@ def build_engine(config: EngineConfig, model_config: ModelConfig | None = None,
     model.load_weights(weights)
     model.to(device).eval()
     del weights
-    if config.packed_weights and can_pack(dtype, device):
-        pack_linears(model)
-    if config.native_q4 and source is not None and source.endswith(".gguf") and can_use_q4(dtype, device):
-        from plait.loading.gguf_file import load_q4_blocks
-
-        attach_q4(model, load_q4_blocks(source))
+    transforms = default_transforms(config.packed_weights or config.batch_invariant, config.native_q4)
+    applied = apply_transforms(model, transforms, TransformContext(dtype, device, source, config.batch_invariant))
 
     per_block = KVCache.bytes_per_block(model_config.num_layers, config.block_size, model_config.num_kv_heads,
                                         model_config.head_dim, dtype)
@@ -121,11 +118,13 @@ def build_engine(config: EngineConfig, model_config: ModelConfig | None = None,
             from plait.runner.native.modules import use_native_layers
 
             use_native_layers(model, kernels)
+    if config.batch_invariant:
+        check_batch_invariant(model, dtype, device, kernels)
     runner = ModelRunner(model, cache, eos, device, kernels=kernels,
                          grammars=GrammarCompiler(tokenizer, model_config.vocab_size, eos) if tokenizer else None)
     core = EngineCore(scheduler, runner, tokenizer, eos, model_config.vocab_size)
     return BuiltEngine(core, tokenizer, model_config, config, dtype, device, time.perf_counter() - start,
-                       generation_defaults)
+                       generation_defaults, applied)
 
 
 def describe(built: BuiltEngine) -> str:

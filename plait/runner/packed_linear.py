@@ -1,7 +1,15 @@
-"""Module surgery: on CPU in bf16, run every Linear through oneDNN with its weight reordered once at load.
+"""Module surgery: on CPU, run every Linear through oneDNN with its weight reordered once at load.
 
-Plain `F.linear` re-lays out the weight for oneDNN on every call; prepacking halves batch-1 matmul time
+Plain `F.linear` re-lays out the weight for oneDNN on every call; prepacking halves batch-1 matmul time in bf16
 (the lm_head 9.3 -> 3.3 ms on one core) and gives bit-identical bf16 results. The model code never knows.
+
+In fp32 plain `F.linear` goes to MKL, which picks a different kernel by row count (a row computed alone differs
+from the same row inside 2, 4 or 16 rows by ~1e-6), so fp32 is packed only when batch-invariant numerics are asked
+for: oneDNN's fp32 prepacked matmul gives every row the same bits at any row count (measured M = 1..129 on all of
+SmolLM2's shapes; tests/runner/test_batch_invariance.py keeps checking it).
+
+Packing is reversible exactly: `unpack_linears` multiplies the packed weight by the identity (one nonzero term per
+output, so no rounding) and puts plain `Linear`s back under their names, ready for new weights.
 """
 
 from __future__ import annotations
@@ -15,17 +23,31 @@ from plait.models.llama import Linear
 class PackedLinear(nn.Module):
     def __init__(self, linear: Linear) -> None:
         super().__init__()
-        self.out_features = linear.weight.shape[0]
+        self.out_features, self.in_features = linear.weight.shape
+        self.dtype = linear.weight.dtype
         self.packed = torch.ops.mkldnn._reorder_linear_weight(linear.weight.detach())
         self.bias = linear.bias
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.ops.mkldnn._linear_pointwise(x.contiguous(), self.packed, self.bias, "none", [], "")
 
+    def unpack(self) -> Linear:
+        """The plain Linear this was built from, with the same weight bits."""
+        linear = Linear(self.in_features, self.out_features, self.bias is not None, self.dtype)
+        eye = torch.eye(self.in_features, dtype=self.dtype)
+        with torch.inference_mode():
+            weight_t = torch.ops.mkldnn._linear_pointwise(eye, self.packed, None, "none", [], "")
+        linear.weight.data = weight_t.t().contiguous().clone()
+        linear.bias = self.bias
+        return linear
 
-def can_pack(dtype: torch.dtype, device: torch.device) -> bool:
-    return (device.type == "cpu" and dtype == torch.bfloat16 and torch.backends.mkldnn.is_available()
-            and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+def can_pack(dtype: torch.dtype, device: torch.device, batch_invariant: bool = False) -> bool:
+    if device.type != "cpu" or not torch.backends.mkldnn.is_available():
+        return False
+    if dtype == torch.bfloat16:
+        return torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    return dtype == torch.float32 and batch_invariant
 
 
 def pack_linears(model: nn.Module) -> int:
@@ -37,3 +59,14 @@ def pack_linears(model: nn.Module) -> int:
                 setattr(parent, name, PackedLinear(child))
                 swapped += 1
     return swapped
+
+
+def unpack_linears(model: nn.Module) -> int:
+    """Undo `pack_linears`: every PackedLinear becomes the plain Linear it was; returns how many."""
+    restored = 0
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, PackedLinear):
+                setattr(parent, name, child.unpack())
+                restored += 1
+    return restored

@@ -5,7 +5,8 @@ torch's CPU int4 kernel computes (q - 8) * scale + zero per group of 32, which i
 scale = d, zero = m + 8 d (and Q4_0 with zero = 0), so the file's weights are used as stored, with the scales
 rounded to bf16. The kernel is ~2.5x slower than oneDNN bf16 at 64 rows, so steps with more than `max_rows` tokens
 use the dense weights. Consequence: in bf16, a sequence's logits differ slightly depending on whether its step
-ran few or many tokens (fp32 never takes this path).
+ran few or many tokens (fp32 never takes this path), so `batch_invariant=True` leaves this path off
+(docs/batch_invariance.md). Each Q4Linear keeps its dense module, so `detach_q4` undoes the swap exactly.
 """
 
 from __future__ import annotations
@@ -73,3 +74,14 @@ def attach_q4(model: nn.Module, blocks: dict[str, Q4Blocks], max_rows: int = DEF
         model.lm_head = Q4Linear(model.lm_head, blocks["lm_head.weight"], max_rows)
         wrapped += 1
     return wrapped
+
+
+def detach_q4(model: nn.Module) -> int:
+    """Undo `attach_q4`: every Q4Linear becomes the dense module it wrapped; returns how many."""
+    restored = 0
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, Q4Linear):
+                setattr(parent, name, child.dense)
+                restored += 1
+    return restored

@@ -1,0 +1,107 @@
+"""Weight transforms: the module surgery the builder applies after loading, as one ordered list.
+
+Each transform swaps some of the model's modules for faster ones (prepacked oneDNN weights, the GGUF's own 4-bit
+blocks) and can undo the swap exactly, putting back plain modules under the names `model.load_weights` fills.
+So a later feature that changes weights (a weight update, a new quantization) does: `revert_transforms`, load the
+new weights by their checkpoint names, `apply_transforms` again; no special case per transform in builder.py.
+
+Order matters and is fixed here: packing first (it turns every dense Linear into a PackedLinear), then the 4-bit
+path (which wraps the packed module as its large-step fallback). Reverting runs the list backwards.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from plait.runner.packed_linear import can_pack, pack_linears, unpack_linears
+from plait.runner.q4_linear import attach_q4, can_use_q4, detach_q4
+
+
+@dataclass(frozen=True)
+class TransformContext:
+    """What a transform may look at to decide whether it applies."""
+
+    dtype: torch.dtype
+    device: torch.device
+    source: str | None = None  # the checkpoint the weights came from (a .gguf path, an HF dir), None in tests
+    batch_invariant: bool = False  # every row of a step must get the same arithmetic whatever the step's size
+
+
+class WeightTransform:
+    """One module swap. `apply` returns how many modules it swapped (0: nothing to do here), `revert` undoes
+    every swap it made, leaving modules that hold the same dense weights as before `apply`."""
+
+    name = "transform"
+
+    def applies(self, ctx: TransformContext) -> bool:
+        raise NotImplementedError
+
+    def apply(self, model: nn.Module, ctx: TransformContext) -> int:
+        raise NotImplementedError
+
+    def revert(self, model: nn.Module) -> int:
+        raise NotImplementedError
+
+
+class PackWeights(WeightTransform):
+    """Every Linear through oneDNN with its weight prepacked (runner/packed_linear.py)."""
+
+    name = "packed"
+
+    def applies(self, ctx: TransformContext) -> bool:
+        return can_pack(ctx.dtype, ctx.device, ctx.batch_invariant)
+
+    def apply(self, model: nn.Module, ctx: TransformContext) -> int:
+        return pack_linears(model)
+
+    def revert(self, model: nn.Module) -> int:
+        return unpack_linears(model)
+
+
+class Q4Weights(WeightTransform):
+    """Steps of few tokens read the GGUF's 4-bit blocks (runner/q4_linear.py). Its numerics depend on the step's
+    size, so it never applies under batch-invariant numerics. Re-applying reads the blocks from the file again:
+    after a weight update that changes the weights, pass a context without the file."""
+
+    name = "q4"
+
+    def applies(self, ctx: TransformContext) -> bool:
+        return (not ctx.batch_invariant and ctx.source is not None and ctx.source.endswith(".gguf")
+                and can_use_q4(ctx.dtype, ctx.device))
+
+    def apply(self, model: nn.Module, ctx: TransformContext) -> int:
+        from plait.loading.gguf_file import load_q4_blocks
+
+        return attach_q4(model, load_q4_blocks(ctx.source))
+
+    def revert(self, model: nn.Module) -> int:
+        return detach_q4(model)
+
+
+def default_transforms(packed_weights: bool = True, native_q4: bool = True) -> list[WeightTransform]:
+    """The ordered list the builder applies (each still checks `applies` against the context)."""
+    transforms: list[WeightTransform] = []
+    if packed_weights:
+        transforms.append(PackWeights())
+    if native_q4:
+        transforms.append(Q4Weights())
+    return transforms
+
+
+def apply_transforms(model: nn.Module, transforms: list[WeightTransform],
+                     ctx: TransformContext) -> list[WeightTransform]:
+    """Apply, in order, every transform that applies and swaps something; returns those, for `revert_transforms`."""
+    applied = []
+    for transform in transforms:
+        if transform.applies(ctx) and transform.apply(model, ctx):
+            applied.append(transform)
+    return applied
+
+
+def revert_transforms(model: nn.Module, applied: list[WeightTransform]) -> None:
+    """Undo `apply_transforms`, last first: the model holds plain modules with the weights it was loaded with."""
+    for transform in reversed(applied):
+        transform.revert(model)
