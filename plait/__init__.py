@@ -8,14 +8,14 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from plait.outputs import CompletionOutput, Logprob, RequestOutput
+from plait.outputs import CompletionOutput, Logprob, RequestOutput, ScoreOutput
 from plait.params import SamplingParams
 
 if TYPE_CHECKING:
     from plait.engine.async_llm import AsyncLLM
     from plait.engine.llm import LLM
 
-__all__ = ["LLM", "AsyncLLM", "SamplingParams", "RequestOutput", "CompletionOutput", "Logprob"]
+__all__ = ["LLM", "AsyncLLM", "SamplingParams", "RequestOutput", "CompletionOutput", "Logprob", "ScoreOutput"]
 __version__ = "0.1.0"
 
 

@@ -43,3 +43,13 @@ class RequestOutput:
     prompt_logprobs: list[PositionLogprobs | None] | None = None
     num_cached_tokens: int = 0
     metrics: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class ScoreOutput:
+    """The model's log-probability of a given continuation after a prompt (`LLM.score`, `AsyncLLM.score`)."""
+
+    token_ids: list[int]  # the continuation's tokens
+    token_logprobs: list[float]  # one per continuation token, given the prompt and the tokens before it
+    logprob: float  # their sum
+    num_cached_tokens: int = 0  # prompt tokens the prefix cache served (not recomputed)

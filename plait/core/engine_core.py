@@ -94,6 +94,9 @@ class EngineCore:
                              f"{max_len}, so the prompt must be shorter than that")
         max_tokens = params.max_tokens if params.max_tokens is not None else max_len - len(prompt_token_ids)
         self.scheduler.check_fits(len(prompt_token_ids), max_tokens)
+        if params.prompt_logprobs_start is not None and params.prompt_logprobs_start >= len(prompt_token_ids):
+            raise ValueError(f"prompt_logprobs_start must be < the prompt's length ({len(prompt_token_ids)} "
+                             f"tokens), got {params.prompt_logprobs_start}")
         if params.logit_bias and any(not 0 <= t < self.vocab_size for t in params.logit_bias):
             raise ValueError(f"logit_bias keys must be token ids in [0, {self.vocab_size})")
         return max_tokens
@@ -188,8 +191,8 @@ class EngineCore:
     def _record_prompt_logprobs(self, group: _Group, start: int, entries) -> None:
         """Entry j is the logprob of prompt token start + 1 + j. Positions already recorded (recomputed after a
         preemption) are skipped, so the list stays aligned with the prompt."""
-        if group.prompt_logprobs is None:
-            group.prompt_logprobs = [None]
+        if group.prompt_logprobs is None:  # positions before prompt_logprobs_start stay None
+            group.prompt_logprobs = [None] * max(1, group.params.prompt_logprobs_start or 1)
         decode = self.tokenizer.id_to_token_text
         for j, entry in enumerate(entries):
             position = start + 1 + j

@@ -11,7 +11,7 @@ from __future__ import annotations
 import bisect
 import time
 
-from plait.cache.kv_manager import KVCacheManager, PrefixMatch
+from plait.cache.kv_manager import KVCacheManager
 from plait.config import SchedulerConfig
 from plait.core.request import Request, Status
 from plait.core.sched_output import ModelOutput, NewRequestData, ScheduledChunk, SchedulerOutput
@@ -112,8 +112,9 @@ class Scheduler:
                 index += 1  # its sibling is still computing the shared prompt
                 continue
             tokens = request.all_token_ids
-            prefix = (self.kv.match_prefix(tokens) if request.params.prompt_logprobs is None
-                      else PrefixMatch([], [], self.kv.block_size))
+            prefix = self.kv.match_prefix(tokens)
+            if request.params.prompt_logprobs is not None:  # positions whose logits it wants are computed
+                prefix = prefix.truncated(request.params.logits_from)
             if prefix.pending_owner is not None and prefix.pending_owner in self.requests:
                 index += 1  # another request is computing this prefix now: wait, then share its blocks
                 continue
@@ -152,7 +153,8 @@ class Scheduler:
             request_id=rid, token_ids=tokens, start=start,
             block_table=list(self.kv.block_table(rid)),
             sample=start + num_new == request.num_tokens,
-            prompt_logprobs=request.params.prompt_logprobs is not None and start < prompt_len,
+            prompt_logprobs=(request.params.prompt_logprobs is not None and start < prompt_len
+                             and start + num_new > request.params.logits_from),
         ))
 
     def _preempt(self, request: Request) -> None:

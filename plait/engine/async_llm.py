@@ -20,7 +20,8 @@ from typing import Any, AsyncIterator
 from plait.config import EngineConfig
 from plait.engine.builder import build_engine, describe
 from plait.engine.prompts import encode_prompt
-from plait.outputs import CompletionOutput, RequestOutput
+from plait.engine.scoring import encode_pair, score_params, to_score
+from plait.outputs import CompletionOutput, RequestOutput, ScoreOutput
 from plait.params import SamplingParams
 
 log = logging.getLogger("plait")
@@ -93,6 +94,15 @@ class AsyncLLM:
             raise ValueError(f"output_kind must be 'delta', 'cumulative' or 'final', got {output_kind!r}")
         request_id, stream = self.submit(prompt, sampling_params, request_id)
         return self._iterate(request_id, stream, output_kind)
+
+    async def score(self, prompt: Any, continuation: Any) -> ScoreOutput:
+        """Log-probability of `continuation` given `prompt` (text or token ids): per token and summed. A cached
+        prompt prefix is not recomputed. Raises ValueError for bad input."""
+        ids, start = encode_pair(self.tokenizer, prompt, continuation)
+        final = None
+        async for out in self.generate(ids, score_params(start), output_kind="final"):
+            final = out
+        return to_score(final, start)
 
     async def _iterate(self, request_id: str, stream: "_Stream", output_kind: str) -> AsyncIterator[RequestOutput]:
         queue = stream.queue

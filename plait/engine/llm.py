@@ -7,7 +7,8 @@ from typing import Any, Sequence
 from plait.config import EngineConfig
 from plait.engine.builder import build_engine, describe
 from plait.engine.prompts import encode_prompt, normalize_batch
-from plait.outputs import RequestOutput
+from plait.engine.scoring import encode_pair, pair_batch, score_params, to_score
+from plait.outputs import RequestOutput, ScoreOutput
 from plait.params import SamplingParams
 
 
@@ -63,6 +64,13 @@ class LLM:
                    for c in conversations]
         token_prompts = [self.tokenizer.encode(p, add_special_tokens=False) for p in prompts]
         return self.generate(token_prompts, sampling_params, use_tqdm)
+
+    def score(self, prompts: Any, continuations: Any, use_tqdm: bool = False) -> list[ScoreOutput]:
+        """Log-probability of each continuation given its prompt (one prompt for all, or one each), batched;
+        cached prompt prefixes are not recomputed. See plait.engine.scoring."""
+        pairs = [encode_pair(self.tokenizer, p, c) for p, c in pair_batch(prompts, continuations)]
+        outs = self.generate([ids for ids, _ in pairs], [score_params(start) for _, start in pairs], use_tqdm)
+        return [to_score(out, start) for out, (_, start) in zip(outs, pairs)]
 
     def _run(self, ids: list[str], use_tqdm: bool) -> list[RequestOutput]:
         finished: dict[str, RequestOutput] = {}

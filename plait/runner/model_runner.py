@@ -87,10 +87,12 @@ class ModelRunner:
         """Logprob of each next prompt token given the positions of this chunk (the caller's prompt_logprobs)."""
         state = self._states[chunk.request_id]
         prompt = state.prompt_token_ids
-        targets = prompt[chunk.start + 1: chunk.start + 1 + len(chunk.token_ids)]
+        skip = max(0, state.params.logits_from - chunk.start)  # positions before prompt_logprobs_start
+        first = chunk.start + skip
+        targets = prompt[first + 1: chunk.start + 1 + len(chunk.token_ids)]
         if not targets:
             return
-        logits = self.model.compute_logits(hidden[: len(targets)]).float()
+        logits = self.model.compute_logits(hidden[skip: skip + len(targets)]).float()
         entries = self.sampler.top_logprobs(
             logits, torch.tensor(targets, device=logits.device), state.params.prompt_logprobs).to_lists()
-        out.prompt_logprobs[chunk.request_id] = (chunk.start, entries)
+        out.prompt_logprobs[chunk.request_id] = (first, entries)
