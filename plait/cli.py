@@ -33,6 +33,9 @@ def add_engine_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--no-native-kernels", action="store_true",
                    help="run attention in PyTorch instead of plait's C kernel (which is compiled on first "
                         "use with the machine's C compiler; also PLAIT_NATIVE_KERNELS=0)")
+    g.add_argument("--no-shared-prefix-attention", action="store_true",
+                   help="decodes sharing leading KV blocks each read them alone (by default they attend to the "
+                        "shared blocks together, reading that KV once: Hydragen)")
     g.add_argument("--config", default=None,
                    help="JSON file of engine settings (e.g. the best point `plait bench sweep` wrote); flags given "
                         "on the command line win")
@@ -44,7 +47,8 @@ def engine_kwargs(args: argparse.Namespace) -> dict:
                   max_num_batched_tokens=args.max_num_batched_tokens, max_model_len=args.max_model_len,
                   enable_prefix_caching=not args.no_prefix_caching, num_threads=args.threads,
                   native_q4=not getattr(args, "no_native_q4", False),
-                  native_kernels=not getattr(args, "no_native_kernels", False))
+                  native_kernels=not getattr(args, "no_native_kernels", False),
+                  shared_prefix_attention=not getattr(args, "no_shared_prefix_attention", False))
     if getattr(args, "config", None):
         kwargs = _merge_config_file(kwargs, args.config)
     return kwargs

@@ -127,6 +127,8 @@ class EngineConfig:
     # CPU: attention through plait's C kernel (runner/native), compiled on first use with the machine's C
     # compiler; without one, or when off, the PyTorch path runs (same results within float rounding).
     native_kernels: bool = True
+    # Decodes that share leading KV blocks attend to them together, reading that KV once (runner/shared_prefix.py).
+    shared_prefix_attention: bool = True
 
     def __post_init__(self) -> None:
         if self.dtype not in ("auto", "float32", "bfloat16", "float16", "fp32", "bf16", "fp16"):

@@ -120,7 +120,8 @@ def build_engine(config: EngineConfig, model_config: ModelConfig | None = None,
             from plait.runner.native.modules import use_native_layers
 
             use_native_layers(model, kernels)
-    runner = ModelRunner(model, cache, eos, device, kernels=kernels)
+    runner = ModelRunner(model, cache, eos, device, kernels=kernels,
+                         shared_prefix_attention=config.shared_prefix_attention)
     core = EngineCore(scheduler, runner, tokenizer, eos, model_config.vocab_size)
     return BuiltEngine(core, tokenizer, model_config, config, dtype, device, time.perf_counter() - start,
                        generation_defaults)

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 
 from plait.runner.native import Kernels
 from plait.runner.native.ops import PagedAttentionStep
+from plait.runner.shared_prefix import SharedPrefixPlan, apply_shared_prefix
 
 
 @dataclass
@@ -41,6 +42,9 @@ class AttentionMetadata:
     block_tables: torch.Tensor | None = None  # [chunks, max_blocks]
     token_rows: torch.Tensor | None = None  # [T]
     token_context_lens: torch.Tensor | None = None  # [T]
+    # One-token queries that attend to shared leading blocks as a group (runner/shared_prefix.py); their context
+    # above (slots or block-table row and length) then covers only what follows the shared run.
+    shared_prefix: SharedPrefixPlan | None = None
 
 
 class KVCache:
@@ -83,6 +87,13 @@ class PagedAttention:
                                                   self.scale)
 
     def __call__(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        out = self._attend(layer, q, k, v)
+        if self.meta.shared_prefix is not None:
+            apply_shared_prefix(self.meta.shared_prefix, q, out, self.cache.tensor[layer, 0],
+                                self.cache.tensor[layer, 1], self.scale)
+        return out
+
+    def _attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         meta = self.meta
         k_cache, v_cache = self.cache.tensor[layer, 0], self.cache.tensor[layer, 1]  # [kv, slots, d]
         if self.kernel_step is not None:  # the kernel writes k/v into the cache itself

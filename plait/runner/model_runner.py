@@ -26,8 +26,11 @@ class _SamplingState:
 
 class ModelRunner:
     def __init__(self, model: torch.nn.Module, cache: KVCache, eos_token_ids: list[int],
-                 device: torch.device | str = "cpu", kernels: Kernels | None = None) -> None:
-        """`kernels`: plait's C kernels (CPU only), used for attention when given."""
+                 device: torch.device | str = "cpu", kernels: Kernels | None = None,
+                 shared_prefix_attention: bool = True) -> None:
+        """`kernels`: plait's C kernels (CPU only), used for attention when given. `shared_prefix_attention`:
+        decodes sharing leading KV blocks attend to them as one group (runner/shared_prefix.py)."""
+        self.shared_prefix_attention = shared_prefix_attention
         self.model = model
         self.kernels = kernels
         self.cache = cache
@@ -55,7 +58,8 @@ class ModelRunner:
         if not sched.chunks:
             return out
         batch = build_input_batch(sched.chunks, self.cache.block_size, self.device, self.cache.tensor.dtype,
-                                  attention_kernel=self.kernels is not None)
+                                  attention_kernel=self.kernels is not None,
+                                  shared_prefix=self.shared_prefix_attention)
         attention = PagedAttention(self.cache, batch.attention, *self._heads, kernels=self.kernels)
         hidden = self.model(batch.input_ids, batch.positions, attention)
 
