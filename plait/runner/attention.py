@@ -85,10 +85,16 @@ class PagedAttention:
             self.kernel_step = PagedAttentionStep(kernels, cache.tensor.dtype, meta.slot_mapping, meta.block_tables,
                                                   meta.token_rows, meta.token_context_lens, cache.block_size,
                                                   self.scale)
+        self.shared_step = None  # the C kernel for shared prefixes, where the C kernels run
+        if meta.shared_prefix is not None and self.kernel_step is not None:
+            self.shared_step = meta.shared_prefix.kernel_step(kernels, cache.tensor.dtype, meta.block_tables,
+                                                              cache.block_size, self.scale)
 
     def __call__(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         out = self._attend(layer, q, k, v)
-        if self.meta.shared_prefix is not None:
+        if self.shared_step is not None:
+            self.shared_step(q, out, self.cache.tensor[layer, 0], self.cache.tensor[layer, 1])
+        elif self.meta.shared_prefix is not None:
             apply_shared_prefix(self.meta.shared_prefix, q, out, self.cache.tensor[layer, 0],
                                 self.cache.tensor[layer, 1], self.scale)
         return out

@@ -63,6 +63,19 @@ class SharedPrefixPlan:
     # Suffix of every grouped query, padded: slots [N, Ls] (padding repeats a real slot) and additive mask.
     suffix_slots: torch.Tensor
     suffix_mask: torch.Tensor  # [N, Ls] 0 for real positions, -inf for padding
+    # What the C kernel reads instead (int32): each grouped query's context length, where each group starts in
+    # `tokens`, and each group's shared blocks. A one-token query's packed index is also its block-table row.
+    lengths: torch.Tensor | None = None
+    group_starts: torch.Tensor | None = None
+    prefix_blocks: torch.Tensor | None = None
+
+    def kernel_step(self, kernels, dtype: torch.dtype, block_tables: torch.Tensor, block_size: int,
+                    scale: float):
+        """The C kernel (native/shared_prefix.c) bound to this plan."""
+        from plait.runner.native.shared_prefix_ops import SharedPrefixStep
+
+        return SharedPrefixStep(kernels, dtype, block_tables, self.tokens, self.tokens, self.lengths,
+                                self.group_starts, self.prefix_blocks, block_size, scale)
 
     @property
     def num_groups(self) -> int:
@@ -101,8 +114,14 @@ def build_plan(tables: list[list[int]], positions: list[int], block_size: int,
         slots[row, len(real):] = real[0]  # padding reads a written slot: masked, but never NaN
     valid = torch.arange(width)[None, :] < torch.tensor(lengths)[:, None]
     mask = torch.zeros(valid.shape).masked_fill_(~valid, float("-inf"))
+    starts = [0]
+    for idx, _ in groups:
+        starts.append(starts[-1] + len(idx))
     plan = SharedPrefixPlan(members, prefix_slots, torch.tensor(order, dtype=torch.long, device=device),
-                            slots.to(device), mask.to(device))
+                            slots.to(device), mask.to(device),
+                            lengths=torch.tensor([positions[i] + 1 for i in order], dtype=torch.int32),
+                            group_starts=torch.tensor(starts, dtype=torch.int32),
+                            prefix_blocks=torch.tensor([shared for _, shared in groups], dtype=torch.int32))
     return plan, prefix_len
 
 

@@ -86,6 +86,7 @@ def test_shared_prefix_equals_plain_attention(heads, kv_heads, dim, dtype, tol, 
                 assert batch.attention.shared_prefix.num_groups == len(group_sizes)
             attn = PagedAttention(cache, batch.attention, heads, kv_heads, dim,
                                   kernels=kernels if use_kernel else None)
+            assert (attn.shared_step is not None) == (shared and use_kernel)
             outs.append(attn(0, q, k, v).double())
         # Packed order is the same both ways; the plain path is itself checked against fp64 attention elsewhere.
         torch.testing.assert_close(outs[1], outs[0], atol=tol, rtol=tol)
