@@ -48,7 +48,8 @@ def build_input_batch(chunks: list[ScheduledChunk], block_size: int, device: tor
     slot_mapping = tables[chunk_of_token, pos // block_size] * block_size + pos % block_size
     plan, skip = None, [0] * len(singles)  # skip: tokens of a single query's context its group attends to
     if shared_prefix and len(singles) > 1:
-        plan, skip = build_plan([c.block_table for c in singles], [c.start for c in singles], block_size, device)
+        plan, skip = build_plan([c.block_table for c in singles], [c.start for c in singles], block_size, device,
+                                suffix_slots=not attention_kernel)
 
     if attention_kernel:
         rows, lengths = chunk_of_token.to(torch.int32), (pos + 1).to(torch.int32)

@@ -85,10 +85,11 @@ class SharedPrefixPlan:
         return sum(int(s.numel()) for s in self.prefix_slots)
 
 
-def build_plan(tables: list[list[int]], positions: list[int], block_size: int,
-               device: torch.device) -> tuple[SharedPrefixPlan | None, list[int]]:
+def build_plan(tables: list[list[int]], positions: list[int], block_size: int, device: torch.device,
+               suffix_slots: bool = True) -> tuple[SharedPrefixPlan | None, list[int]]:
     """Plan the groups of the one-token queries whose block tables and positions are given (packed order).
-    Returns (plan or None, each query's shared prefix length in tokens: 0 outside any group)."""
+    Returns (plan or None, each query's shared prefix length in tokens: 0 outside any group). The C kernel reads
+    block tables itself, so it needs no `suffix_slots` (the PyTorch path's gathered suffixes)."""
     groups = find_groups(tables, [p // block_size for p in positions])
     prefix_len = [0] * len(tables)
     if not groups:
@@ -103,9 +104,9 @@ def build_plan(tables: list[list[int]], positions: list[int], block_size: int,
             prefix_len[i] = shared * block_size
         order.extend(idx)
     lengths = [positions[i] + 1 - prefix_len[i] for i in order]
-    width = max(lengths)
+    width = max(lengths) if suffix_slots else 0
     slots = torch.empty(len(order), width, dtype=torch.long)
-    for row, i in enumerate(order):
+    for row, i in enumerate(order if suffix_slots else []):
         start, stop = prefix_len[i], positions[i] + 1
         pos = torch.arange(start, stop)
         table = torch.tensor(tables[i], dtype=torch.long)
