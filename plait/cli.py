@@ -36,6 +36,9 @@ def add_engine_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--no-shared-prefix-attention", action="store_true",
                    help="decodes sharing leading KV blocks each read them alone (by default they attend to the "
                         "shared blocks together, reading that KV once: Hydragen)")
+    g.add_argument("--no-prefix-grouping", action="store_true",
+                   help="queue an offline batch in the given order (by default prompts sharing a prefix are "
+                        "queued together, so each shared prefix is computed once)")
     g.add_argument("--config", default=None,
                    help="JSON file of engine settings (e.g. the best point `plait bench sweep` wrote); flags given "
                         "on the command line win")
@@ -48,7 +51,8 @@ def engine_kwargs(args: argparse.Namespace) -> dict:
                   enable_prefix_caching=not args.no_prefix_caching, num_threads=args.threads,
                   native_q4=not getattr(args, "no_native_q4", False),
                   native_kernels=not getattr(args, "no_native_kernels", False),
-                  shared_prefix_attention=not getattr(args, "no_shared_prefix_attention", False))
+                  shared_prefix_attention=not getattr(args, "no_shared_prefix_attention", False),
+                  prefix_grouping=not getattr(args, "no_prefix_grouping", False))
     if getattr(args, "config", None):
         kwargs = _merge_config_file(kwargs, args.config)
     return kwargs

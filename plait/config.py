@@ -129,6 +129,8 @@ class EngineConfig:
     native_kernels: bool = True
     # Decodes that share leading KV blocks attend to them together, reading that KV once (runner/shared_prefix.py).
     shared_prefix_attention: bool = True
+    # LLM.generate queues a batch grouped by shared prefix (engine/prefix_order.py), not in the caller's order.
+    prefix_grouping: bool = True
 
     def __post_init__(self) -> None:
         if self.dtype not in ("auto", "float32", "bfloat16", "float16", "fp32", "bf16", "fp16"):

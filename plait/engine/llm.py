@@ -6,6 +6,7 @@ from typing import Any, Sequence
 
 from plait.config import EngineConfig
 from plait.engine.builder import build_engine, describe
+from plait.engine.prefix_order import prefix_grouped_order
 from plait.engine.prompts import encode_prompt, normalize_batch
 from plait.engine.scoring import encode_pair, pair_batch, score_params, to_score
 from plait.outputs import RequestOutput, ScoreOutput
@@ -41,15 +42,19 @@ class LLM:
             if len(params_list) != len(batch):
                 raise ValueError(f"sampling_params has {len(params_list)} entries for {len(batch)} prompts")
         encoded = [encode_prompt(self.tokenizer, p) for p in batch]  # all errors before anything is queued
-        ids = []
+        order = range(len(encoded))
+        if self.config.prefix_grouping and self.config.enable_prefix_caching and len(encoded) > 2:
+            order = prefix_grouped_order([token_ids for _, token_ids in encoded])
+        ids = [f"offline-{self._next_id + i}" for i in range(len(encoded))]  # in input order
+        self._next_id += len(encoded)
+        queued = []
         try:
-            for (text, token_ids), params in zip(encoded, params_list):
-                request_id = f"offline-{self._next_id}"
-                self._next_id += 1
-                self.engine.add_request(request_id, token_ids, params, prompt=text)
-                ids.append(request_id)
+            for i in order:
+                (text, token_ids), params = encoded[i], params_list[i]
+                self.engine.add_request(ids[i], token_ids, params, prompt=text)
+                queued.append(ids[i])
         except ValueError:
-            for request_id in ids:
+            for request_id in queued:
                 self.engine.abort(request_id)
             raise
         return self._run(ids, use_tqdm and len(ids) > 1)
