@@ -9,9 +9,10 @@
  *      returned the normalized output);
  *   3. merges in place: out = a * prefix_out + (1 - a) * suffix_out, a = sigmoid(lse_prefix - lse_suffix).
  *
- * bf16 with block size 16 and head size a multiple of 32 uses the CPU's bf16 dot product: each K block is
- * repacked once per tile into pairs of dims x 16 keys, so one dpbf16 instruction yields a pair of dims' products
- * for 16 keys of one query row, without horizontal sums. Everything else runs the generic fp32 loops.
+ * Block size 16 with head size 64 or 128 runs vector loops (GCC/Clang vector extensions, 8 floats: AVX2 or half
+ * an AVX-512 register): each K block is transposed to [D][16] fp32 once per tile, so a query row's 16 scores are
+ * two vector accumulators and no horizontal sums. Other shapes run the generic fp32 loops. (A bf16 dot-product
+ * path, as paged_attention.c has, is left for a CPU with AVX512-BF16 to test it on.)
  *
  * Arguments in struct prefix_args (strides in elements); tables/rows are the step's ORIGINAL block-table rows.
  */
@@ -22,11 +23,6 @@
 #include <string.h>
 
 #include "common.h"
-
-#if defined(__AVX512F__) && defined(__AVX512BF16__)
-#include <immintrin.h>
-#define HAVE_BF16_DOT 1
-#endif
 
 /* Mirrored by plait/runner/native/shared_prefix_ops.py (PrefixArgs): keep the two in step. */
 struct prefix_args {
@@ -61,37 +57,6 @@ __attribute__((always_inline)) static inline void block_scores_generic(
     }
 }
 
-#ifdef HAVE_BF16_DOT
-/* The same for bf16, bs == 16, D % 32 == 0: kp holds the block as [D/2][16 keys] pairs of dims (uint32). */
-static void block_scores_bf16(const uint16_t *q_bf, int rows, const uint16_t *k_block, int D, float scale,
-                              uint32_t *kp, float *s) {
-    const uint32_t *src = (const uint32_t *)k_block;
-    const int pairs = D / 2;
-    for (int j = 0; j < 16; ++j)
-        for (int c = 0; c < pairs; ++c) kp[c * 16 + j] = src[j * pairs + c];
-    const __m512 vscale = _mm512_set1_ps(scale);
-    int r = 0;
-    for (; r + 4 <= rows; r += 4) {  /* four rows share each load of the repacked block */
-        const uint32_t *q0 = (const uint32_t *)(q_bf + (int64_t)r * D);
-        __m512 acc[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
-        for (int c = 0; c < pairs; ++c) {
-            const __m512bh kv = (__m512bh)_mm512_loadu_si512(kp + c * 16);
-            for (int i = 0; i < 4; ++i)
-                acc[i] = _mm512_dpbf16_ps(acc[i], (__m512bh)_mm512_set1_epi32((int)q0[i * pairs + c]), kv);
-        }
-        for (int i = 0; i < 4; ++i) _mm512_storeu_ps(s + (r + i) * 16, _mm512_mul_ps(acc[i], vscale));
-    }
-    for (; r < rows; ++r) {
-        const uint32_t *qr = (const uint32_t *)(q_bf + (int64_t)r * D);
-        __m512 acc = _mm512_setzero_ps();
-        for (int c = 0; c < pairs; ++c)
-            acc = _mm512_dpbf16_ps(acc, (__m512bh)_mm512_set1_epi32((int)qr[c]),
-                                   (__m512bh)_mm512_loadu_si512(kp + c * 16));
-        _mm512_storeu_ps(s + r * 16, _mm512_mul_ps(acc, vscale));
-    }
-}
-
-#endif
 
 /* GCC/Clang vector extension: 8 floats, one AVX2 register (half of an AVX-512 one); wider vectors spill on AVX2. */
 typedef float v8f __attribute__((vector_size(32)));
@@ -222,8 +187,7 @@ __attribute__((always_inline)) static inline float suffix_lse(
 
 /* One task: (group, kv head, tile of members); D, bs and bf16 are constants after inlining. */
 __attribute__((always_inline)) static inline void run_task(const struct prefix_args *a, int64_t task, float *work,
-                                                           uint16_t *q_bf, const int D, const int bs,
-                                                           const int bf16, const int fast) {
+                                                           const int D, const int bs, const int bf16) {
     const int H = a->heads, KV = a->kv_heads, tile = a->tile;
     const int gq = H / KV;
     const int rows_max = tile * gq;
@@ -249,7 +213,6 @@ __attribute__((always_inline)) static inline void run_task(const struct prefix_a
         const int64_t q_off = (int64_t)t * a->q_stride + (int64_t)h * gq * D;
         for (int i = 0; i < gq * D; ++i) {
             q_f[(int64_t)m * gq * D + i] = load(a->q, q_off + i, bf16) * a->scale;
-            if (bf16) q_bf[(int64_t)m * gq * D + i] = ((const uint16_t *)a->q)[q_off + i];
         }
     }
     for (int r = 0; r < rows; ++r) {
@@ -264,11 +227,7 @@ __attribute__((always_inline)) static inline void run_task(const struct prefix_a
         const size_t elem = bf16 ? 2 : 4;
         const void *kb = (const char *)k_head + base * elem, *vb = (const char *)v_head + base * elem;
         if (bs == 16 && (D == 64 || D == 128)) {
-#ifdef HAVE_BF16_DOT
-            if (fast) block_scores_bf16(q_bf, rows, (const uint16_t *)kb, D, a->scale, (uint32_t *)kt, s);
-            else
-#endif
-                block_scores_v16(q_f, rows, kb, D, kt, s, bf16);
+            block_scores_v16(q_f, rows, kb, D, kt, s, bf16);
             block_update_v16(s, rows, vb, D, vf, corr, mx, sum, acc, bf16);
             continue;
         }
@@ -299,10 +258,6 @@ __attribute__((always_inline)) static inline int shared_prefix(const struct pref
     const int H = a->heads, KV = a->kv_heads, D = a->head_dim, bs = a->block_size, tile = a->tile;
     const int gq = H / KV;
     const int rows_max = tile * gq;
-    int fast = 0;
-#ifdef HAVE_BF16_DOT
-    fast = bf16 && bs == 16 && (D == 64 || D == 128);
-#endif
     /* Tasks: (group, kv head, tile of members). */
     int64_t num_tasks = 0;
     for (int g = 0; g < a->groups; ++g)
@@ -314,20 +269,18 @@ __attribute__((always_inline)) static inline int shared_prefix(const struct pref
         const size_t floats = (size_t)rows_max * D * 2 + (size_t)rows_max * bs + (size_t)rows_max * 3
                               + (size_t)bs * D * 2 + (size_t)D;
         float *work = malloc(sizeof(float) * floats);
-        uint16_t *q_bf = malloc(sizeof(uint16_t) * (size_t)rows_max * D + 64);
-        if (!work || !q_bf) {
+        if (!work) {
 #pragma omp atomic write
             failed = 1;
         }
 #pragma omp for schedule(dynamic, 1)
         for (int64_t task = 0; task < num_tasks; ++task) {
-            if (!work || !q_bf) continue;
-            if (D == 64 && bs == 16) run_task(a, task, work, q_bf, 64, 16, bf16, fast);
-            else if (D == 128 && bs == 16) run_task(a, task, work, q_bf, 128, 16, bf16, fast);
-            else run_task(a, task, work, q_bf, D, bs, bf16, fast);
+            if (!work) continue;
+            if (D == 64 && bs == 16) run_task(a, task, work, 64, 16, bf16);
+            else if (D == 128 && bs == 16) run_task(a, task, work, 128, 16, bf16);
+            else run_task(a, task, work, D, bs, bf16);
         }
         free(work);
-        free(q_bf);
         restore_fp_mode(fp_mode);
     }
     return failed ? -1 : 0;
