@@ -86,6 +86,41 @@ def run_one(llm: Any, prompts: list[list[int]], output_len: int, shared: bool, p
                      kv_bytes / max(decode_steps, 1) / 1e6, digest)
 
 
+def layer_times(prefix_len: int, num_seqs: int, repeats: int = 20, heads: int = 9, kv_heads: int = 3,
+                dim: int = 64, block_size: int = 16) -> dict[bool, float]:
+    """One attention layer of a decode step (bf16, the C kernels), `num_seqs` sequences behind one shared
+    `prefix_len`-token prefix plus 40-46 tokens of their own: best-of-two ms per call, off (False) and on (True)."""
+    import torch
+
+    from plait.core.sched_output import ScheduledChunk
+    from plait.runner import native
+    from plait.runner.attention import KVCache, PagedAttention
+    from plait.runner.input_batch import build_input_batch
+
+    kernels = native.load_kernels()
+    dtype = torch.bfloat16
+    prefix = list(range(prefix_len // block_size))
+    cache = KVCache(1, len(prefix) + 4 * num_seqs, block_size, kv_heads, dim, dtype)
+    cache.tensor.normal_()
+    chunks = [ScheduledChunk(f"r{i}", [1], len(prefix) * block_size + 40 + i % 7,
+                             prefix + list(range(len(prefix) + 4 * i, len(prefix) + 4 * i + 4)), sample=True)
+              for i in range(num_seqs)]
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(num_seqs, n, dim, generator=g).to(dtype) for n in (heads, kv_heads, kv_heads))
+    best: dict[bool, float] = {}
+    for shared in (False, True, False, True):
+        batch = build_input_batch(chunks, block_size, torch.device("cpu"), dtype, attention_kernel=kernels is not None,
+                                  shared_prefix=shared)
+        attn = PagedAttention(cache, batch.attention, heads, kv_heads, dim, kernels=kernels)
+        attn(0, q, k, v)
+        start = time.perf_counter()
+        for _ in range(repeats):
+            attn(0, q, k, v)
+        ms = (time.perf_counter() - start) / repeats * 1e3
+        best[shared] = min(best.get(shared, ms), ms)
+    return best
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--prefix-lens", default="256,1024,4096")
@@ -95,7 +130,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", default=None)
     p.add_argument("--dtype", default="auto")
     p.add_argument("--output", "-o", default=None)
+    p.add_argument("--layer-only", action="store_true",
+                   help="time one attention layer of a decode step per prefix length instead of the whole engine")
     args = p.parse_args(argv)
+    if args.layer_only:
+        for prefix_len in (int(x) for x in args.prefix_lens.split(",")):
+            best = layer_times(prefix_len, args.prompts)
+            flop = 4 * args.prompts * 9 * prefix_len * 64  # q.k and p.v over the shared prefix, 9 heads of 64
+            print(f"prefix {prefix_len:5d}, {args.prompts} seqs, one layer: off {best[False]:.2f} ms, on "
+                  f"{best[True]:.2f} ms ({best[False] / best[True]:.2f}x); prefix attention "
+                  f"{flop / best[True] / 1e6:.1f} GFLOP/s with it on", flush=True)
+        return 0
     from plait.engine.llm import LLM
 
     prefix_lens = [int(x) for x in args.prefix_lens.split(",")]
