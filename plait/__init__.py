@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from plait.outputs import CompletionOutput, Logprob, RequestOutput
+from plait.outputs import CompletionOutput, Logprob, RequestOutput, ScoreOutput
 from plait.params import SamplingParams
 
 if TYPE_CHECKING:
@@ -17,7 +17,8 @@ if TYPE_CHECKING:
     from plait.engine.background import BackgroundLLM
     from plait.engine.llm import LLM
 
-__all__ = ["LLM", "AsyncLLM", "BackgroundLLM", "SamplingParams", "RequestOutput", "CompletionOutput", "Logprob"]
+__all__ = ["LLM", "AsyncLLM", "BackgroundLLM", "SamplingParams", "RequestOutput", "CompletionOutput", "Logprob",
+           "ScoreOutput"]
 __version__ = "0.1.0"
 
 

@@ -127,6 +127,10 @@ class EngineConfig:
     # hit or a preemption (fp32 linears through oneDNN, no 4-bit path; CPU with the C kernels only). Off by
     # default: it costs batch-1 speed (docs/batch_invariance.md).
     batch_invariant: bool = False
+    # Decodes that share leading KV blocks attend to them together, reading that KV once (runner/shared_prefix.py).
+    shared_prefix_attention: bool = True
+    # LLM.generate queues a batch grouped by shared prefix (engine/prefix_order.py), not in the caller's order.
+    prefix_grouping: bool = True
 
     def __post_init__(self) -> None:
         if self.dtype not in ("auto", "float32", "bfloat16", "float16", "fp32", "bf16", "fp16"):

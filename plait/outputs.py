@@ -47,3 +47,13 @@ class RequestOutput:
     num_cached_tokens: int = 0
     metrics: dict[str, float] = field(default_factory=dict)
     weight_version: str | int | None = None  # the weights that made the latest token (None: as loaded)
+
+
+@dataclass
+class ScoreOutput:
+    """The model's log-probability of a given continuation after a prompt (`LLM.score`, `AsyncLLM.score`)."""
+
+    token_ids: list[int]  # the continuation's tokens
+    token_logprobs: list[float]  # one per continuation token, given the prompt and the tokens before it
+    logprob: float  # their sum
+    num_cached_tokens: int = 0  # prompt tokens the prefix cache served (not recomputed)

@@ -48,6 +48,9 @@ class SamplingParams:
     include_stop_str_in_output: bool = False
     logprobs: int | None = None
     prompt_logprobs: int | None = None
+    # First prompt position whose logprob is wanted (None: all, from 1). Earlier positions need no logits, so the
+    # prefix cache may serve them: scoring a continuation recomputes only its own blocks.
+    prompt_logprobs_start: int | None = None
     skip_special_tokens: bool = True
     priority: int = 0
     # A grammar the output must follow: StructuredOutputsParams or a dict of its fields (json, json_object,
@@ -98,6 +101,12 @@ class SamplingParams:
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or not 0 <= value <= MAX_LOGPROBS):
                 _fail(name, f"an integer in [0, {MAX_LOGPROBS}] or None", value)
+        if self.prompt_logprobs_start is not None:
+            if (not isinstance(self.prompt_logprobs_start, int) or isinstance(self.prompt_logprobs_start, bool)
+                    or self.prompt_logprobs_start < 1):
+                _fail("prompt_logprobs_start", "an integer >= 1 or None", self.prompt_logprobs_start)
+            if self.prompt_logprobs is None:
+                _fail("prompt_logprobs_start", "None unless prompt_logprobs is set", self.prompt_logprobs_start)
         if self.stop is None:
             self.stop_strings = []
         elif isinstance(self.stop, str):
@@ -120,6 +129,12 @@ class SamplingParams:
         if self.structured_outputs is not None:  # imported only when used: the plait.sampling package needs torch
             from plait.sampling.structured_params import to_structured_outputs
             self.structured_outputs = to_structured_outputs(self.structured_outputs)
+
+    @property
+    def logits_from(self) -> int:
+        """First prompt position whose logits prompt_logprobs needs (the logprob of token i comes from
+        position i - 1)."""
+        return (self.prompt_logprobs_start or 1) - 1
 
     @property
     def uses_penalties(self) -> bool:

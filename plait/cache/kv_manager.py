@@ -41,6 +41,14 @@ class PrefixMatch:
     def num_tokens(self) -> int:
         return len(self.blocks) * self.block_size
 
+    def truncated(self, num_tokens: int) -> "PrefixMatch":
+        """The leading blocks that lie wholly before token `num_tokens` (a request that needs logits from
+        there on must compute that position itself)."""
+        keep = min(len(self.blocks), max(0, num_tokens) // self.block_size)
+        if keep == len(self.blocks):
+            return self
+        return PrefixMatch(self.blocks[:keep], self.keys[:keep], self.block_size)
+
 
 class KVCacheManager:
     def __init__(self, num_blocks: int, block_size: int, enable_prefix_caching: bool = True) -> None:

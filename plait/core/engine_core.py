@@ -90,6 +90,9 @@ class EngineCore:
                              f"{max_len}, so the prompt must be shorter than that")
         max_tokens = params.max_tokens if params.max_tokens is not None else max_len - len(prompt_token_ids)
         self.scheduler.check_fits(len(prompt_token_ids), max_tokens)
+        if params.prompt_logprobs_start is not None and params.prompt_logprobs_start >= len(prompt_token_ids):
+            raise ValueError(f"prompt_logprobs_start must be < the prompt's length ({len(prompt_token_ids)} "
+                             f"tokens), got {params.prompt_logprobs_start}")
         if params.logit_bias and any(not 0 <= t < self.vocab_size for t in params.logit_bias):
             raise ValueError(f"logit_bias keys must be token ids in [0, {self.vocab_size})")
         if params.structured_outputs is not None:  # compiles in the caller's thread, cached for the engine's
@@ -114,7 +117,9 @@ class EngineCore:
                 request_id=child_ids[i],
                 prompt_token_ids=prompt_token_ids, params=params, max_tokens=max_tokens,
                 eos_token_ids=self.eos_token_ids, arrival=now, group_id=request_id, sample_index=i))
-        group = _Group(request_id, children, len(prompt_token_ids))
+        # Prompt logprobs start at position 1, or at prompt_logprobs_start (earlier positions are never computed).
+        group = _Group(request_id, children, len(prompt_token_ids),
+                       prompt_logprobs_sent=max(1, params.prompt_logprobs_start or 1))
         for child in children:
             self.scheduler.add(child)
             self._child_to_group[child.request_id] = group

@@ -11,7 +11,7 @@ from __future__ import annotations
 import bisect
 import time
 
-from plait.cache.kv_manager import KVCacheManager, PrefixMatch
+from plait.cache.kv_manager import KVCacheManager
 from plait.config import SchedulerConfig
 from plait.core.request import Request, Status
 from plait.core.sched_output import ModelOutput, NewRequestData, ScheduledChunk, SchedulerOutput
@@ -109,8 +109,9 @@ class Scheduler:
             request = self.waiting[index]
             tokens = request.all_token_ids
             keys = request.block_keys(self.kv.block_size) if self.kv.enable_prefix_caching else None
-            prefix = (PrefixMatch([], [], self.kv.block_size) if request.wants_prompt_logprobs
-                      else self.kv.match_prefix(tokens, keys))
+            prefix = self.kv.match_prefix(tokens, keys)
+            if request.wants_prompt_logprobs:  # positions whose logits it wants are computed, not cached
+                prefix = prefix.truncated(request.params.logits_from)
             if prefix.pending_owner is not None and prefix.pending_owner in self.requests:
                 index += 1  # another request is computing this prefix now: wait, then share its blocks
                 continue
@@ -147,7 +148,8 @@ class Scheduler:
             request_id=rid, token_ids=tokens, start=start,
             block_table=list(self.kv.block_table(rid)),
             sample=start + num_new == request.num_tokens,
-            prompt_logprobs=request.wants_prompt_logprobs and start < prompt_len,
+            prompt_logprobs=(request.wants_prompt_logprobs and start < prompt_len
+                             and start + num_new > request.params.logits_from),
         ))
 
     def _preempt(self, request: Request) -> None:

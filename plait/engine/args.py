@@ -34,6 +34,12 @@ def add_engine_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--no-native-kernels", action="store_true",
                    help="run attention in PyTorch instead of plait's C kernel (which is compiled on first "
                         "use with the machine's C compiler; also PLAIT_NATIVE_KERNELS=0)")
+    g.add_argument("--no-shared-prefix-attention", action="store_true",
+                   help="decodes sharing leading KV blocks each read them alone (by default they attend to the "
+                        "shared blocks together, reading that KV once: Hydragen)")
+    g.add_argument("--no-prefix-grouping", action="store_true",
+                   help="queue an offline batch in the given order (by default prompts sharing a prefix are "
+                        "queued together, so each shared prefix is computed once)")
     g.add_argument("--config", default=None,
                    help="JSON file of engine settings (e.g. the best point `plait bench sweep` wrote); flags given "
                         "on the command line win")
@@ -47,6 +53,8 @@ def engine_kwargs(args: argparse.Namespace) -> dict:
                   native_q4=not getattr(args, "no_native_q4", False),
                   native_kernels=not getattr(args, "no_native_kernels", False),
                   batch_invariant=getattr(args, "batch_invariant", False),
+                  shared_prefix_attention=not getattr(args, "no_shared_prefix_attention", False),
+                  prefix_grouping=not getattr(args, "no_prefix_grouping", False),
                   tune_malloc=True)  # plait's commands own their process (see EngineConfig.tune_malloc)
     if getattr(args, "config", None):
         kwargs = _merge_config_file(kwargs, args.config)

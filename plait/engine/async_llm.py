@@ -23,8 +23,9 @@ from plait.engine.builder import build_engine, describe
 from plait.engine.prompts import encode_prompt
 from plait.core.engine_output import EngineOutput, SampleDelta
 from plait.engine.output_processor import OUTPUT_KINDS, RequestState
+from plait.engine.scoring import encode_pair, score_params, to_score
 from plait.engine.weights import WeightUpdateInfo, WeightUpdater, prepare_update
-from plait.outputs import RequestOutput
+from plait.outputs import RequestOutput, ScoreOutput
 from plait.params import SamplingParams
 
 log = logging.getLogger("plait")
@@ -119,6 +120,15 @@ class AsyncLLM:
             raise ValueError(f"output_kind must be 'delta', 'cumulative' or 'final', got {output_kind!r}")
         request_id, stream = self.submit(prompt, sampling_params, request_id)
         return self.stream_outputs(request_id, stream, output_kind)
+
+    async def score(self, prompt: Any, continuation: Any) -> ScoreOutput:
+        """Log-probability of `continuation` given `prompt` (text or token ids): per token and summed. A cached
+        prompt prefix is not recomputed. Raises ValueError for bad input."""
+        ids, start = encode_pair(self.tokenizer, prompt, continuation)
+        final = None
+        async for out in self.generate(ids, score_params(start), output_kind="final"):
+            final = out
+        return to_score(final, start)
 
     async def stream_outputs(self, request_id: str, stream: "_Stream",
                              output_kind: str = "delta") -> AsyncIterator[RequestOutput]:

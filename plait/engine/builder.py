@@ -120,8 +120,11 @@ def build_engine(config: EngineConfig, model_config: ModelConfig | None = None,
             use_native_layers(model, kernels)
     if config.batch_invariant:
         check_batch_invariant(model, dtype, device, kernels)
+    # Shared-prefix attention merges partial softmaxes, so a row's rounding depends on who shares its prefix in
+    # the step: batch-invariant numerics turn it off.
     runner = ModelRunner(model, cache, eos, device, kernels=kernels,
-                         grammars=GrammarCompiler(tokenizer, model_config.vocab_size, eos) if tokenizer else None)
+                         grammars=GrammarCompiler(tokenizer, model_config.vocab_size, eos) if tokenizer else None,
+                         shared_prefix_attention=config.shared_prefix_attention and not config.batch_invariant)
     core = EngineCore(scheduler, runner, tokenizer, eos, model_config.vocab_size)
     return BuiltEngine(core, tokenizer, model_config, config, dtype, device, time.perf_counter() - start,
                        generation_defaults, applied)

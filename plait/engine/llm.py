@@ -7,8 +7,10 @@ from typing import Any, Sequence
 from plait.config import EngineConfig
 from plait.engine.builder import build_engine, describe
 from plait.engine.output_processor import RequestState
+from plait.engine.prefix_order import prefix_grouped_order
 from plait.engine.prompts import encode_prompt, normalize_batch
-from plait.outputs import RequestOutput
+from plait.engine.scoring import encode_pair, pair_batch, score_params, to_score
+from plait.outputs import RequestOutput, ScoreOutput
 from plait.params import SamplingParams
 
 
@@ -51,13 +53,17 @@ class LLM:
             if len(params_list) != len(batch):
                 raise ValueError(f"sampling_params has {len(params_list)} entries for {len(batch)} prompts")
         encoded = [encode_prompt(self.tokenizer, p) for p in batch]  # all errors before anything is queued
-        states: dict[str, RequestState] = {}
+        order = range(len(encoded))
+        if self.config.prefix_grouping and self.config.enable_prefix_caching and len(encoded) > 2:
+            order = prefix_grouped_order([token_ids for _, token_ids in encoded])
+        ids = [f"offline-{self._next_id + i}" for i in range(len(encoded))]  # in input order
+        self._next_id += len(encoded)
+        states: dict[str, RequestState] = {}  # in input order: _run returns outputs in this order
         try:
-            for (text, token_ids), params in zip(encoded, params_list):
-                request_id = f"offline-{self._next_id}"
-                self._next_id += 1
-                self.engine.add_request(request_id, token_ids, params)
+            for request_id, (text, token_ids), params in zip(ids, encoded, params_list):
                 states[request_id] = RequestState(request_id, text, token_ids, params, self.tokenizer)
+            for i in order:  # queued grouped by shared prefix, so each prefix is computed once
+                self.engine.add_request(ids[i], encoded[i][1], params_list[i])
             return self._run(states, use_tqdm and len(states) > 1)
         finally:
             # Whatever ended the call early (bad input, KeyboardInterrupt, a callback's exception) must not leave
@@ -75,6 +81,13 @@ class LLM:
                    for c in conversations]
         token_prompts = [self.tokenizer.encode(p, add_special_tokens=False) for p in prompts]
         return self.generate(token_prompts, sampling_params, use_tqdm)
+
+    def score(self, prompts: Any, continuations: Any, use_tqdm: bool = False) -> list[ScoreOutput]:
+        """Log-probability of each continuation given its prompt (one prompt for all, or one each), batched;
+        cached prompt prefixes are not recomputed. See plait.engine.scoring."""
+        pairs = [encode_pair(self.tokenizer, p, c) for p, c in pair_batch(prompts, continuations)]
+        outs = self.generate([ids for ids, _ in pairs], [score_params(start) for _, start in pairs], use_tqdm)
+        return [to_score(out, start) for out, (_, start) in zip(outs, pairs)]
 
     def _run(self, states: dict[str, RequestState], use_tqdm: bool) -> list[RequestOutput]:
         finished: dict[str, RequestOutput] = {}

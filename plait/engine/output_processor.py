@@ -78,8 +78,10 @@ class RequestState:
             self.metrics["queue_time"] = out.queue_time
         if out.prompt_logprobs:
             if self.prompt_logprobs is None:
-                self.prompt_logprobs = [None]
-            self.prompt_logprobs.extend(self._logprob_dict(entry) for _, entry in out.prompt_logprobs)
+                self.prompt_logprobs = []
+            for position, entry in out.prompt_logprobs:  # positions before the first computed one stay None
+                self.prompt_logprobs.extend([None] * (position - len(self.prompt_logprobs)))
+                self.prompt_logprobs.append(self._logprob_dict(entry))
         for delta in out.samples:
             sample = self.samples[delta.index]
             if sample.finished:

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 
 from plait.runner.native import Kernels
 from plait.runner.native.ops import PagedAttentionStep
+from plait.runner.shared_prefix import SharedPrefixPlan, apply_shared_prefix
 
 
 @dataclass
@@ -41,6 +42,9 @@ class AttentionMetadata:
     block_tables: torch.Tensor | None = None  # [chunks, max_blocks]
     token_rows: torch.Tensor | None = None  # [T]
     token_context_lens: torch.Tensor | None = None  # [T]
+    # One-token queries that attend to shared leading blocks as a group (runner/shared_prefix.py); their context
+    # above (slots or block-table row and length) then covers only what follows the shared run.
+    shared_prefix: SharedPrefixPlan | None = None
 
 
 class KVCache:
@@ -81,8 +85,21 @@ class PagedAttention:
             self.kernel_step = PagedAttentionStep(kernels, cache.tensor.dtype, meta.slot_mapping, meta.block_tables,
                                                   meta.token_rows, meta.token_context_lens, cache.block_size,
                                                   self.scale)
+        self.shared_step = None  # the C kernel for shared prefixes, where the C kernels run
+        if meta.shared_prefix is not None and self.kernel_step is not None:
+            self.shared_step = meta.shared_prefix.kernel_step(kernels, cache.tensor.dtype, meta.block_tables,
+                                                              cache.block_size, self.scale)
 
     def __call__(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        out = self._attend(layer, q, k, v)
+        if self.shared_step is not None:
+            self.shared_step(q, out, self.cache.tensor[layer, 0], self.cache.tensor[layer, 1])
+        elif self.meta.shared_prefix is not None:
+            apply_shared_prefix(self.meta.shared_prefix, q, out, self.cache.tensor[layer, 0],
+                                self.cache.tensor[layer, 1], self.scale)
+        return out
+
+    def _attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         meta = self.meta
         k_cache, v_cache = self.cache.tensor[layer, 0], self.cache.tensor[layer, 1]  # [kv, slots, d]
         if self.kernel_step is not None:  # the kernel writes k/v into the cache itself

@@ -8,6 +8,7 @@ import torch
 
 from plait.core.sched_output import ScheduledChunk
 from plait.runner.attention import AttentionMetadata, PrefillSpan
+from plait.runner.shared_prefix import build_plan
 
 
 @dataclass
@@ -20,10 +21,12 @@ class InputBatch:
 
 
 def build_input_batch(chunks: list[ScheduledChunk], block_size: int, device: torch.device,
-                      dtype: torch.dtype = torch.float32, attention_kernel: bool = False) -> InputBatch:
+                      dtype: torch.dtype = torch.float32, attention_kernel: bool = False,
+                      shared_prefix: bool = False) -> InputBatch:
     """`dtype` is the model's: the additive attention mask is built in it. With `attention_kernel` the batch
     carries what the C kernel reads (block tables, each token's row and context length) instead of gathered
-    slots, masks and prefill spans."""
+    slots, masks and prefill spans. With `shared_prefix`, one-token queries that share leading blocks attend to
+    them together (runner/shared_prefix.py): their own context then starts after the shared run."""
     singles = [c for c in chunks if len(c.token_ids) == 1]
     spans = [c for c in chunks if len(c.token_ids) > 1]
     ordered = singles + spans
@@ -43,24 +46,39 @@ def build_input_batch(chunks: list[ScheduledChunk], block_size: int, device: tor
     pos = torch.tensor(positions, dtype=torch.long)
     chunk_of_token = torch.repeat_interleave(torch.arange(len(ordered)), lengths)
     slot_mapping = tables[chunk_of_token, pos // block_size] * block_size + pos % block_size
+    plan, skip = None, [0] * len(singles)  # skip: tokens of a single query's context its group attends to
+    if shared_prefix and len(singles) > 1:
+        plan, skip = build_plan([c.block_table for c in singles], [c.start for c in singles], block_size, device,
+                                suffix_slots=not attention_kernel)
 
     if attention_kernel:
+        rows, lengths = chunk_of_token.to(torch.int32), (pos + 1).to(torch.int32)
+        if plan is not None:  # a grouped query's own context: its table from the first unshared block on
+            shifted = [i for i in range(len(singles)) if skip[i]]
+            extra = torch.zeros(len(shifted), width, dtype=torch.long)
+            for row, i in enumerate(shifted):
+                rest = tables[i, skip[i] // block_size:]
+                extra[row, : len(rest)] = rest
+                rows[i] = len(ordered) + row
+                lengths[i] -= skip[i]
+            tables = torch.cat([tables, extra])
         meta = AttentionMetadata(slot_mapping=slot_mapping.to(device), num_single=len(singles), single_slots=None,
                                  single_mask=None, prefills=[], block_tables=tables.to(torch.int32),
-                                 token_rows=chunk_of_token.to(torch.int32),
-                                 token_context_lens=(pos + 1).to(torch.int32))
+                                 token_rows=rows, token_context_lens=lengths, shared_prefix=plan)
         return InputBatch(ordered, torch.tensor(input_ids, device=device), pos.to(device), meta, offsets)
 
     single_slots = single_mask = None
     if singles:
         context = torch.tensor([c.start + 1 for c in singles])
+        first = torch.tensor(skip)
         max_blocks = -(-int(context.max()) // block_size)
         all_slots = (tables[: len(singles), :max_blocks, None] * block_size + torch.arange(block_size)).flatten(1)
-        length = int(context.max())
-        valid = torch.arange(length)[None, :] < context[:, None]
-        # Padding reads the request's own first slot (always written, so finite) instead of whatever an
+        length = int((context - first).max())
+        valid = torch.arange(length)[None, :] < (context - first)[:, None]
+        # Padding reads the query's own first slot (always written, so finite) instead of whatever an
         # unwritten slot holds: a masked score gives probability 0, and 0 * NaN would still be NaN.
-        single_slots = torch.where(valid, all_slots[:, :length], all_slots[:, :1])
+        index = torch.where(valid, first[:, None] + torch.arange(length)[None, :], first[:, None])
+        single_slots = all_slots.gather(1, index)
         single_mask = torch.zeros(valid.shape, dtype=dtype).masked_fill_(~valid, float("-inf"))[None, :, None, :]
 
     prefills = []
@@ -78,5 +96,6 @@ def build_input_batch(chunks: list[ScheduledChunk], block_size: int, device: tor
         single_slots=None if single_slots is None else single_slots.to(device),
         single_mask=None if single_mask is None else single_mask.to(device),
         prefills=prefills,
+        shared_prefix=plan,
     )
     return InputBatch(ordered, torch.tensor(input_ids, device=device), pos.to(device), meta, offsets)

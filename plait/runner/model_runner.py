@@ -29,9 +29,11 @@ class _SamplingState:
 class ModelRunner:
     def __init__(self, model: torch.nn.Module, cache: KVCache, eos_token_ids: list[int],
                  device: torch.device | str = "cpu", kernels: Kernels | None = None,
-                 grammars: GrammarCompiler | None = None) -> None:
+                 grammars: GrammarCompiler | None = None, shared_prefix_attention: bool = True) -> None:
         """`kernels`: plait's C kernels (CPU only), used for attention when given; `grammars`: compiles
-        structured_outputs (requests that ask for one are rejected without it)."""
+        structured_outputs (requests that ask for one are rejected without it); `shared_prefix_attention`:
+        decodes sharing leading KV blocks attend to them as one group (runner/shared_prefix.py)."""
+        self.shared_prefix_attention = shared_prefix_attention
         self.model = model
         self.kernels = kernels
         self.cache = cache
@@ -71,7 +73,8 @@ class ModelRunner:
         if not sched.chunks:
             return out
         batch = build_input_batch(sched.chunks, self.cache.block_size, self.device, self.cache.tensor.dtype,
-                                  attention_kernel=self.kernels is not None)
+                                  attention_kernel=self.kernels is not None,
+                                  shared_prefix=self.shared_prefix_attention)
         attention = PagedAttention(self.cache, batch.attention, *self._heads, kernels=self.kernels)
         hidden = self.model(batch.input_ids, batch.positions, attention)
 
@@ -106,10 +109,12 @@ class ModelRunner:
         """Logprob of each next prompt token given the positions of this chunk (the caller's prompt_logprobs)."""
         state = self._states[chunk.request_id]
         prompt = state.prompt_token_ids
-        targets = prompt[chunk.start + 1: chunk.start + 1 + len(chunk.token_ids)]
+        skip = max(0, state.params.logits_from - chunk.start)  # positions before prompt_logprobs_start
+        first = chunk.start + skip
+        targets = prompt[first + 1: chunk.start + 1 + len(chunk.token_ids)]
         if not targets:
             return
-        logits = self.model.compute_logits(hidden[: len(targets)]).float()
+        logits = self.model.compute_logits(hidden[skip: skip + len(targets)]).float()
         entries = self.sampler.top_logprobs(
             logits, torch.tensor(targets, device=logits.device), state.params.prompt_logprobs).to_lists()
-        out.prompt_logprobs[chunk.request_id] = (chunk.start, entries)
+        out.prompt_logprobs[chunk.request_id] = (first, entries)

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
-SOURCES = ("paged_attention.c", "elementwise.c")
+SOURCES = ("paged_attention.c", "elementwise.c", "shared_prefix.c")
 HEADERS = ("common.h",)
 # -ffast-math lets the loops reassociate sums and call glibc's vector expf. It is given to the compile step only:
 # linking with it adds crtfastmath.o, which would switch the whole process to flush-to-zero when the library loads.
@@ -42,6 +42,18 @@ class AttentionArgs(ctypes.Structure):
     _fields_ += [("scale", ctypes.c_float)]
 
 
+class PrefixArgs(ctypes.Structure):
+    """struct prefix_args of shared_prefix.c, field for field."""
+
+    _fields_ = [(name, ctypes.c_void_p) for name in
+                ("q", "out", "k_cache", "v_cache", "tables", "members", "member_rows", "lengths", "group_starts",
+                 "prefix_blocks")]
+    _fields_ += [(name, ctypes.c_int64) for name in ("q_stride", "head_stride")]
+    _fields_ += [(name, ctypes.c_int32) for name in
+                 ("groups", "heads", "kv_heads", "head_dim", "block_size", "max_blocks", "tile")]
+    _fields_ += [("scale", ctypes.c_float)]
+
+
 @dataclass(frozen=True)
 class Kernels:
     """The loaded library's entry points (ctypes functions with argument types set), per dtype suffix."""
@@ -50,6 +62,7 @@ class Kernels:
     add_rms_norm: dict[str, ctypes._CFuncPtr]
     silu_mul: dict[str, ctypes._CFuncPtr]
     rope: dict[str, ctypes._CFuncPtr]
+    shared_prefix: dict[str, ctypes._CFuncPtr]
 
 
 class KernelBuildError(RuntimeError):
@@ -123,6 +136,7 @@ def _bind(lib: ctypes.CDLL) -> Kernels:
         "add_rms_norm": ([p, p, p, p, p, i32, i32, f32], None),
         "silu_mul": ([p, p, i32, i32], None),
         "rope": ([p, ctypes.c_int64, p, p, i32, i32, i32], None),
+        "shared_prefix": ([ctypes.POINTER(PrefixArgs)], ctypes.c_int),
     }
     bound = {}
     for name, (argtypes, restype) in signatures.items():
