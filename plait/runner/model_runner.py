@@ -12,8 +12,13 @@ from plait.runner.attention import KVCache, PagedAttention
 from plait.runner.input_batch import build_input_batch
 from plait.runner.native import Kernels
 from plait.sampling import Sampler, SamplingBatch
+from plait.sampling.penalties import PenaltyState
 from plait.sampling.structured import StructuredState
 from plait.sampling.structured_compiler import GrammarCompiler
+
+
+# Prompt positions whose logits are computed at once for prompt_logprobs (bounds the [rows, vocab] buffer).
+_PROMPT_LOGITS_ROWS = 256
 
 
 @dataclass
@@ -24,6 +29,7 @@ class _SamplingState:
     prompt_token_ids: list[int]
     generator: torch.Generator | None
     output_token_ids: list[int] = field(default_factory=list)
+    penalties: PenaltyState | None = None  # incremental seen / count index when the request uses penalties
 
 
 class ModelRunner:
@@ -57,7 +63,10 @@ class ModelRunner:
         if new.seed is not None:
             generator = torch.Generator(device="cpu")
             generator.manual_seed(new.seed)
-        self._states[new.request_id] = _SamplingState(new.params, new.prompt_token_ids, generator)
+        penalties = (PenaltyState(new.prompt_token_ids, self.model.config.vocab_size) if new.params.uses_penalties
+                     else None)
+        self._states[new.request_id] = _SamplingState(new.params, new.prompt_token_ids, generator,
+                                                      penalties=penalties)
         if self.structured is not None:
             self.structured.register(new.request_id, new.params)
 
@@ -98,10 +107,13 @@ class ModelRunner:
             prompt_token_ids=[s.prompt_token_ids for s in states],
             eos_token_ids=self.eos_token_ids,
             allowed=structured.masks(sample_ids, logits.shape[1], logits.device) if structured else None,
+            penalty_states=[s.penalties for s in states],
         ))
         ended = structured.advance(sample_ids, result.token_ids) if structured else ()
         for rid, state, token, logprobs in zip(sample_ids, states, result.token_ids, result.logprobs):
             state.output_token_ids.append(token)
+            if state.penalties is not None:
+                state.penalties.add(token)
             out.sampled[rid] = SampledToken(token, logprobs, grammar_ended=rid in ended)
         return out
 
@@ -114,7 +126,11 @@ class ModelRunner:
         targets = prompt[first + 1: chunk.start + 1 + len(chunk.token_ids)]
         if not targets:
             return
-        logits = self.model.compute_logits(hidden[skip: skip + len(targets)]).float()
-        entries = self.sampler.top_logprobs(
-            logits, torch.tensor(targets, device=logits.device), state.params.prompt_logprobs).to_lists()
+        # In slices, so a 2,048-token chunk never holds [T, vocab] fp32 logits at once (~400 MB at T = 2,048).
+        entries = []
+        for lo in range(0, len(targets), _PROMPT_LOGITS_ROWS):
+            part = targets[lo: lo + _PROMPT_LOGITS_ROWS]
+            logits = self.model.compute_logits(hidden[skip + lo: skip + lo + len(part)]).float()
+            entries += self.sampler.top_logprobs(
+                logits, torch.tensor(part, device=logits.device), state.params.prompt_logprobs).to_lists()
         out.prompt_logprobs[chunk.request_id] = (first, entries)

@@ -29,7 +29,8 @@ from dataclasses import dataclass
 import torch
 
 from plait.params import SamplingParams
-from plait.sampling.penalties import apply_logit_bias, apply_min_tokens, apply_penalties, needs_processing
+from plait.sampling.penalties import (PenaltyState, apply_logit_bias, apply_min_tokens, apply_penalties,
+                                     apply_penalties_incremental, needs_processing)
 from plait.sampling.structured import AllowedTokens, apply_allowed
 
 # Temperatures below this are greedy (as in vLLM): dividing by a tiny temperature would overflow to inf/nan.
@@ -49,6 +50,9 @@ class SamplingBatch:
     prompt_token_ids: list[list[int]]  # the prompt (repetition_penalty applies to prompt + output)
     eos_token_ids: list[int]  # model's eos ids: masked while len(output) < min_tokens unless ignore_eos
     allowed: AllowedTokens | None = None  # structured output: grammar masks of the constrained rows
+    # Incremental penalty bookkeeping per row (the runner keeps one per request that uses penalties); without it
+    # penalties are computed from the token lists above.
+    penalty_states: list[PenaltyState | None] | None = None
 
 
 @dataclass
@@ -108,7 +112,10 @@ class Sampler:
             apply_logit_bias(x, params)
             apply_min_tokens(x, params, batch.output_token_ids, batch.eos_token_ids)
             if any(p.uses_penalties for p in params):
-                apply_penalties(x, params, batch.output_token_ids, batch.prompt_token_ids)
+                if batch.penalty_states is not None:
+                    apply_penalties_incremental(x, params, batch.penalty_states)
+                else:
+                    apply_penalties(x, params, batch.output_token_ids, batch.prompt_token_ids)
         else:
             x = logits.float()  # no copy when already float32: then nothing may write into x
             owned = x is not logits

@@ -333,3 +333,16 @@ def test_batch_sharing_a_prefix_computes_it_once(make_engine):
     assert stats.prompt_tokens == 64 + sum(len(q) for q in questions)
     assert stats.prefix_cache_hits == 64 * 5
     assert_no_leak(shared)
+
+
+def test_long_prompt_logprobs_in_slices_equal_small_chunks(make_engine):
+    """A 400-token prompt in one chunk (its logits computed 256 rows at a time) gives the prompt logprobs of
+    64-token chunks."""
+    p = prompts(1, seed=50, lo=400, hi=400)[0]
+    params = SamplingParams(max_tokens=1, prompt_logprobs=1)
+    whole = make_engine(max_num_batched_tokens=2048).generate([p], params, use_tqdm=False)[0].prompt_logprobs
+    chunked = make_engine(max_num_batched_tokens=64).generate([p], params, use_tqdm=False)[0].prompt_logprobs
+    assert len(whole) == len(chunked) == 400 and whole[0] is None
+    for a, b in zip(whole[1:], chunked[1:]):
+        assert {t: lp.logprob for t, lp in a.items()} == pytest.approx({t: lp.logprob for t, lp in b.items()},
+                                                                       abs=1e-4)

@@ -349,3 +349,27 @@ def test_cuda_logits_with_cpu_generators_match_cpu() -> None:
     cpu = Sampler()(logits, make_batch(params))
     gpu = Sampler()(logits.cuda(), make_batch(params))
     assert gpu.token_ids == cpu.token_ids
+
+
+def test_incremental_penalties_equal_the_rebuilt_ones():
+    """PenaltyState, fed one token at a time, gives exactly the logits of the from-scratch computation."""
+    from plait.sampling.penalties import PenaltyState, apply_penalties_incremental
+
+    g = torch.Generator().manual_seed(0)
+    vocab = 50
+    params = [SamplingParams(repetition_penalty=1.3, presence_penalty=0.5, frequency_penalty=0.25),
+              SamplingParams(repetition_penalty=0.8), SamplingParams(frequency_penalty=-0.5),
+              SamplingParams()]
+    prompts = [[1, 2, 2, 7], [3], [4, 4], [5]]
+    outputs = [[], [], [], []]
+    states = [PenaltyState(p, vocab) for p in prompts]
+    for _ in range(30):
+        logits = torch.randn(4, vocab, generator=g)
+        a, b = logits.clone(), logits.clone()
+        apply_penalties(a, params, outputs, prompts)
+        apply_penalties_incremental(b, params, states)
+        assert torch.equal(a, b)
+        for row in range(4):
+            token = int(torch.randint(0, vocab, (1,), generator=g))
+            outputs[row].append(token)
+            states[row].add(token)
