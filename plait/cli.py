@@ -13,7 +13,8 @@ def add_engine_args(parser: argparse.ArgumentParser) -> None:
     d = EngineConfig()
     g = parser.add_argument_group("engine")
     g.add_argument("--model", "-m", default=None,
-                   help="a .gguf file, a HuggingFace model directory, or 'smollm2-135m' (the default)")
+                   help="a .gguf file, a HuggingFace model directory, 'smollm2-135m' (the default) or "
+                        "'gemma3-270m'")
     g.add_argument("--dtype", default=d.dtype, choices=["auto", "float32", "bfloat16", "float16"],
                    help="weights and activations; auto = bf16 where the CPU/GPU supports it, else fp32")
     g.add_argument("--device", default=d.device, help="auto, cpu or cuda")
@@ -120,13 +121,13 @@ def cmd_chat(args: argparse.Namespace) -> int:
 
 
 def cmd_pull(args: argparse.Namespace) -> int:
-    from plait.loading.sources import DEFAULT_ALIASES, pull_default_model
+    from plait.loading.sources import pull_model
 
-    if args.name not in DEFAULT_ALIASES:
-        print(f"plait pull knows the default model only ({', '.join(sorted(DEFAULT_ALIASES))}); "
-              f"pass other models as a path with --model", file=sys.stderr)
+    try:
+        print(pull_model(args.name))
+    except ValueError as exc:
+        print(exc, file=sys.stderr)
         return 2
-    print(pull_default_model())
     return 0
 
 
@@ -163,7 +164,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_sampling_args(p, max_tokens=512)
     p.set_defaults(func=cmd_chat)
 
-    p = sub.add_parser("pull", help="put the default model in the local cache ($PLAIT_CACHE)")
+    p = sub.add_parser("pull", help="put a model in the local cache ($PLAIT_CACHE): smollm2-135m (default) "
+                                    "or gemma3-270m")
     p.add_argument("name", nargs="?", default="smollm2-135m")
     p.set_defaults(func=cmd_pull)
 
