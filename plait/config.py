@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 @dataclass
 class ModelConfig:
-    """Architecture of a Llama-family decoder (Llama 2/3, SmolLM2, Mistral, Qwen2, Qwen3)."""
+    """Architecture of a decoder: the Llama family (Llama 2/3, SmolLM2, Mistral, Qwen2, Qwen3) or Gemma 3."""
 
     vocab_size: int
     hidden_size: int
