@@ -55,13 +55,13 @@ def cmd_chat(args: argparse.Namespace) -> int:
 
 
 def cmd_pull(args: argparse.Namespace) -> int:
-    from plait.loading.sources import DEFAULT_ALIASES, pull_default_model
+    from plait.loading.sources import pull_model
 
-    if args.name not in DEFAULT_ALIASES:
-        print(f"plait pull knows the default model only ({', '.join(sorted(DEFAULT_ALIASES))}); "
-              f"pass other models as a path with --model", file=sys.stderr)
+    try:
+        print(pull_model(args.name))
+    except ValueError as exc:
+        print(exc, file=sys.stderr)
         return 2
-    print(pull_default_model())
     return 0
 
 
@@ -98,7 +98,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_sampling_args(p, max_tokens=512)
     p.set_defaults(func=cmd_chat)
 
-    p = sub.add_parser("pull", help="put the default model in the local cache ($PLAIT_CACHE)")
+    p = sub.add_parser("pull", help="put a model in the local cache ($PLAIT_CACHE): smollm2-135m (default) "
+                                    "or gemma3-270m")
     p.add_argument("name", nargs="?", default="smollm2-135m")
     p.set_defaults(func=cmd_pull)
 

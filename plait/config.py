@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 @dataclass
 class ModelConfig:
-    """Architecture of a Llama-family decoder (Llama 2/3, SmolLM2, Mistral, Qwen2, Qwen3)."""
+    """Architecture of a decoder: the Llama family (Llama 2/3, SmolLM2, Mistral, Qwen2, Qwen3) or Gemma 3."""
 
     vocab_size: int
     hidden_size: int
@@ -28,6 +28,13 @@ class ModelConfig:
     architecture: str = "llama"
     bos_token_id: int | None = None
     eos_token_ids: list[int] = field(default_factory=list)
+    # Gemma 3 (plait/models/gemma3.py); None for the Llama family. layer_types[i] is "sliding_attention" (attends
+    # to the last `sliding_window` positions, RoPE base rope_local_theta) or "full_attention" (rope_theta).
+    layer_types: list[str] | None = None
+    sliding_window: int | None = None
+    rope_local_theta: float | None = None
+    query_pre_attn_scalar: float | None = None  # attention scale = query_pre_attn_scalar ** -0.5
+    final_logit_softcapping: float | None = None
 
     @classmethod
     def from_hf(cls, cfg: dict) -> "ModelConfig":

@@ -65,16 +65,15 @@ def run_one(llm: Any, prompts: list[list[int]], output_len: int, shared: bool, p
     ids = [f"spa-{prefix_len}-{int(shared)}-{i}" for i in range(len(prompts))]
     for rid, p in zip(ids, prompts):
         core.add_request(rid, p, params)
-    outputs: dict[str, list[int]] = {}
+    outputs: dict[str, list[int]] = {rid: [] for rid in ids}
     decode_s, decode_tokens, kv_bytes, decode_steps = 0.0, 0, 0, 0
     start = time.perf_counter()
     while core.has_unfinished():
         prompt_before, gen_before = sched.num_prompt_tokens_computed, sched.num_generated_tokens
         read = kv_tokens_read(sched, block_size, shared)
         t = time.perf_counter()
-        for out in core.step():
-            if out.finished:
-                outputs[out.request_id] = out.outputs[0].token_ids
+        for out in core.step():  # the core hands out new tokens only
+            outputs[out.request_id] += out.samples[0].token_ids if out.samples else []
         if sched.num_prompt_tokens_computed == prompt_before:
             decode_s += time.perf_counter() - t
             decode_tokens += sched.num_generated_tokens - gen_before

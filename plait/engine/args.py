@@ -11,7 +11,8 @@ def add_engine_args(parser: argparse.ArgumentParser) -> None:
     d = EngineConfig()
     g = parser.add_argument_group("engine")
     g.add_argument("--model", "-m", default=None,
-                   help="a .gguf file, a HuggingFace model directory, or 'smollm2-135m' (the default)")
+                   help="a .gguf file, a HuggingFace model directory, 'smollm2-135m' (the default) or "
+                        "'gemma3-270m'")
     g.add_argument("--dtype", default=d.dtype, choices=["auto", "float32", "bfloat16", "float16"],
                    help="weights and activations; auto = bf16 where the CPU/GPU supports it, else fp32")
     g.add_argument("--device", default=d.device, help="auto, cpu or cuda")

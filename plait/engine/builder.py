@@ -121,10 +121,12 @@ def build_engine(config: EngineConfig, model_config: ModelConfig | None = None,
     if config.batch_invariant:
         check_batch_invariant(model, dtype, device, kernels)
     # Shared-prefix attention merges partial softmaxes, so a row's rounding depends on who shares its prefix in
-    # the step: batch-invariant numerics turn it off.
+    # the step: batch-invariant numerics turn it off. It attends the shared run whole, so windowed models
+    # (Gemma 3's local layers) run without it.
     runner = ModelRunner(model, cache, eos, device, kernels=kernels,
                          grammars=GrammarCompiler(tokenizer, model_config.vocab_size, eos) if tokenizer else None,
-                         shared_prefix_attention=config.shared_prefix_attention and not config.batch_invariant)
+                         shared_prefix_attention=(config.shared_prefix_attention and not config.batch_invariant
+                                                  and model_config.sliding_window is None))
     core = EngineCore(scheduler, runner, tokenizer, eos, model_config.vocab_size)
     return BuiltEngine(core, tokenizer, model_config, config, dtype, device, time.perf_counter() - start,
                        generation_defaults, applied)

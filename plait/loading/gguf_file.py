@@ -41,6 +41,7 @@ _ARCHITECTURES = {
     "llama": ("LlamaForCausalLM", False, False),
     "qwen2": ("Qwen2ForCausalLM", True, False),
     "qwen3": ("Qwen3ForCausalLM", False, True),
+    "gemma3": ("Gemma3ForCausalLM", False, True),
 }
 # llama.cpp's converter permutes q/k rows for these (interleaved RoPE); we undo it.
 _PERMUTED_QK_ARCHS = {"llama"}
@@ -58,6 +59,13 @@ _LAYER_NAMES = {
     "ffn_up": "mlp.up_proj",
     "ffn_down": "mlp.down_proj",
 }
+# Gemma 3 has four norms per layer: llama.cpp's ffn_norm is the one before the MLP there.
+_ARCH_LAYER_NAMES = {
+    "gemma3": {**_LAYER_NAMES, "ffn_norm": "pre_feedforward_layernorm",
+               "post_attention_norm": "post_attention_layernorm", "post_ffw_norm": "post_feedforward_layernorm"},
+}
+# llama.cpp's converter stores Gemma's norm weights as 1 + w; HF names carry w (HF's convention), so we subtract.
+_PLUS_ONE_NORM_ARCHS = {"gemma3"}
 _GLOBAL_NAMES = {"token_embd": "model.embed_tokens", "output_norm": "model.norm", "output": "lm_head"}
 _LAYER_RE = re.compile(r"^blk\.(\d+)\.([a-z_]+)\.(weight|bias)$")
 _GLOBAL_RE = re.compile(r"^([a-z_]+)\.(weight|bias)$")
@@ -240,6 +248,12 @@ def config_from_metadata(meta: dict[str, Any], shapes: dict[str, tuple[int, ...]
     # the embedding's rows are the truth (llama.cpp often omits {arch}.vocab_size)
     vocab = shapes["token_embd.weight"][0] if "token_embd.weight" in shapes else (
         get("vocab_size") or len(meta.get("tokenizer.ggml.tokens", ())))
+    extra: dict[str, Any] = {}
+    if arch == "gemma3":
+        from plait.loading.gemma3_config import gemma3_fields_from_gguf
+
+        extra = gemma3_fields_from_gguf(meta, get("block_count"), hidden, heads,
+                                        get("attention.key_length") or hidden // heads)
     return ModelConfig(
         vocab_size=vocab,
         hidden_size=hidden,
@@ -256,6 +270,7 @@ def config_from_metadata(meta: dict[str, Any], shapes: dict[str, tuple[int, ...]
         attention_bias=bias or "blk.0.attn_q.bias" in shapes,
         qk_norm=qk_norm or "blk.0.attn_q_norm.weight" in shapes,
         architecture=hf_arch,
+        **extra,
     )
 
 
@@ -271,11 +286,12 @@ def _rope_scaling(get: Any) -> dict | None:
     return scaling
 
 
-def hf_name(gguf_name: str) -> str | None:
+def hf_name(gguf_name: str, arch: str = "llama") -> str | None:
     """`blk.3.attn_q.weight` -> `model.layers.3.self_attn.q_proj.weight`; None for tensors plait ignores."""
     if m := _LAYER_RE.match(gguf_name):
         layer, part, kind = m.groups()
-        return f"model.layers.{layer}.{_LAYER_NAMES[part]}.{kind}" if part in _LAYER_NAMES else None
+        names = _ARCH_LAYER_NAMES.get(arch, _LAYER_NAMES)
+        return f"model.layers.{layer}.{names[part]}.{kind}" if part in names else None
     if (m := _GLOBAL_RE.match(gguf_name)) and m.group(1) in _GLOBAL_NAMES:
         return f"{_GLOBAL_NAMES[m.group(1)]}.{m.group(2)}"
     return None
@@ -306,12 +322,15 @@ def load_gguf(path: str | Path, dtype: "torch.dtype | None" = None) -> tuple[Mod
     config.eos_token_ids = list(tokenizer.eos_token_ids)
 
     permuted = gf.architecture in _PERMUTED_QK_ARCHS
+    plus_one = gf.architecture in _PLUS_ONE_NORM_ARCHS
     weights: dict[str, torch.Tensor] = {}
     for tensor in gf.tensors:
-        name = hf_name(tensor.name)
+        name = hf_name(tensor.name, gf.architecture)
         if name is None:
             continue
         w = dequantize(tensor)
+        if plus_one and name.endswith("norm.weight"):
+            w -= 1.0
         if permuted and ".self_attn.q_proj." in name:
             w = unpermute_qk(w, config.num_heads)
         elif permuted and ".self_attn.k_proj." in name:
@@ -369,7 +388,7 @@ def load_q4_blocks(path: str | Path) -> dict[str, Q4Blocks]:
     permuted = gf.architecture in _PERMUTED_QK_ARCHS
     out: dict[str, Q4Blocks] = {}
     for tensor in gf.tensors:
-        name = hf_name(tensor.name)
+        name = hf_name(tensor.name, gf.architecture)
         blocks = q4_blocks(tensor) if name is not None else None
         if blocks is None:
             continue

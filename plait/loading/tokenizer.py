@@ -131,17 +131,30 @@ class Tokenizer:
 
     @classmethod
     def from_gguf_metadata(cls, meta: dict[str, Any]) -> "Tokenizer":
-        """Build from a GGUF file's `tokenizer.ggml.*` metadata (byte-level BPE only)."""
+        """Build from a GGUF file's `tokenizer.ggml.*` metadata: byte-level BPE ('gpt2'), or Gemma's
+        SentencePiece BPE ('llama' in a gemma3 file)."""
         model = meta.get("tokenizer.ggml.model")
-        if model != "gpt2":
-            raise NotImplementedError(
-                f"GGUF tokenizer model {model!r} is not supported: plait builds byte-level BPE ('gpt2') "
-                "tokenizers from GGUF metadata. Load the model's HuggingFace directory instead."
-            )
+        arch = meta.get("general.architecture")
         tokens: list[str] = meta["tokenizer.ggml.tokens"]
         types: list[int] = meta.get("tokenizer.ggml.token_type") or [1] * len(tokens)
-        backend = _byte_level_bpe(tokens, types, meta.get("tokenizer.ggml.merges") or [],
-                                  meta.get("tokenizer.ggml.pre"))
+        chat_template = meta.get("tokenizer.chat_template")
+        if model == "llama" and arch == "gemma3":
+            from plait.loading.spm_tokenizer import GEMMA3_CHAT_TEMPLATE, gemma_sentencepiece
+
+            from plait.loading.sources import default_cache_dir
+
+            backend = gemma_sentencepiece(tokens, types, default_cache_dir() / "tokenizers")
+            # Base-model files carry no template; the Gemma 3 turn format is the same for all of them.
+            chat_template = chat_template or GEMMA3_CHAT_TEMPLATE
+        elif model == "gpt2":
+            backend = _byte_level_bpe(tokens, types, meta.get("tokenizer.ggml.merges") or [],
+                                      meta.get("tokenizer.ggml.pre"))
+        else:
+            raise NotImplementedError(
+                f"GGUF tokenizer model {model!r} (architecture {arch!r}) is not supported: plait builds byte-level "
+                "BPE ('gpt2') tokenizers, and Gemma 3's SentencePiece one, from GGUF metadata. Load the model's "
+                "HuggingFace directory instead."
+            )
 
         eos = [meta.get(f"tokenizer.ggml.{k}_token_id") for k in ("eos", "eot", "eom")]
         eos += [i for i, (t, ty) in enumerate(zip(tokens, types)) if t in _EOG_TEXTS and ty == _CONTROL]
@@ -150,7 +163,7 @@ class Tokenizer:
             bos_token_id=meta.get("tokenizer.ggml.bos_token_id"),
             eos_token_ids=[i for i in eos if i is not None],
             add_bos=bool(meta.get("tokenizer.ggml.add_bos_token", False)),
-            chat_template=meta.get("tokenizer.chat_template"),
+            chat_template=chat_template,
         )
 
     @classmethod

@@ -7,6 +7,9 @@ Elsewhere (or without a C compiler) the PyTorch path runs. The packed batch is o
 (decodes, and prompt chunks of one token), then multi-token spans (prefill chunks). Single-token queries run
 together as one grouped-query batched matmul over their gathered context (PyTorch's CPU SDPA is ~15x slower for
 one-token queries in bf16, design.md). Multi-token spans are few per step and run through SDPA.
+
+Sliding-window layers (Gemma 3's local layers) pass `window`: each token then attends only to the last `window`
+positions, itself included (key position > query position - window), as the reference implementation does.
 """
 
 from __future__ import annotations
@@ -81,6 +84,7 @@ class PagedAttention:
         self.num_heads, self.num_kv_heads, self.head_dim = num_heads, num_kv_heads, head_dim
         self.scale = head_dim ** -0.5
         self.kernel_step = None
+        self._window_masks: dict[int, torch.Tensor] = {}  # PyTorch path: single-query masks per window size
         if meta.block_tables is not None:
             self.kernel_step = PagedAttentionStep(kernels, cache.tensor.dtype, meta.slot_mapping, meta.block_tables,
                                                   meta.token_rows, meta.token_context_lens, cache.block_size,
@@ -90,8 +94,14 @@ class PagedAttention:
             self.shared_step = meta.shared_prefix.kernel_step(kernels, cache.tensor.dtype, meta.block_tables,
                                                               cache.block_size, self.scale)
 
-    def __call__(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        out = self._attend(layer, q, k, v)
+    def __call__(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                 window: int | None = None) -> torch.Tensor:
+        """`window`: attend to the last `window` positions only (sliding-window layers); None: all of them."""
+        has_shared = self.shared_step is not None or self.meta.shared_prefix is not None
+        if has_shared and window is not None:
+            # The shared run is attended whole: models with windowed layers run without shared-prefix groups.
+            raise ValueError("shared-prefix attention cannot serve a sliding-window layer")
+        out = self._attend(layer, q, k, v, window)
         if self.shared_step is not None:
             self.shared_step(q, out, self.cache.tensor[layer, 0], self.cache.tensor[layer, 1])
         elif self.meta.shared_prefix is not None:
@@ -99,27 +109,40 @@ class PagedAttention:
                                 self.cache.tensor[layer, 1], self.scale)
         return out
 
-    def _attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    def _attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                window: int | None = None) -> torch.Tensor:
         meta = self.meta
         k_cache, v_cache = self.cache.tensor[layer, 0], self.cache.tensor[layer, 1]  # [kv, slots, d]
         if self.kernel_step is not None:  # the kernel writes k/v into the cache itself
-            return self.kernel_step(q, k, v, k_cache, v_cache)
+            return self.kernel_step(q, k, v, k_cache, v_cache, window=window or 0)
         k_cache.index_copy_(1, meta.slot_mapping, k.transpose(0, 1))
         v_cache.index_copy_(1, meta.slot_mapping, v.transpose(0, 1))
         if not meta.prefills:
-            return self._single(q, k_cache, v_cache)
+            return self._single(q, k_cache, v_cache, window)
         out = torch.empty_like(q)
         if meta.num_single:
-            out[: meta.num_single] = self._single(q[: meta.num_single], k_cache, v_cache)
+            out[: meta.num_single] = self._single(q[: meta.num_single], k_cache, v_cache, window)
         for run in _fresh_runs(meta.prefills):
             if len(run) > 1 or run[0].num_past == 0:
-                self._fresh(q, k, v, run, out)
+                self._fresh(q, k, v, run, out, window)
             else:
                 span = run[0]
-                out[span.start: span.end] = self._span(q, k_cache, v_cache, span)
+                out[span.start: span.end] = self._span(q, k_cache, v_cache, span, window)
         return out
 
-    def _single(self, q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor) -> torch.Tensor:
+    def _single_mask(self, window: int | None) -> torch.Tensor:
+        """The single queries' additive mask, with positions that left the window masked too."""
+        mask = self.meta.single_mask
+        if window is None or window >= mask.shape[-1]:
+            return mask
+        if window not in self._window_masks:
+            context = (mask[0, :, 0, :] == 0).sum(-1)  # each query's context length (its position + 1)
+            old = torch.arange(mask.shape[-1], device=mask.device)[None, :] < (context - window)[:, None]
+            self._window_masks[window] = mask.masked_fill(old[None, :, None, :], float("-inf"))
+        return self._window_masks[window]
+
+    def _single(self, q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+                window: int | None = None) -> torch.Tensor:
         meta = self.meta
         batch, d = q.shape[0], self.head_dim
         group = self.num_heads // self.num_kv_heads
@@ -129,13 +152,13 @@ class PagedAttention:
         values = v_cache.index_select(1, slots).view(self.num_kv_heads, batch, -1, d)
         # Scale the few queries rather than the many scores; softmax accumulates in fp32 whatever the model dtype.
         queries = (q * self.scale).view(batch, self.num_kv_heads, group, d).transpose(0, 1)
-        scores = torch.matmul(queries, keys.transpose(-1, -2)) + meta.single_mask
+        scores = torch.matmul(queries, keys.transpose(-1, -2)) + self._single_mask(window)
         probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)
         out = torch.matmul(probs, values)  # [kv, B, group, d]
         return out.transpose(0, 1).reshape(batch, self.num_heads, d)
 
     def _fresh(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, run: list[PrefillSpan],
-               out: torch.Tensor) -> None:
+               out: torch.Tensor, window: int | None = None) -> None:
         """Equal-length prompt chunks with nothing cached before them: one causal SDPA call for all of them."""
         start, end, n = run[0].start, run[-1].end, len(run)
         length = run[0].end - run[0].start
@@ -143,21 +166,35 @@ class PagedAttention:
         def heads_first(x: torch.Tensor) -> torch.Tensor:
             return x[start:end].view(n, length, x.shape[1], self.head_dim).transpose(1, 2)
 
-        result = F.scaled_dot_product_attention(heads_first(q), heads_first(k), heads_first(v), is_causal=True,
-                                                scale=self.scale, enable_gqa=True)
+        if window is not None and length > window:
+            pos = torch.arange(length, device=q.device)
+            mask = _causal_window_mask(pos, pos, window)
+            result = F.scaled_dot_product_attention(heads_first(q), heads_first(k), heads_first(v), attn_mask=mask,
+                                                    scale=self.scale, enable_gqa=True)
+        else:
+            result = F.scaled_dot_product_attention(heads_first(q), heads_first(k), heads_first(v), is_causal=True,
+                                                    scale=self.scale, enable_gqa=True)
         out[start:end] = result.transpose(1, 2).reshape(end - start, self.num_heads, self.head_dim)
 
     def _span(self, q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
-              span: PrefillSpan) -> torch.Tensor:
+              span: PrefillSpan, window: int | None = None) -> torch.Tensor:
         """A prompt chunk continuing a request whose earlier tokens are in the cache."""
         queries = q[span.start: span.end].transpose(0, 1)[None]
         keys = k_cache.index_select(1, span.context_slots)
         values = v_cache.index_select(1, span.context_slots)
         q_pos = torch.arange(span.num_past, span.num_past + span.end - span.start, device=q.device)
-        mask = torch.arange(keys.shape[1], device=q.device)[None, :] <= q_pos[:, None]
+        mask = _causal_window_mask(q_pos, torch.arange(keys.shape[1], device=q.device), window)
         out = F.scaled_dot_product_attention(queries, keys[None], values[None],
                                              attn_mask=mask, scale=self.scale, enable_gqa=True)
         return out[0].transpose(0, 1)
+
+
+def _causal_window_mask(q_pos: torch.Tensor, k_pos: torch.Tensor, window: int | None) -> torch.Tensor:
+    """[Q, K] bool: key at or before the query and, with a window, fewer than `window` positions back."""
+    mask = k_pos[None, :] <= q_pos[:, None]
+    if window is not None:
+        mask &= k_pos[None, :] > q_pos[:, None] - window
+    return mask
 
 
 def _fresh_runs(spans: list[PrefillSpan]) -> list[list[PrefillSpan]]:

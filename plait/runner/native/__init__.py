@@ -39,7 +39,7 @@ class AttentionArgs(ctypes.Structure):
     _fields_ += [(name, ctypes.c_int64) for name in ("q_stride", "k_stride", "v_stride", "head_stride")]
     _fields_ += [(name, ctypes.c_int32) for name in
                  ("tokens", "heads", "kv_heads", "head_dim", "block_size", "max_blocks")]
-    _fields_ += [("scale", ctypes.c_float)]
+    _fields_ += [("scale", ctypes.c_float), ("window", ctypes.c_int32)]
 
 
 class PrefixArgs(ctypes.Structure):

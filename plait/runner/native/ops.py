@@ -50,9 +50,12 @@ class PagedAttentionStep:
         self.args_ref = ctypes.byref(self.args)
 
     def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor,
-                 v_cache: torch.Tensor) -> torch.Tensor:
+                 v_cache: torch.Tensor, window: int = 0) -> torch.Tensor:
         """q: [T, H, D]; k, v: [T, KV, D] (rows may be strided, heads and dims dense); k_cache/v_cache:
-        [KV, slots, D] contiguous. Writes k/v into the cache, returns attention [T, H, D]."""
+        [KV, slots, D] contiguous. Writes k/v into the cache, returns attention [T, H, D]. `window` > 0: each
+        token attends to its last `window` positions only (sliding-window layers)."""
+        if window < 0:
+            raise ValueError(f"paged_attention: window must be >= 0 (0: no window), got {window}")
         tokens, heads, dim = q.shape
         kv_heads = k_cache.shape[0]
         if tokens != self.tokens or heads % kv_heads:
@@ -77,6 +80,7 @@ class PagedAttentionStep:
         a.k_cache, a.v_cache, a.out = k_cache.data_ptr(), v_cache.data_ptr(), out.data_ptr()
         a.q_stride, a.k_stride, a.v_stride, a.head_stride = q.stride(0), k.stride(0), v.stride(0), k_cache.stride(0)
         a.heads, a.kv_heads, a.head_dim = heads, kv_heads, dim
+        a.window = window
         if self.fn(self.args_ref) != 0:
             raise MemoryError("paged_attention: a kernel thread could not allocate its scratch buffer")
         return out

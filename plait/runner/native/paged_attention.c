@@ -25,6 +25,8 @@
  *   rows            [T] int32: the block-table row of each token's sequence
  *   lengths         [T] int32: context length of each token, itself included
  *   out             [T, H, D] contiguous
+ *   window          0, or a sliding window: token t then attends to its last `window` positions only
+ *                   (positions lengths[t] - window .. lengths[t] - 1), as Gemma 3's local layers do
  */
 #include <float.h>
 #include <math.h>
@@ -172,13 +174,14 @@ __attribute__((always_inline)) static inline void values_generic(
     }
 }
 
-/* Row-wise softmax of the [group, len] scores, in place. */
-static inline void softmax_rows(float *scores, int group, int len) {
+/* Row-wise softmax of the [group, len] scores, in place; the first `skip` columns (left the window) get 0. */
+static inline void softmax_rows(float *scores, int group, int len, int skip) {
     for (int g = 0; g < group; ++g) {
         float *s = scores + g * len;
         float top = -FLT_MAX, sum = 0.0f;  /* not -INFINITY: compiled with -ffast-math, which assumes finite math */
-        for (int t = 0; t < len; ++t) top = s[t] > top ? s[t] : top;
-        for (int t = 0; t < len; ++t) {
+        for (int t = 0; t < skip; ++t) s[t] = 0.0f;
+        for (int t = skip; t < len; ++t) top = s[t] > top ? s[t] : top;
+        for (int t = skip; t < len; ++t) {
             s[t] = expf(s[t] - top);
             sum += s[t];
         }
@@ -187,12 +190,16 @@ static inline void softmax_rows(float *scores, int group, int len) {
     }
 }
 
-/* One (token, kv head): `group` query heads over `len` context tokens.
- * work holds q (scaled, fp32) [group, D], the output accumulator [group, D] and the scores [group, len]. */
+/* One (token, kv head): `group` query heads over context positions first .. len - 1.
+ * work holds q (scaled, fp32) [group, D], the output accumulator [group, D] and the scores [group, len].
+ * A window start skips whole blocks by advancing the table; the rest of its block gets probability 0. */
 __attribute__((always_inline)) static inline void attend_one(
-    const void *q, const void *k_head, const void *v_head, const int32_t *table, int len, int group, int D, int bs,
-    float scale, void *out, float *work, int bf16) {
+    const void *q, const void *k_head, const void *v_head, const int32_t *table, int first, int len, int group,
+    int D, int bs, float scale, void *out, float *work, int bf16) {
     float *q_f = work, *acc = work + group * D, *scores = work + 2 * group * D;
+    table += first / bs;
+    len -= first / bs * bs;
+    const int skip = first % bs;
 #ifdef HAVE_BF16_DOT
     const int fast = bf16 && (D == 64 || D == 128);
 #else
@@ -201,12 +208,12 @@ __attribute__((always_inline)) static inline void attend_one(
     if (fast) {
 #ifdef HAVE_BF16_DOT
         scores_bf16((const uint16_t *)q, (const uint16_t *)k_head, table, len, group, bs, scale, scores, D);
-        softmax_rows(scores, group, len);
+        softmax_rows(scores, group, len, skip);
         values_bf16(scores, (const uint16_t *)v_head, table, len, group, bs, acc, D);
 #endif
     } else {
         scores_generic(q, k_head, table, len, group, D, bs, scale, q_f, scores, bf16);
-        softmax_rows(scores, group, len);
+        softmax_rows(scores, group, len, skip);
         values_generic(scores, v_head, table, len, group, D, bs, acc, bf16);
     }
     for (int i = 0; i < group * D; ++i) store(out, i, acc[i], bf16);
@@ -221,6 +228,7 @@ struct attention_args {
     int64_t q_stride, k_stride, v_stride, head_stride;
     int32_t tokens, heads, kv_heads, head_dim, block_size, max_blocks;
     float scale;
+    int32_t window;
 };
 
 static void write_new_kv(const struct attention_args *a, size_t elem) {
@@ -267,13 +275,14 @@ static int paged_attention(const struct attention_args *a, int bf16) {
             const void *vh = (const char *)a->v_cache + h * a->head_stride * elem;
             const int32_t *table = a->tables + (int64_t)a->rows[t] * a->max_blocks;
             void *ot = (char *)a->out + o_off * elem;
+            const int len = a->lengths[t], first = a->window > 0 && len > a->window ? len - a->window : 0;
             /* Constant head sizes let the compiler unroll the inner loops into whole vector registers. */
             if (D == 64)
-                attend_one(qt, kh, vh, table, a->lengths[t], group, 64, bs, a->scale, ot, work, bf16);
+                attend_one(qt, kh, vh, table, first, len, group, 64, bs, a->scale, ot, work, bf16);
             else if (D == 128)
-                attend_one(qt, kh, vh, table, a->lengths[t], group, 128, bs, a->scale, ot, work, bf16);
+                attend_one(qt, kh, vh, table, first, len, group, 128, bs, a->scale, ot, work, bf16);
             else
-                attend_one(qt, kh, vh, table, a->lengths[t], group, D, bs, a->scale, ot, work, bf16);
+                attend_one(qt, kh, vh, table, first, len, group, D, bs, a->scale, ot, work, bf16);
         }
         free(work);
         restore_fp_mode(fp_mode);
