@@ -153,6 +153,10 @@ class EngineCore:
     def has_unfinished(self) -> bool:
         return bool(self._groups)
 
+    def request_ids(self) -> list[str]:
+        """Ids of the requests the engine still holds."""
+        return list(self._groups)
+
     # ------------------------------------------------------------------------------------ the loop
     def step(self) -> list[EngineOutput]:
         """One forward pass for everything scheduled; returns the news of each request that changed."""

@@ -284,6 +284,10 @@ class AsyncLLM:
                 self._deliver(out)
             else:  # submitted but never picked up
                 self._deliver_error(request_id, EngineDeadError("the engine was shut down"))
+        # Requests whose callers already have their final output (a stop string ended them in the frontend, and
+        # the finish command had not run yet): end them too, so the engine stops holding their KV.
+        for request_id in self.engine.request_ids():
+            self.engine.abort(request_id)
 
     def _apply(self, command: tuple) -> None:
         kind, request_id, stream = command[:3]
