@@ -15,7 +15,7 @@ from plait.core.engine_core import EngineStats
 from plait.distributed.placement import split_by_prefix
 from plait.distributed.replica import (EngineFactory, replica_config, start_replicas, stop_replicas,
                                        validator)
-from plait.engine.prompts import encode_prompt, normalize_batch
+from plait.engine.prompts import encode_prompt, normalize_batch, params_per_prompt
 from plait.outputs import RequestOutput
 from plait.params import SamplingParams
 
@@ -52,14 +52,7 @@ class DataParallelLLM:
         import ray
 
         batch = normalize_batch(prompts)
-        if sampling_params is None:
-            params_list = [SamplingParams()] * len(batch)
-        elif isinstance(sampling_params, SamplingParams):
-            params_list = [sampling_params] * len(batch)
-        else:
-            params_list = list(sampling_params)
-            if len(params_list) != len(batch):
-                raise ValueError(f"sampling_params has {len(params_list)} entries for {len(batch)} prompts")
+        params_list = params_per_prompt(sampling_params, len(batch))
         encoded = [encode_prompt(self.tokenizer, p) for p in batch]  # all errors before anything is queued
         for (_, token_ids), params in zip(encoded, params_list):
             self._validator.validate(token_ids, params)

@@ -8,7 +8,7 @@ from plait.config import EngineConfig
 from plait.engine.builder import build_engine, describe
 from plait.engine.output_processor import RequestState
 from plait.engine.prefix_order import prefix_grouped_order
-from plait.engine.prompts import encode_prompt, normalize_batch
+from plait.engine.prompts import encode_prompt, normalize_batch, params_per_prompt
 from plait.engine.scoring import encode_pair, pair_batch, score_params, to_score
 from plait.outputs import RequestOutput, ScoreOutput
 from plait.params import SamplingParams
@@ -44,14 +44,7 @@ class LLM:
                  use_tqdm: bool = True) -> list[RequestOutput]:
         """Generate for one prompt or a list (text or token ids). Returns outputs in input order."""
         batch = normalize_batch(prompts)
-        if sampling_params is None:
-            params_list = [SamplingParams()] * len(batch)
-        elif isinstance(sampling_params, SamplingParams):
-            params_list = [sampling_params] * len(batch)
-        else:
-            params_list = list(sampling_params)
-            if len(params_list) != len(batch):
-                raise ValueError(f"sampling_params has {len(params_list)} entries for {len(batch)} prompts")
+        params_list = params_per_prompt(sampling_params, len(batch))
         encoded = [encode_prompt(self.tokenizer, p) for p in batch]  # all errors before anything is queued
         order = range(len(encoded))
         if self.config.prefix_grouping and self.config.enable_prefix_caching and len(encoded) > 2:

@@ -37,3 +37,17 @@ def encode_prompt(tokenizer, prompt: Any) -> tuple[str | None, list[int]]:
     if isinstance(prompt, (bytes, bytearray)):
         raise ValueError("prompt must be a str (decode bytes to text first), not bytes")
     raise ValueError(f"prompt must be a string or a list of token ids, got {type(prompt).__name__}")
+
+
+def params_per_prompt(sampling_params: Any, count: int) -> list:
+    """None, one SamplingParams for all, or one per prompt -> a list of `count` SamplingParams."""
+    from plait.params import SamplingParams
+
+    if sampling_params is None:
+        return [SamplingParams()] * count
+    if isinstance(sampling_params, SamplingParams):
+        return [sampling_params] * count
+    params_list = list(sampling_params)
+    if len(params_list) != count:
+        raise ValueError(f"sampling_params has {len(params_list)} entries for {count} prompts")
+    return params_list
