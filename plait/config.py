@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 
 @dataclass
@@ -138,6 +139,9 @@ class EngineConfig:
     shared_prefix_attention: bool = True
     # LLM.generate queues a batch grouped by shared prefix (engine/prefix_order.py), not in the caller's order.
     prefix_grouping: bool = True
+    # Speculative decoding, vLLM's dict: {"method": "ngram" | "suffix", "num_speculative_tokens": 4, ...}
+    # (plait/spec/config.py; JSON text from the CLI). Greedy outputs stay the same; sampling stays exact.
+    speculative_config: Any = None
 
     def __post_init__(self) -> None:
         if self.dtype not in ("auto", "float32", "bfloat16", "float16", "fp32", "bf16", "fp16"):
@@ -151,6 +155,9 @@ class EngineConfig:
             raise ValueError(f"max_model_len must be an integer >= 2 (a prompt token and an output token) or None "
                              f"for the model's context length, got {self.max_model_len!r}")
         SchedulerConfig(self.max_num_seqs, self.token_budget(offline=False))  # validates both
+        from plait.spec.config import SpeculativeConfig
+
+        self.speculative_config = SpeculativeConfig.parse(self.speculative_config)
 
     def token_budget(self, offline: bool) -> int:
         if self.max_num_batched_tokens is not None:

@@ -56,6 +56,8 @@ class SamplingParams:
     # A grammar the output must follow: StructuredOutputsParams or a dict of its fields (json, json_object,
     # regex, choice, grammar); see plait/sampling/structured_params.py.
     structured_outputs: Any = None
+    # False: this request decodes one token per step even when the engine speculates (speculative_config).
+    speculative: bool = True
     stop_strings: list[str] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -107,6 +109,8 @@ class SamplingParams:
                 _fail("prompt_logprobs_start", "an integer >= 1 or None", self.prompt_logprobs_start)
             if self.prompt_logprobs is None:
                 _fail("prompt_logprobs_start", "None unless prompt_logprobs is set", self.prompt_logprobs_start)
+        if not isinstance(self.speculative, bool):
+            _fail("speculative", "true or false", self.speculative)
         if self.stop is None:
             self.stop_strings = []
         elif isinstance(self.stop, str):

@@ -16,6 +16,7 @@ from plait.core.request import Request
 from plait.core.scheduler import Scheduler
 from plait.core.sched_output import ModelOutput, SchedulerOutput
 from plait.params import SamplingParams
+from plait.spec.speculator import SpecStats, Speculator
 
 
 class Runner(Protocol):
@@ -42,6 +43,7 @@ class EngineStats:
     prompt_tokens: int
     generated_tokens: int
     steps: int
+    spec: SpecStats | None = None  # speculative decoding's totals, when the engine speculates
 
     @property
     def kv_usage(self) -> float:
@@ -66,8 +68,9 @@ class _Group:
 
 class EngineCore:
     def __init__(self, scheduler: Scheduler, runner: Runner, tokenizer: TokenizerLike,
-                 eos_token_ids: list[int], vocab_size: int) -> None:
+                 eos_token_ids: list[int], vocab_size: int, speculator: Speculator | None = None) -> None:
         self.scheduler = scheduler
+        self.speculator = speculator
         self.runner = runner
         self.tokenizer = tokenizer
         self.eos_token_ids = frozenset(eos_token_ids)
@@ -160,14 +163,26 @@ class EngineCore:
     # ------------------------------------------------------------------------------------ the loop
     def step(self) -> list[EngineOutput]:
         """One forward pass for everything scheduled; returns the news of each request that changed."""
+        if self.speculator is not None:
+            self.speculator.propose(self.scheduler.running)
         sched = self.scheduler.schedule()
+        if self.speculator is not None:
+            for rid in sched.finished_ids:
+                self.speculator.drop(rid)
         if sched.empty:
             # Nothing can run; still hand the runner the finished ids so its per-request state is dropped.
             if sched.finished_ids:
                 self.runner.execute(sched)
             return []
+        started = time.perf_counter()
         model_out = self.runner.execute(sched)
         self.num_steps += 1
+        if self.speculator is not None:
+            self.speculator.observe_step(sched.num_tokens, time.perf_counter() - started)
+            for chunk in sched.chunks:
+                if chunk.num_draft and chunk.request_id in model_out.sampled:
+                    self.speculator.observe(chunk.request_id, chunk.num_draft,
+                                            len(model_out.sampled[chunk.request_id]) - 1)
         deltas: dict[str, list[SampleDelta]] = {}
         prompt_lps: dict[str, list[tuple[int, RawLogprobs]]] = {}
         for rid, (start, entries) in model_out.prompt_logprobs.items():
@@ -177,11 +192,12 @@ class EngineCore:
                 if fresh:
                     prompt_lps.setdefault(group.request_id, []).extend(fresh)
                     deltas.setdefault(group.request_id, [])
-        for child in self.scheduler.update(sched, model_out):
+        for child, num_new in self.scheduler.update(sched, model_out):
             group = self._child_to_group[child.request_id]
-            logprobs = model_out.sampled[child.request_id].logprobs
+            sampled = model_out.sampled[child.request_id][:num_new]
+            logprobs = [t.logprobs for t in sampled] if sampled[0].logprobs is not None else None
             deltas.setdefault(group.request_id, []).append(SampleDelta(
-                child.sample_index, [child.output_token_ids[-1]], None if logprobs is None else [logprobs],
+                child.sample_index, child.output_token_ids[-num_new:], logprobs,
                 child.finish_reason, child.stop_reason))
         return [self._output(self._groups[rid], samples, prompt_lps.get(rid, []))
                 for rid, samples in deltas.items()]
@@ -227,4 +243,5 @@ class EngineCore:
             prefix_cache_queries=kv.prefix_queries, prefix_cache_hits=kv.prefix_hits,
             preemptions=self.scheduler.num_preemptions,
             prompt_tokens=self.scheduler.num_prompt_tokens_computed,
-            generated_tokens=self.scheduler.num_generated_tokens, steps=self.num_steps)
+            generated_tokens=self.scheduler.num_generated_tokens, steps=self.num_steps,
+            spec=None if self.speculator is None else self.speculator.stats)

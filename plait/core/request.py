@@ -37,6 +37,8 @@ class Request:
     stop_reason: str | int | None = None
     num_preemptions: int = 0
     first_scheduled: float | None = None
+    # Draft tokens for the next step (speculative decoding): set before scheduling, verified with the last token.
+    spec_token_ids: list[int] = field(default_factory=list)
     # Prefix-cache keys of the leading full blocks of all_token_ids, extended as tokens come (never recomputed:
     # a request that waits many steps must not re-hash its whole prompt each step).
     _block_keys: list[BlockKey] = field(default_factory=list, repr=False)

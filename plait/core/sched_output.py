@@ -28,6 +28,9 @@ class ScheduledChunk:
     sample: bool
     # Positions of this chunk whose next-token logprobs the caller asked for (prompt_logprobs), else False.
     prompt_logprobs: bool = False
+    # Speculative decoding: the last `num_draft` of token_ids are drafts; the runner verifies them against the
+    # target's own choices and samples after the accepted run (so `sample` is True).
+    num_draft: int = 0
 
 
 @dataclass
@@ -57,9 +60,10 @@ class SampledToken:
 
 @dataclass
 class ModelOutput:
-    """What the runner returns for one step: a sampled token per chunk that asked for one."""
+    """What the runner returns for one step: the new tokens of each chunk that asked for one: one token, or with
+    drafts the accepted drafts followed by the token sampled after them."""
 
-    sampled: dict[str, SampledToken] = field(default_factory=dict)
+    sampled: dict[str, list[SampledToken]] = field(default_factory=dict)
     # request id -> (position of the chunk's first token, logprob entries of the prompt tokens after each
     # position of the chunk); the position lets the engine place them right after a preemption recomputes.
     prompt_logprobs: dict[str, tuple[int, list[list[tuple[int, float, int]]]]] = field(default_factory=dict)

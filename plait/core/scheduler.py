@@ -87,6 +87,15 @@ class Scheduler:
             if request.status is not Status.RUNNING:
                 continue  # preempted earlier in this loop
             num_new = min(request.num_pending, budget)
+            drafts, request.spec_token_ids = request.spec_token_ids, []
+            if drafts and request.num_pending == 1 and budget > 1:
+                drafts = drafts[: budget - 1]
+                # Drafts ride along only where they fit: they never cause a preemption.
+                if self.kv.allocate(request.request_id, request.num_computed, 1 + len(drafts)):
+                    self._emit(out, request, 1 + len(drafts), drafts)
+                    scheduled.add(request.request_id)
+                    budget -= 1 + len(drafts)
+                    continue
             while not self.kv.allocate(request.request_id, request.num_computed, num_new):
                 victim = max((r for r in self.running if r.request_id not in scheduled), key=Request.sort_key)
                 self._preempt(victim)
@@ -131,8 +140,10 @@ class Scheduler:
             self._emit(out, request, num_new)
             budget -= num_new
 
-    def _emit(self, out: SchedulerOutput, request: Request, num_new: int) -> None:
+    def _emit(self, out: SchedulerOutput, request: Request, num_new: int, drafts: list[int] = ()) -> None:
+        """Schedule the request's next `num_new` tokens, the last len(drafts) of them draft tokens."""
         rid = request.request_id
+        num_new -= len(drafts)
         if rid not in self._seen_by_runner:
             self._seen_by_runner.add(rid)
             out.new_requests.append(NewRequestData(rid, request.prompt_token_ids, request.params, request.seed))
@@ -145,11 +156,12 @@ class Scheduler:
         else:
             tokens = request.output_token_ids[start - prompt_len: start - prompt_len + num_new]
         out.chunks.append(ScheduledChunk(
-            request_id=rid, token_ids=tokens, start=start,
+            request_id=rid, token_ids=tokens + list(drafts), start=start,
             block_table=list(self.kv.block_table(rid)),
             sample=start + num_new == request.num_tokens,
             prompt_logprobs=(request.wants_prompt_logprobs and start < prompt_len
                              and start + num_new > request.params.logits_from),
+            num_draft=len(drafts),
         ))
 
     def _preempt(self, request: Request) -> None:
@@ -163,8 +175,9 @@ class Scheduler:
         bisect.insort(self.waiting, request, key=Request.sort_key)
 
     # ----------------------------------------------------------------------------------------- update
-    def update(self, sched: SchedulerOutput, model_out: ModelOutput) -> list[Request]:
-        """Apply one step's results. Returns requests that got a new token (finished ones included)."""
+    def update(self, sched: SchedulerOutput, model_out: ModelOutput) -> list[tuple[Request, int]]:
+        """Apply one step's results. Returns (request, number of new tokens) for each request that got tokens
+        (finished ones included)."""
         changed = []
         bs = self.kv.block_size
         for chunk in sched.chunks:
@@ -172,34 +185,42 @@ class Scheduler:
             if request is None:
                 continue  # finished (aborted) while the step ran
             before = request.num_computed
-            request.num_computed += len(chunk.token_ids)
+            sampled = model_out.sampled[chunk.request_id] if chunk.sample else []
+            # KV is valid for the chunk's tokens up to the last accepted draft; rejected drafts' slots are
+            # overwritten by the next step and, lying past num_computed, never reach the prefix cache.
+            accepted = max(len(sampled) - 1, 0)
+            request.num_computed += len(chunk.token_ids) - chunk.num_draft + accepted
+            stop, new = None, 0
+            for token in sampled:
+                request.output_token_ids.append(token.token_id)
+                new += 1
+                self.num_generated_tokens += 1
+                # Structured output complete: 'stop' even on the last allowed token.
+                stop = ("stop", None) if token.grammar_ended else self._stop(request, token.token_id)
+                if stop is not None:
+                    break  # tokens after a stop are dropped
+            if stop is not None:  # stopped at an accepted draft: the tokens kept all have their KV
+                request.num_computed = min(request.num_computed, request.num_tokens)
             prompt_len = len(request.prompt_token_ids)
             if before < prompt_len:
                 self.num_prompt_tokens_computed += min(request.num_computed, prompt_len) - before
             if request.num_computed // bs > before // bs:
                 self.kv.commit(request.request_id, request.all_token_ids, request.num_computed)
-            if not chunk.sample:
-                continue
-            sampled = model_out.sampled[chunk.request_id]
-            token = sampled.token_id
-            request.output_token_ids.append(token)
-            self.num_generated_tokens += 1
-            changed.append(request)
-            if sampled.grammar_ended:  # structured output complete: 'stop' even on the last allowed token
-                self.finish(request, "stop")
-            else:
-                self._check_stop(request, token)
+            if new:
+                changed.append((request, new))
+            if stop is not None:
+                self.finish(request, *stop)
         return changed
 
-    def _check_stop(self, request: Request, token: int) -> None:
+    def _stop(self, request: Request, token: int) -> tuple[str, str | int | None] | None:
+        """(finish reason, stop reason) when `token`, just appended, ends the request."""
         params = request.params
         num_out = len(request.output_token_ids)
         if num_out > params.min_tokens:
             if not params.ignore_eos and token in request.eos_token_ids:
-                self.finish(request, "stop")
-                return
+                return "stop", None
             if params.stop_token_ids and token in params.stop_token_ids:
-                self.finish(request, "stop", token)
-                return
+                return "stop", token
         if num_out >= request.max_tokens or request.num_tokens >= self.max_model_len:
-            self.finish(request, "length")
+            return "length", None
+        return None

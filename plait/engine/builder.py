@@ -19,6 +19,7 @@ from plait.runner.model_runner import ModelRunner
 from plait.runner.invariance import check_batch_invariant
 from plait.runner.weight_transforms import TransformContext, WeightTransform, apply_transforms, default_transforms
 from plait.sampling.structured_compiler import GrammarCompiler
+from plait.spec.speculator import Speculator
 
 _DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
            "float16": torch.float16, "fp16": torch.float16}
@@ -127,7 +128,9 @@ def build_engine(config: EngineConfig, model_config: ModelConfig | None = None,
                          grammars=GrammarCompiler(tokenizer, model_config.vocab_size, eos) if tokenizer else None,
                          shared_prefix_attention=(config.shared_prefix_attention and not config.batch_invariant
                                                   and model_config.sliding_window is None))
-    core = EngineCore(scheduler, runner, tokenizer, eos, model_config.vocab_size)
+    speculator = (Speculator(config.speculative_config, max_model_len) if config.speculative_config is not None
+                  else None)
+    core = EngineCore(scheduler, runner, tokenizer, eos, model_config.vocab_size, speculator)
     return BuiltEngine(core, tokenizer, model_config, config, dtype, device, time.perf_counter() - start,
                        generation_defaults, applied)
 

@@ -6,13 +6,15 @@ from dataclasses import dataclass, field
 
 import torch
 
-from plait.core.sched_output import ModelOutput, NewRequestData, SampledToken, SchedulerOutput
+from plait.core.sched_output import ModelOutput, NewRequestData, SampledToken, ScheduledChunk, SchedulerOutput
 from plait.params import SamplingParams
 from plait.runner.attention import KVCache, PagedAttention
 from plait.runner.input_batch import build_input_batch
 from plait.runner.native import Kernels
 from plait.sampling import Sampler, SamplingBatch
+from plait.sampling.sampler import GREEDY_EPS
 from plait.sampling.penalties import PenaltyState
+from plait.sampling.rejection import accepted_greedy, verify_sampled
 from plait.sampling.structured import StructuredState
 from plait.sampling.structured_compiler import GrammarCompiler
 
@@ -30,6 +32,10 @@ class _SamplingState:
     generator: torch.Generator | None
     output_token_ids: list[int] = field(default_factory=list)
     penalties: PenaltyState | None = None  # incremental seen / count index when the request uses penalties
+
+
+def _greedy(params: SamplingParams) -> bool:
+    return params.temperature < GREEDY_EPS
 
 
 class ModelRunner:
@@ -87,35 +93,85 @@ class ModelRunner:
         attention = PagedAttention(self.cache, batch.attention, *self._heads, kernels=self.kernels)
         hidden = self.model(batch.input_ids, batch.positions, attention)
 
-        sample_rows, sample_ids = [], []
+        # Logits rows to sample from: one per sampling chunk, or for a chunk with drafts one per draft + 1 (the
+        # position before each draft predicts it; the last predicts the token after them all).
+        sample_rows: list[int] = []
+        sampled_chunks: list[tuple[ScheduledChunk, int]] = []  # (chunk, its first row in sample_rows)
         for chunk, offset in zip(batch.chunks, batch.offsets):
             if chunk.sample:
-                sample_rows.append(offset + len(chunk.token_ids) - 1)
-                sample_ids.append(chunk.request_id)
+                last = offset + len(chunk.token_ids) - 1
+                sampled_chunks.append((chunk, len(sample_rows)))
+                sample_rows.extend(range(last - chunk.num_draft, last + 1))
             if chunk.prompt_logprobs:
                 self._prompt_logprobs(out, chunk, hidden[offset: offset + len(chunk.token_ids)])
         if not sample_rows:
             return out
         rows = torch.tensor(sample_rows, device=self.device)
         logits = self.model.compute_logits(hidden[rows]).float()
-        states = [self._states[rid] for rid in sample_ids]
-        structured = self.structured if self.structured and self.structured.constrained(sample_ids) else None
+        # Greedy drafts are verified by the same batched sampler call as plain rows (argmax per row); sampled
+        # drafts go through the rejection rule one request at a time (sampling/rejection.py).
+        plain = [(c, r) for c, r in sampled_chunks if not c.num_draft or _greedy(self._states[c.request_id].params)]
+        if plain:
+            self._sample_plain(out, logits, plain)
+        for chunk, row in sampled_chunks:
+            if chunk.num_draft and not _greedy(self._states[chunk.request_id].params):
+                self._verify_sampled(out, logits[row: row + chunk.num_draft + 1], chunk)
+        return out
+
+    def _sample_plain(self, out: ModelOutput, logits: torch.Tensor,
+                      chunks: list[tuple[ScheduledChunk, int]]) -> None:
+        """Sample one token per row in one batched call; a chunk with (greedy) drafts contributes a row per
+        drafted position, each seeing the outputs before it (min_tokens), and keeps its accepted run."""
+        rows, row_ids, row_outputs = [], [], []
+        for chunk, first in chunks:
+            state = self._states[chunk.request_id]
+            drafts = chunk.token_ids[len(chunk.token_ids) - chunk.num_draft:]
+            for i in range(chunk.num_draft + 1):
+                rows.append(first + i)
+                row_ids.append(chunk.request_id)
+                row_outputs.append(state.output_token_ids + drafts[:i] if i else state.output_token_ids)
+        if len(rows) < logits.shape[0]:
+            logits = logits[torch.tensor(rows, device=logits.device)]
+        states = [self._states[rid] for rid in row_ids]
+        structured = self.structured if self.structured and self.structured.constrained(row_ids) else None
         result = self.sampler(logits, SamplingBatch(
             params=[s.params for s in states],
             generators=[s.generator for s in states],
-            output_token_ids=[s.output_token_ids for s in states],
+            output_token_ids=row_outputs,
             prompt_token_ids=[s.prompt_token_ids for s in states],
             eos_token_ids=self.eos_token_ids,
-            allowed=structured.masks(sample_ids, logits.shape[1], logits.device) if structured else None,
+            allowed=structured.masks(row_ids, logits.shape[1], logits.device) if structured else None,
             penalty_states=[s.penalties for s in states],
         ))
-        ended = structured.advance(sample_ids, result.token_ids) if structured else ()
-        for rid, state, token, logprobs in zip(sample_ids, states, result.token_ids, result.logprobs):
-            state.output_token_ids.append(token)
+        ended = structured.advance(row_ids, result.token_ids) if structured else ()
+        row = 0
+        for chunk, _ in chunks:
+            rid, n = chunk.request_id, chunk.num_draft + 1
+            targets = result.token_ids[row: row + n]
+            keep = accepted_greedy(targets, chunk.token_ids[len(chunk.token_ids) - chunk.num_draft:]) + 1
+            self._accept(out, rid, [SampledToken(t, lp, grammar_ended=rid in ended) for t, lp in
+                                    zip(targets[:keep], result.logprobs[row: row + keep])])
+            row += n
+
+    def _verify_sampled(self, out: ModelOutput, logits: torch.Tensor, chunk: ScheduledChunk) -> None:
+        """The rejection rule for one request's drafts over its k + 1 logits rows (sampling/rejection.py)."""
+        state = self._states[chunk.request_id]
+        drafts = chunk.token_ids[len(chunk.token_ids) - chunk.num_draft:]
+        tokens = verify_sampled(self.sampler, logits, drafts, state.params, state.generator,
+                                state.output_token_ids, state.prompt_token_ids, self.eos_token_ids)
+        logprobs: list = [None] * len(tokens)
+        if state.params.logprobs is not None:
+            logprobs = self.sampler.top_logprobs(logits[: len(tokens)], torch.tensor(tokens),
+                                                 state.params.logprobs).to_lists()
+        self._accept(out, chunk.request_id, [SampledToken(t, lp) for t, lp in zip(tokens, logprobs)])
+
+    def _accept(self, out: ModelOutput, request_id: str, tokens: list[SampledToken]) -> None:
+        state = self._states[request_id]
+        for token in tokens:
+            state.output_token_ids.append(token.token_id)
             if state.penalties is not None:
-                state.penalties.add(token)
-            out.sampled[rid] = SampledToken(token, logprobs, grammar_ended=rid in ended)
-        return out
+                state.penalties.add(token.token_id)
+        out.sampled[request_id] = tokens
 
     def _prompt_logprobs(self, out: ModelOutput, chunk, hidden: torch.Tensor) -> None:
         """Logprob of each next prompt token given the positions of this chunk (the caller's prompt_logprobs)."""

@@ -22,7 +22,7 @@ def req(rid, prompt_len, max_tokens=4, priority=0, arrival=0.0):
 
 def run_step(s):
     out = s.schedule()
-    fake = ModelOutput({c.request_id: SampledToken(7) for c in out.chunks if c.sample})
+    fake = ModelOutput({c.request_id: [SampledToken(7)] for c in out.chunks if c.sample})
     s.update(out, fake)
     return out
 

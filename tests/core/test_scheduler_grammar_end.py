@@ -6,7 +6,7 @@ from tests.core.test_scheduler import make, req
 
 def _step(s, grammar_ended: bool):
     out = s.schedule()
-    s.update(out, ModelOutput({c.request_id: SampledToken(7, grammar_ended=grammar_ended)
+    s.update(out, ModelOutput({c.request_id: [SampledToken(7, grammar_ended=grammar_ended)]
                                for c in out.chunks if c.sample}))
 
 

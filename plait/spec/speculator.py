@@ -1,0 +1,163 @@
+"""Per-step drafting: which requests speculate, how many tokens each drafts, and the acceptance metrics.
+
+Before each schedule the engine core asks `propose` to set `Request.spec_token_ids` on decoding requests; the
+scheduler schedules [last token + drafts] as one chunk and the runner verifies it; `observe` then learns from how
+many drafts were accepted. A request's draft length follows its own acceptance (alpha, per drafted token) and the
+step's cost: the j-th draft token is proposed only while alpha ** j (its chance to be accepted) beats the token
+share of the step (spec/cost_model.py). With `adaptive=False` every eligible request drafts up to
+`num_speculative_tokens`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from plait.core.request import Request, Status
+from plait.spec.config import SpeculativeConfig
+from plait.spec.cost_model import StepCostModel
+from plait.spec.ngram import NgramIndex
+from plait.spec.suffix import SuffixFamily
+from plait.spec.tokens import TokenView
+
+# Acceptance estimate: exponentially forgetting counts from a prior of alpha = 0.6 (worth two counts), so a new
+# request drafts a token or more at up to ~16 decodes even before it has shown how well it is drafted for.
+_ACCEPT_DECAY = 0.8
+_PRIOR_ACCEPTED, _PRIOR_REJECTED = 1.2, 0.8
+
+
+@dataclass
+class SpecStats:
+    """Totals since the engine started (vLLM's spec_decode metrics)."""
+
+    num_drafts: int = 0  # verifications that had at least one draft token
+    num_draft_tokens: int = 0
+    num_accepted_tokens: int = 0
+    # accepted tokens by draft position (index 0: the first draft token)
+    accepted_per_position: list[int] = field(default_factory=list)
+
+    @property
+    def acceptance_rate(self) -> float:
+        return self.num_accepted_tokens / self.num_draft_tokens if self.num_draft_tokens else 0.0
+
+    @property
+    def mean_acceptance_length(self) -> float:
+        """Tokens per target forward of a request that drafted: its accepted drafts plus the one it samples."""
+        return 1.0 + self.num_accepted_tokens / self.num_drafts if self.num_drafts else 0.0
+
+
+@dataclass
+class _RequestSpec:
+    ngram: NgramIndex | None
+    family: SuffixFamily | None
+    accepted: float = _PRIOR_ACCEPTED
+    rejected: float = _PRIOR_REJECTED
+
+    @property
+    def alpha(self) -> float:
+        return self.accepted / (self.accepted + self.rejected)
+
+
+def eligible(request: Request) -> bool:
+    """Requests whose verification needs nothing position-dependent beyond min_tokens: penalties and grammars
+    change each position's distribution with the tokens before it, so they decode one token at a time."""
+    p = request.params
+    return p.speculative and not p.uses_penalties and p.structured_outputs is None
+
+
+class Speculator:
+    def __init__(self, config: SpeculativeConfig, max_model_len: int) -> None:
+        self.config = config
+        self.max_model_len = max_model_len
+        self.cost = StepCostModel()
+        self.stats = SpecStats(accepted_per_position=[0] * config.num_speculative_tokens)
+        self._requests: dict[str, _RequestSpec] = {}
+        self._families: dict[tuple[int, ...], SuffixFamily] = {}
+        self._family_of: dict[str, tuple[int, ...]] = {}
+
+    # ------------------------------------------------------------------------------------------- drafting
+    def propose(self, running: list[Request]) -> None:
+        for request in running:  # drafts are for one step only
+            request.spec_token_ids = []
+        decodes = [r for r in running if r.status is Status.RUNNING and r.num_pending == 1]
+        limit = self.config.disable_by_batch_size
+        if not decodes or (limit is not None and len(decodes) > limit):
+            return
+        share = self.cost.token_share(len(decodes), len(decodes)) if self.config.adaptive else 0.0
+        synced: set[int] = set()
+        for request in decodes:
+            if not eligible(request):
+                continue
+            state = self._state(request)
+            k = self._draft_length(request, state, share)
+            if k == 0:
+                continue
+            if state.family is not None:
+                if id(state.family) not in synced:
+                    state.family.sync()
+                    synced.add(id(state.family))
+                c = self.config
+                draft = state.family.propose(request.request_id, k, c.suffix_max_match, c.prompt_lookup_min,
+                                             c.suffix_min_token_share)
+            else:
+                draft = state.ngram.propose(TokenView(request.prompt_token_ids, request.output_token_ids), k)
+            request.spec_token_ids = draft
+
+    def _draft_length(self, request: Request, state: _RequestSpec, share: float) -> int:
+        # The sampled token after the drafts must fit too: within max_tokens and the context.
+        room = min(request.max_tokens - len(request.output_token_ids), self.max_model_len - request.num_tokens) - 1
+        k = min(self.config.num_speculative_tokens, room)
+        if not self.config.adaptive or k <= 0:
+            return max(k, 0)
+        alpha, worth, j = state.alpha, 1.0, 0
+        while j < k:
+            worth *= alpha
+            if worth <= share:
+                break
+            j += 1
+        return j
+
+    def _state(self, request: Request) -> _RequestSpec:
+        state = self._requests.get(request.request_id)
+        if state is None:
+            if self.config.method == "suffix":
+                key = tuple(request.prompt_token_ids)
+                family = self._families.get(key)
+                if family is None:
+                    family = self._families[key] = SuffixFamily(request.prompt_token_ids)
+                family.add_member(request.request_id, request.output_token_ids)
+                self._family_of[request.request_id] = key
+                state = _RequestSpec(None, family)
+            else:
+                state = _RequestSpec(NgramIndex(self.config.prompt_lookup_min, self.config.prompt_lookup_max), None)
+            self._requests[request.request_id] = state
+        return state
+
+    # ------------------------------------------------------------------------------------------- learning
+    def observe_step(self, num_tokens: int, seconds: float) -> None:
+        self.cost.observe(num_tokens, seconds)
+
+    def observe(self, request_id: str, drafted: int, accepted: int) -> None:
+        """One verification of `drafted` tokens of which the first `accepted` matched."""
+        if drafted == 0:
+            return
+        s = self.stats
+        s.num_drafts += 1
+        s.num_draft_tokens += drafted
+        s.num_accepted_tokens += accepted
+        for i in range(accepted):
+            s.accepted_per_position[i] += 1
+        state = self._requests.get(request_id)
+        if state is not None:
+            state.accepted = _ACCEPT_DECAY * state.accepted + accepted
+            state.rejected = _ACCEPT_DECAY * state.rejected + (1 if accepted < drafted else 0)
+
+    def drop(self, request_id: str) -> None:
+        """The request finished or was preempted for good: forget its index (a preempted request keeps it)."""
+        self._requests.pop(request_id, None)
+        key = self._family_of.pop(request_id, None)
+        if key is not None:
+            family = self._families.get(key)
+            if family is not None:
+                family.remove_member(request_id)
+                if not family.members:
+                    del self._families[key]
