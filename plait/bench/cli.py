@@ -31,6 +31,12 @@ def add_bench_parser(subparsers: Any) -> argparse.ArgumentParser:
 
     add_overhead_args(p)
     add_engine_args(p)
+    p = sub.add_parser("spec", formatter_class=fmt,
+                       help="speculative decoding on vs off in one run: copy-heavy and chat workloads, 1..64 streams")
+    from plait.bench.spec import add_spec_bench_args
+
+    add_spec_bench_args(p)
+    add_engine_args(p)
     from plait.bench.serve import add_serve_parser
 
     add_serve_parser(sub)
@@ -59,6 +65,10 @@ def run_bench(args: argparse.Namespace) -> int:
         from plait.bench.overhead import run_overhead
 
         run_overhead(args)
+    elif args.bench_command == "spec":
+        from plait.bench.spec import run_spec_bench
+
+        run_spec_bench(args)
     elif args.bench_command in ("sweep", "roofline", "report"):
         return args.func(args)
     elif args.bench_command == "serve":

@@ -12,6 +12,7 @@ from dataclasses import fields
 from typing import Any, Sequence
 
 from plait.core.engine_core import EngineStats
+from plait.spec.speculator import SpecStats
 from plait.distributed.placement import split_by_prefix
 from plait.distributed.replica import (EngineFactory, replica_config, start_replicas, stop_replicas,
                                        validator)
@@ -110,4 +111,15 @@ def _with_prompt(out: RequestOutput, text: str) -> RequestOutput:
 
 def sum_stats(stats: list[EngineStats]) -> EngineStats:
     """Counters and gauges of several engines added field by field (kv_usage then follows from the sums)."""
-    return EngineStats(**{f.name: sum(getattr(s, f.name) for s in stats) for f in fields(EngineStats)})
+    summed = {f.name: sum(getattr(s, f.name) for s in stats) for f in fields(EngineStats) if f.name != "spec"}
+    return EngineStats(**summed, spec=sum_spec_stats([s.spec for s in stats if s.spec is not None]))
+
+
+def sum_spec_stats(stats: list[SpecStats]) -> SpecStats | None:
+    if not stats:
+        return None
+    width = max(len(s.accepted_per_position) for s in stats)
+    return SpecStats(sum(s.num_drafts for s in stats), sum(s.num_draft_tokens for s in stats),
+                     sum(s.num_accepted_tokens for s in stats),
+                     [sum(s.accepted_per_position[i] for s in stats if i < len(s.accepted_per_position))
+                      for i in range(width)])

@@ -225,7 +225,7 @@ class RayRouter:
     def stats(self) -> EngineStats:
         """All replicas' counters summed (as of the last refresh, at most `health_interval` seconds old)."""
         known = [s.stats for s in self.states if s.stats is not None]
-        return sum_stats(known) if known else EngineStats(*([0] * len(fields(EngineStats))))
+        return sum_stats(known) if known else EngineStats(*([0] * (len(fields(EngineStats)) - 1)))
 
     def replica_states(self) -> list[ReplicaState]:
         return list(self.states)

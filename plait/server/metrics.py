@@ -56,9 +56,22 @@ class _EngineCollector(Collector):
             ("plait:generation_tokens", "Tokens generated.", s.generated_tokens),
             ("plait:engine_steps", "Engine steps (forward passes).", s.steps),
         ]
+        if s.spec is not None:  # vLLM's spec_decode names
+            counters += [
+                ("plait:spec_decode_num_drafts", "Verifications of at least one draft token.", s.spec.num_drafts),
+                ("plait:spec_decode_num_draft_tokens", "Draft tokens proposed.", s.spec.num_draft_tokens),
+                ("plait:spec_decode_num_accepted_tokens", "Draft tokens accepted.", s.spec.num_accepted_tokens),
+            ]
         for name, doc, v in counters:
             c = CounterMetricFamily(name, doc, labels=labels)
             c.add_metric(value, v)
+            yield c
+        if s.spec is not None:
+            c = CounterMetricFamily("plait:spec_decode_num_accepted_tokens_per_pos",
+                                    "Draft tokens accepted, by position in the draft.",
+                                    labels=labels + ["position"])
+            for position, count in enumerate(s.spec.accepted_per_position):
+                c.add_metric(value + [str(position)], count)
             yield c
 
 

@@ -4,7 +4,7 @@ propose what followed them there.
 The index is incremental: each new token adds one entry per n-gram length, so proposing costs O(n range) per step
 whatever the length of the context (no rescans of a long prompt). The latest earlier occurrence wins (in editing
 and extraction the nearest repetition is the likeliest to continue the same way) unless it is too close to the
-end to give k tokens; then the first occurrence does (a loop repeating one phrase).
+end to give k tokens; then the one before it does, or the first (a loop repeating one phrase).
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ class NgramIndex:
     def __init__(self, min_n: int, max_n: int) -> None:
         self.min_n, self.max_n = min_n, max_n
         self._last_end: dict[tuple[int, ...], int] = {}
+        self._previous_end: dict[tuple[int, ...], int] = {}
         self._first_end: dict[tuple[int, ...], int] = {}
         self._indexed = 1  # n-grams ending before this position are in the index
 
@@ -28,14 +29,21 @@ class NgramIndex:
         for end in range(self._indexed, length):
             for n in range(self.min_n, min(self.max_n, end) + 1):
                 gram = tuple(tokens.slice(end - n, end))
+                previous = self._last_end.get(gram)
+                if previous is not None:
+                    self._previous_end[gram] = previous
+                else:
+                    self._first_end[gram] = end
                 self._last_end[gram] = end
-                self._first_end.setdefault(gram, end)
         self._indexed = max(self._indexed, length)
         for n in range(min(self.max_n, length - 1), self.min_n - 1, -1):
             gram = tuple(tokens.slice(length - n, length))
             end = self._last_end.get(gram)
             if end is not None:
-                if end + k > length:
-                    end = self._first_end[gram]
+                for earlier in (self._previous_end.get(gram), self._first_end[gram]):
+                    if end + k <= length:
+                        break
+                    if earlier is not None:
+                        end = earlier
                 return tokens.slice(end, min(end + k, length))
         return []
