@@ -178,7 +178,9 @@ class EngineCore:
         model_out = self.runner.execute(sched)
         self.num_steps += 1
         if self.speculator is not None:
-            self.speculator.observe_step(sched.num_tokens, time.perf_counter() - started)
+            passes = max((c.num_draft for c in sched.chunks), default=0) if model_out.draft_seconds else 0
+            self.speculator.observe_step(sched.num_tokens, time.perf_counter() - started - model_out.draft_seconds,
+                                         model_out.draft_seconds, passes)
             for chunk in sched.chunks:
                 if chunk.num_draft and chunk.request_id in model_out.sampled:
                     self.speculator.observe(chunk.request_id, chunk.num_draft,

@@ -67,3 +67,4 @@ class ModelOutput:
     # request id -> (position of the chunk's first token, logprob entries of the prompt tokens after each
     # position of the chunk); the position lets the engine place them right after a preemption recomputes.
     prompt_logprobs: dict[str, tuple[int, list[list[tuple[int, float, int]]]]] = field(default_factory=dict)
+    draft_seconds: float = 0.0  # time spent in model-based drafting passes this step (speculative decoding)

@@ -19,6 +19,7 @@ from plait.runner.model_runner import ModelRunner
 from plait.runner.invariance import check_batch_invariant
 from plait.runner.weight_transforms import TransformContext, WeightTransform, apply_transforms, default_transforms
 from plait.sampling.structured_compiler import GrammarCompiler
+from plait.spec.build import build_drafter
 from plait.spec.speculator import Speculator
 
 _DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
@@ -68,9 +69,10 @@ def _available_memory() -> int:
 
 def build_engine(config: EngineConfig, model_config: ModelConfig | None = None,
                  weights: dict[str, torch.Tensor] | None = None, tokenizer=None,
-                 offline: bool = False) -> BuiltEngine:
+                 offline: bool = False, draft: tuple[ModelConfig, dict] | None = None) -> BuiltEngine:
     """Load `config.model` (or use the given config/weights/tokenizer, as tests do) and wire the engine.
-    `offline` picks the throughput-oriented default token budget (see EngineConfig.max_num_batched_tokens)."""
+    `offline` picks the throughput-oriented default token budget (see EngineConfig.max_num_batched_tokens);
+    `draft`: a draft model's config and weights for speculative_config method 'draft_model' (tests)."""
     start = time.perf_counter()
     if config.num_threads:
         torch.set_num_threads(config.num_threads)
@@ -128,8 +130,11 @@ def build_engine(config: EngineConfig, model_config: ModelConfig | None = None,
                          grammars=GrammarCompiler(tokenizer, model_config.vocab_size, eos) if tokenizer else None,
                          shared_prefix_attention=(config.shared_prefix_attention and not config.batch_invariant
                                                   and model_config.sliding_window is None))
-    speculator = (Speculator(config.speculative_config, max_model_len) if config.speculative_config is not None
-                  else None)
+    speculator = None
+    if config.speculative_config is not None:
+        speculator = Speculator(config.speculative_config, max_model_len)
+        runner.drafter = build_drafter(config.speculative_config, model, cache, kernels, dtype, device,
+                                       max_model_len, draft)
     core = EngineCore(scheduler, runner, tokenizer, eos, model_config.vocab_size, speculator)
     return BuiltEngine(core, tokenizer, model_config, config, dtype, device, time.perf_counter() - start,
                        generation_defaults, applied)

@@ -109,12 +109,14 @@ class Gemma3ForCausalLM(nn.Module):
             SLIDING: RotaryEmbedding(cfg.head_dim, cfg.max_position, cfg.rope_local_theta or 10000.0, None),
         })
 
-    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, attention: Attention) -> torch.Tensor:
-        """Hidden states [T, hidden] after the final norm."""
+    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, attention: Attention,
+                num_layers: int | None = None) -> torch.Tensor:
+        """Hidden states [T, hidden] after the final norm. `num_layers`: run only the first layers, then the final
+        norm (early-exit drafting: spec/early_exit.py)."""
         x = F.embedding(input_ids, self.embed_tokens) * self.embed_scale
         tables = {kind: rotary.tables(positions, x.dtype) for kind, rotary in self.rotary.items()}
         residual = None
-        for layer in self.layers:
+        for layer in self.layers[:num_layers]:
             x, residual = layer(x, residual, tables, attention)
         return self.norm.add_and_norm(x, residual)[0]
 

@@ -95,12 +95,14 @@ class LlamaForCausalLM(nn.Module):
         self.lm_head = Linear(cfg.hidden_size, cfg.vocab_size, dtype=dtype)
         self.rotary = RotaryEmbedding(cfg.head_dim, cfg.max_position, cfg.rope_theta, cfg.rope_scaling)
 
-    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, attention: Attention) -> torch.Tensor:
-        """Hidden states [T, hidden] after the final norm."""
+    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, attention: Attention,
+                num_layers: int | None = None) -> torch.Tensor:
+        """Hidden states [T, hidden] after the final norm. `num_layers`: run only the first layers, then the final
+        norm (early-exit drafting: spec/early_exit.py)."""
         x = F.embedding(input_ids, self.embed_tokens)
         cos, sin = self.rotary.tables(positions, x.dtype)
         residual = None
-        for layer in self.layers:
+        for layer in self.layers[:num_layers]:
             x, residual = layer(x, residual, cos, sin, attention)
         return self.norm.add_and_norm(x, residual)[0]
 

@@ -17,6 +17,7 @@ from plait.sampling.penalties import PenaltyState
 from plait.sampling.rejection import accepted_greedy, verify_sampled
 from plait.sampling.structured import StructuredState
 from plait.sampling.structured_compiler import GrammarCompiler
+from plait.spec.model_drafter import ModelDrafter
 
 
 # Prompt positions whose logits are computed at once for prompt_logprobs (bounds the [rows, vocab] buffer).
@@ -56,6 +57,7 @@ class ModelRunner:
         self._heads = (cfg.num_heads, cfg.num_kv_heads, cfg.head_dim)
         self._states: dict[str, _SamplingState] = {}
         self.structured = StructuredState(grammars) if grammars is not None else None
+        self.drafter: ModelDrafter | None = None  # early_exit / draft_model speculation (spec/model_drafter.py)
 
     def prepare(self, params: SamplingParams) -> None:
         """Compile a request's grammar before it is queued (called from the submitting thread, not the engine's);
@@ -87,11 +89,15 @@ class ModelRunner:
         out = ModelOutput()
         if not sched.chunks:
             return out
+        if self.drafter is not None:  # model-based drafts fill the chunks' draft slots first
+            out.draft_seconds = self.drafter.draft(sched.chunks, self.device)
         batch = build_input_batch(sched.chunks, self.cache.block_size, self.device, self.cache.tensor.dtype,
                                   attention_kernel=self.kernels is not None,
                                   shared_prefix=self.shared_prefix_attention)
         attention = PagedAttention(self.cache, batch.attention, *self._heads, kernels=self.kernels)
         hidden = self.model(batch.input_ids, batch.positions, attention)
+        if self.drafter is not None:
+            self.drafter.sync(batch)
 
         # Logits rows to sample from: one per sampling chunk, or for a chunk with drafts one per draft + 1 (the
         # position before each draft predicts it; the last predicts the token after them all).

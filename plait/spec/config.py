@@ -6,15 +6,19 @@ import json
 from dataclasses import dataclass, fields
 from typing import Any
 
-METHODS = ("ngram", "suffix")
+METHODS = ("ngram", "suffix", "early_exit", "draft_model")
+MODEL_METHODS = ("early_exit", "draft_model")  # drafts come from a forward pass, not from a lookup
 # Drafts longer than this cost a target forward of many rows for tokens that are rarely all accepted.
 MAX_SPECULATIVE_TOKENS = 16
 
 
 @dataclass(frozen=True)
 class SpeculativeConfig:
-    """`method`: "ngram" (prompt lookup in the request's own tokens) or "suffix" (the longest suffix match over
-    the request and every running request with the same prompt, e.g. the other samples of an n > 1 request).
+    """`method`: "ngram" (prompt lookup in the request's own tokens), "suffix" (the longest suffix match over
+    the request and every running request with the same prompt, e.g. the other samples of an n > 1 request),
+    "early_exit" (the target's own first `exit_layer` layers, then its final norm and LM head: no second model)
+    or "draft_model" (`model`, a smaller model with the same vocabulary, its KV in a cache that shares the
+    target's block tables).
 
     `num_speculative_tokens` is the longest draft; each request's draft length then adapts to its own acceptance
     and to the step's cost (`adaptive`, spec/cost_model.py). `prompt_lookup_max`/`_min` bound the n-gram a
@@ -31,6 +35,8 @@ class SpeculativeConfig:
     suffix_min_token_share: float = 0.3
     disable_by_batch_size: int | None = None
     adaptive: bool = True
+    exit_layer: int | None = None  # early_exit: layers the draft runs (None: a quarter of the model's)
+    model: str | None = None  # draft_model: a .gguf file, an HF directory or a known model name
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -44,6 +50,13 @@ class SpeculativeConfig:
             raise ValueError(f"speculative_config.suffix_min_token_share must be in [0, 1], got {share!r}")
         if self.disable_by_batch_size is not None:
             _int_in("disable_by_batch_size", self.disable_by_batch_size, 1, 1 << 20)
+        if self.exit_layer is not None:
+            _int_in("exit_layer", self.exit_layer, 1, 1 << 10)
+        if self.method == "draft_model" and not self.model:
+            raise ValueError("speculative_config.model is required for method 'draft_model' (a smaller model "
+                             "with the target's vocabulary)")
+        if self.model is not None and not isinstance(self.model, str):
+            raise ValueError(f"speculative_config.model must be a model path or name, got {self.model!r}")
         if not isinstance(self.adaptive, bool):
             raise ValueError(f"speculative_config.adaptive must be true or false, got {self.adaptive!r}")
 

@@ -4,8 +4,10 @@ Before each schedule the engine core asks `propose` to set `Request.spec_token_i
 scheduler schedules [last token + drafts] as one chunk and the runner verifies it; `observe` then learns from how
 many drafts were accepted. A request's draft length follows its own acceptance (alpha, per drafted token) and the
 step's cost: the j-th draft token is proposed only while alpha ** j (its chance to be accepted) beats the token
-share of the step (spec/cost_model.py). With `adaptive=False` every eligible request drafts up to
-`num_speculative_tokens`.
+share of the step (spec/cost_model.py), plus, for drafts that take a forward pass (early_exit, draft_model), the
+pass's share of a step's time. With `adaptive=False` every eligible request drafts up to `num_speculative_tokens`.
+
+Model-based methods get placeholder drafts here; the runner's drafter fills them in (spec/model_drafter.py).
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from plait.core.request import Request, Status
-from plait.spec.config import SpeculativeConfig
+from plait.spec.config import MODEL_METHODS, SpeculativeConfig
 from plait.spec.cost_model import StepCostModel
 from plait.spec.ngram import NgramIndex
 from plait.spec.suffix import SuffixFamily
@@ -73,6 +75,8 @@ class Speculator:
         self._requests: dict[str, _RequestSpec] = {}
         self._families: dict[tuple[int, ...], SuffixFamily] = {}
         self._family_of: dict[str, tuple[int, ...]] = {}
+        self.model_based = config.method in MODEL_METHODS
+        self._pass_seconds = self._step_seconds = 0.0  # exponential averages, for the draft pass's share
 
     # ------------------------------------------------------------------------------------------- drafting
     def propose(self, running: list[Request]) -> None:
@@ -83,6 +87,8 @@ class Speculator:
         if not decodes or (limit is not None and len(decodes) > limit):
             return
         share = self.cost.token_share(len(decodes), len(decodes)) if self.config.adaptive else 0.0
+        if self.model_based and self._step_seconds > 0:
+            share += self._pass_seconds / self._step_seconds
         synced: set[int] = set()
         for request in decodes:
             if not eligible(request):
@@ -90,6 +96,9 @@ class Speculator:
             state = self._state(request)
             k = self._draft_length(request, state, share)
             if k == 0:
+                continue
+            if self.model_based:
+                request.spec_token_ids = [0] * k  # placeholders: the runner's drafter writes the tokens
                 continue
             if state.family is not None:
                 if id(state.family) not in synced:
@@ -133,8 +142,13 @@ class Speculator:
         return state
 
     # ------------------------------------------------------------------------------------------- learning
-    def observe_step(self, num_tokens: int, seconds: float) -> None:
+    def observe_step(self, num_tokens: int, seconds: float, draft_seconds: float = 0.0, draft_passes: int = 0) -> None:
+        """One step: its token count and time without drafting, and the drafting passes' time."""
         self.cost.observe(num_tokens, seconds)
+        self._step_seconds = 0.9 * self._step_seconds + 0.1 * seconds if self._step_seconds else seconds
+        if draft_passes:
+            per_pass = draft_seconds / draft_passes
+            self._pass_seconds = 0.9 * self._pass_seconds + 0.1 * per_pass if self._pass_seconds else per_pass
 
     def observe(self, request_id: str, drafted: int, accepted: int) -> None:
         """One verification of `drafted` tokens of which the first `accepted` matched."""

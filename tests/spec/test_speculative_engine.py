@@ -148,3 +148,46 @@ def test_cli_flag_reaches_the_engine_config():
 
     args = build_parser().parse_args(["generate", "hi", "--speculative-config", '{"method": "suffix"}'])
     assert EngineConfig(**engine_kwargs(args)).speculative_config.method == "suffix"
+
+
+@pytest.mark.parametrize("spec", [{"method": "early_exit", "exit_layer": 1},
+                                  {"method": "draft_model", "model": "tiny-draft"}])
+def test_model_drafters_keep_greedy_outputs(tokenizer, copy_model, spec):
+    """early_exit (the target's first layer) and draft_model (a 1-layer model sharing the vocabulary, its KV in a
+    cache indexed by the target's block tables): greedy tokens identical, drafts accepted, KV all returned, also
+    under preemption and prefix-cache hits."""
+    cfg, weights = copy_model
+    draft_cfg = tiny_config("llama", num_layers=1)
+    draft = (draft_cfg, {k: v for k, v in weights.items() if "layers.1." not in k})  # the target's first layer
+    block = KVCache.bytes_per_block(cfg.num_layers, 16, cfg.num_kv_heads, cfg.head_dim, torch.float32)
+    batch = prompts(10, seed=13)
+    batch += [p[:20] + [7, 8, 9] for p in batch[:3]]
+    params = SamplingParams(max_tokens=24, temperature=0, ignore_eos=True, logprobs=2)
+
+    def run_once(speculative):
+        config = dict(dtype="float32", kv_cache_memory=12 * block, max_num_batched_tokens=32,
+                      batch_invariant=True, speculative_config=speculative)
+        llm = LLM(_prebuilt=build_engine(EngineConfig(**config), cfg, weights, tokenizer, draft=draft), **config)
+        outs = llm.generate([list(p) for p in batch], params, use_tqdm=False)
+        assert llm.engine.scheduler.kv.all_blocks_free()
+        return [signature(o) for o in outs], llm.stats()
+
+    plain, _ = run_once(None)
+    got, stats = run_once({**spec, **ALWAYS})
+    assert got == plain
+    assert stats.preemptions > 0 and stats.prefix_cache_hits > 0
+    assert stats.spec.num_draft_tokens > 0 and stats.spec.num_accepted_tokens > 0
+
+
+def test_model_drafter_settings_are_checked(tokenizer, copy_model):
+    cfg, weights = copy_model
+    with pytest.raises(ValueError, match="exit_layer"):
+        build_engine(EngineConfig(dtype="float32", kv_cache_memory=4 << 20,
+                                  speculative_config={"method": "early_exit", "exit_layer": 2}), cfg, weights, tokenizer)
+    with pytest.raises(ValueError, match="model"):
+        EngineConfig(speculative_config={"method": "draft_model"})
+    other = tiny_config("llama", vocab_size=1000, num_layers=1)
+    with pytest.raises(ValueError, match="vocabulary"):
+        build_engine(EngineConfig(dtype="float32", kv_cache_memory=4 << 20,
+                                  speculative_config={"method": "draft_model", "model": "x"}), cfg, weights,
+                     tokenizer, draft=(other, random_weights(other)))
