@@ -24,7 +24,7 @@ class ScheduledChunk:
     request_id: str
     token_ids: list[int]
     start: int
-    block_table: list[int]
+    block_table: list[int]  # the request's live table in the KV manager: read it during this step only
     sample: bool
     # Positions of this chunk whose next-token logprobs the caller asked for (prompt_logprobs), else False.
     prompt_logprobs: bool = False

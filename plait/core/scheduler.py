@@ -157,7 +157,9 @@ class Scheduler:
             tokens = request.output_token_ids[start - prompt_len: start - prompt_len + num_new]
         out.chunks.append(ScheduledChunk(
             request_id=rid, token_ids=tokens + list(drafts), start=start,
-            block_table=list(self.kv.block_table(rid)),
+            # The KV manager's live table, not a copy (a copy per chunk per step grows with the context): nothing
+            # changes an emitted request's table until the step's update.
+            block_table=self.kv.block_table(rid),
             sample=start + num_new == request.num_tokens,
             prompt_logprobs=(request.wants_prompt_logprobs and start < prompt_len
                              and start + num_new > request.params.logits_from),
