@@ -64,6 +64,13 @@ class _Group:
         return all(c.finished for c in self.children)
 
 
+def check_sample_index(sample_index: object, n: int) -> None:
+    """ValueError unless `sample_index` names one of a request's n samples."""
+    if isinstance(sample_index, bool) or not isinstance(sample_index, int) or not 0 <= sample_index < n:
+        raise ValueError(f"sample_index must be an integer in [0, {n}) (the request has n={n} samples), "
+                         f"got {sample_index!r}")
+
+
 class EngineCore:
     def __init__(self, scheduler: Scheduler, runner: Runner, tokenizer: TokenizerLike,
                  eos_token_ids: list[int], vocab_size: int) -> None:
@@ -125,14 +132,23 @@ class EngineCore:
             self._child_to_group[child.request_id] = group
         self._groups[request_id] = group
 
-    def abort(self, request_id: str) -> EngineOutput | None:
-        """Stop a request now; its KV is freed at once. Returns its final output (finish_reason 'abort' for the
-        samples that were still running), or None for an unknown or finished request."""
+    def abort(self, request_id: str, sample_index: int | None = None) -> EngineOutput | None:
+        """Stop a request now; its KV is freed at once. Returns its output (finish_reason 'abort' for the samples
+        that were still running), or None for an unknown or finished request.
+
+        sample_index: abort only that sample of an n > 1 request (ValueError outside [0, n)); its siblings go
+        on and the request finishes when they all have. None for a sample that had already ended."""
         group = self._groups.get(request_id)
         if group is None:
             return None
+        children = group.children
+        if sample_index is not None:
+            check_sample_index(sample_index, len(children))
+            children = [children[sample_index]]
+            if children[0].finished:
+                return None
         deltas = []
-        for child in group.children:
+        for child in children:
             if not child.finished:
                 self.scheduler.abort(child.request_id)
                 deltas.append(SampleDelta(child.sample_index, [], finish_reason="abort"))

@@ -21,6 +21,7 @@ from typing import Any, AsyncIterator
 from plait.config import EngineConfig
 from plait.engine.builder import build_engine, describe
 from plait.engine.prompts import encode_prompt
+from plait.core.engine_core import check_sample_index
 from plait.core.engine_output import EngineOutput, SampleDelta
 from plait.engine.output_processor import OUTPUT_KINDS, RequestState
 from plait.engine.scoring import encode_pair, score_params, to_score
@@ -183,14 +184,21 @@ class AsyncLLM:
         if self._stopping:
             raise EngineDeadError("the engine is shut down")
 
-    async def abort(self, request_id: str) -> None:
-        self.abort_nowait(request_id)
+    async def abort(self, request_id: str, sample_index: int | None = None) -> None:
+        self.abort_nowait(request_id, sample_index)
 
-    def abort_nowait(self, request_id: str) -> None:
+    def abort_nowait(self, request_id: str, sample_index: int | None = None) -> None:
+        """Abort a request (unknown or finished ones: nothing happens). sample_index: only that sample of an
+        n > 1 request ends ('abort'); the others go on (ValueError outside [0, n))."""
         with self._wake:
             stream = self._streams.get(request_id)
-        if stream is not None:
+        if stream is None:
+            return
+        if sample_index is None:
             self._abort_stream(request_id, stream)
+        else:
+            check_sample_index(sample_index, stream.state.params.n)
+            self._command(("abort_sample", request_id, stream, sample_index))
 
     def _abort_stream(self, request_id: str, stream: _Stream) -> None:
         # The command names the stream, so a late abort can never hit a new request that reuses the id.
@@ -314,6 +322,12 @@ class AsyncLLM:
             n = stream.state.params.n
             self._deliver(EngineOutput(request_id, [SampleDelta(i, [], finish_reason="abort") for i in range(n)],
                                        finished=True))
+            return
+        if kind == "abort_sample":
+            if any(held[2] is stream for held in self._updater.held):
+                self._updater.held.append(command)  # replayed after its held 'add', in order
+            elif (out := self.engine.abort(request_id, command[3])) is not None:
+                self._deliver(out)
             return
         if kind == "add":
             _, _, _, token_ids, params = command
