@@ -11,6 +11,7 @@ import time
 from dataclasses import dataclass
 from typing import Protocol
 
+from plait.cache.holds import Hold
 from plait.core.engine_output import EngineOutput, RawLogprobs, SampleDelta
 from plait.core.request import Request
 from plait.core.scheduler import Scheduler
@@ -233,6 +234,17 @@ class EngineCore:
     def reset_prefix_cache(self) -> None:
         """No later request reuses KV computed before this call (running requests keep their own KV)."""
         self.scheduler.kv.reset_prefix_cache()
+
+    # ------------------------------------------------------------------------------------ prefix holds
+    def hold_prefix(self, prompt_token_ids: list[int]) -> Hold:
+        """Pin the cached full blocks of a prefix until `release_prefix` (plait/cache/holds.py). Computes
+        nothing: the frontend (plait/engine/prefix_hold.py) runs what is missing and pins again. ValueError past
+        the holds' bounds or with the prefix cache off."""
+        return self.scheduler.kv.hold_prefix(prompt_token_ids)
+
+    def release_prefix(self, hold_id: int) -> bool:
+        """Unpin a hold; False if it was already gone (released, or dropped by reset_prefix_cache)."""
+        return self.scheduler.kv.release_hold(hold_id)
 
     # ------------------------------------------------------------------------------------ stats
     def stats(self) -> EngineStats:

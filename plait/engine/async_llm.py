@@ -20,6 +20,7 @@ from typing import Any, AsyncIterator
 
 from plait.config import EngineConfig
 from plait.engine.builder import build_engine, describe
+from plait.engine.prefix_hold import PrefixHandle, hold_prefix_async
 from plait.engine.prompts import encode_prompt
 from plait.core.engine_core import check_sample_index
 from plait.core.engine_output import EngineOutput, SampleDelta
@@ -216,6 +217,19 @@ class AsyncLLM:
     def stats(self):
         return self.engine.stats()
 
+    async def hold_prefix(self, prompt: Any) -> PrefixHandle:
+        """Compute `prompt` (text or token ids) if it is not cached and keep its full KV blocks resident until the
+        handle's `release()`; see plait/engine/prefix_hold.py. ValueError for bad input or past the bounds."""
+        return await hold_prefix_async(self, prompt)
+
+    def call_in_engine(self, fn, *args) -> concurrent.futures.Future:
+        """Run `fn(*args)` in the engine thread between steps (engine state is only touched there); the future
+        gets its result or exception. Asyncio callers `await asyncio.wrap_future(...)` it."""
+        self._check_alive()
+        future: concurrent.futures.Future = concurrent.futures.Future()
+        self._command(("call", None, None, (fn, args), future))
+        return future
+
     @property
     def weight_version(self):
         """The version of the weights steps run on now (None: as loaded)."""
@@ -305,6 +319,14 @@ class AsyncLLM:
         if kind == "update_weights":
             self._updater.start(*command[3:])
             return
+        if kind == "call":
+            (fn, args), future = command[3:]
+            if future.set_running_or_notify_cancel():
+                try:
+                    future.set_result(fn(*args))
+                except Exception as exc:  # noqa: BLE001 - the caller's error, not the engine's
+                    future.set_exception(exc)
+            return
         if kind == "finish_sample":
             # Not gated on the stream: the frontend may already have dropped it (its request is over), and no
             # newer request with this id can be in the engine yet, since commands apply in order.
@@ -346,9 +368,10 @@ class AsyncLLM:
         """The loop ends: weight updates waiting to drain or still queued will never happen; their callers hear."""
         self._updater.fail_pending(exc)
         with self._wake:
-            queued = [c for c in self._commands if c[0] == "update_weights"]
+            queued = [c for c in self._commands if c[0] in ("update_weights", "call")]
         for command in queued:
-            command[4].set_exception(exc)
+            if not command[4].done():  # a caller may have cancelled its queued call
+                command[4].set_exception(exc)
 
     def _abort_all(self) -> int:
         """Engine thread: end every request the engine holds (update_weights mode 'abort')."""

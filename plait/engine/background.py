@@ -171,6 +171,10 @@ class BackgroundLLM:
     def reset_prefix_cache(self) -> None:
         self.async_llm.reset_prefix_cache()
 
+    def hold_prefix(self, prompt: Any, timeout: float | None = None):
+        """Blocking `AsyncLLM.hold_prefix` (computes the prefix if needed): returns its PrefixHandle."""
+        return asyncio.run_coroutine_threadsafe(self.async_llm.hold_prefix(prompt), self._loop).result(timeout)
+
     def stats(self):
         return self.async_llm.stats()
 
