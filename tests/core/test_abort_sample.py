@@ -66,3 +66,18 @@ def test_sample_index_out_of_range_raises(make_engine):
     assert core.abort("unknown", 0) is None
     core.abort("r")
     assert core.scheduler.kv.all_blocks_free()
+
+
+def test_abort_the_sample_computing_the_shared_prompt_mid_prefill(make_engine):
+    """Sample 0 computes the prompt its siblings wait for (chunked prefill); aborting it mid-way lets a sibling
+    take over: the others still finish with their own seeded tokens and every block comes back."""
+    core = make_engine(max_num_batched_tokens=16, block_size=4).engine
+    prompt = prompts(1, seed=8, lo=60, hi=60)[0]
+    params = SamplingParams(n=3, max_tokens=10, temperature=1.0, seed=4, ignore_eos=True)
+    full, _, _ = run(core, "plain", prompt, params)
+    core.reset_prefix_cache()  # the prompt must be computed again, in chunks
+    cut, reasons, aborted = run(core, "cut", prompt, params, abort_at=1, sample_index=0)
+    assert aborted.num_cached_tokens == 0
+    assert reasons == ["abort", "length", "length"] and cut[0] == []
+    assert cut[1:] == full[1:]
+    assert core.scheduler.kv.all_blocks_free() and not core.has_unfinished()
