@@ -225,9 +225,11 @@ class AsyncLLM:
     def call_in_engine(self, fn, *args) -> concurrent.futures.Future:
         """Run `fn(*args)` in the engine thread between steps (engine state is only touched there); the future
         gets its result or exception. Asyncio callers `await asyncio.wrap_future(...)` it."""
-        self._check_alive()
         future: concurrent.futures.Future = concurrent.futures.Future()
-        self._command(("call", None, None, (fn, args), future))
+        with self._wake:
+            self._check_alive()  # under the lock: a loop that stops later still finds this call and fails it
+            self._commands.append(("call", None, None, (fn, args), future))
+            self._wake.notify()
         return future
 
     @property

@@ -108,3 +108,19 @@ def test_background_hold(make_engine):
     assert out.num_cached_tokens == 32
     handle.release()
     wait_kv_free(engine.async_llm)
+
+
+def test_async_hold_after_shutdown_raises_and_release_is_quiet(make_engine):
+    from plait.engine.async_llm import EngineDeadError
+
+    engine = make_engine(AsyncLLM, **SMALL_POOL)
+    prefix = prompts(1, seed=10, lo=32, hi=32)[0]
+
+    async def main():
+        handle = await engine.hold_prefix(prefix)
+        engine.shutdown()
+        handle.release()  # the engine is gone: nothing to return blocks to, and no error
+        with pytest.raises(EngineDeadError):
+            await engine.hold_prefix(prefix)
+
+    asyncio.run(main())
