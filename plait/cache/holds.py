@@ -5,9 +5,10 @@ Contract:
 - `pin(blocks, wanted_blocks)` takes one extra reference on each block (BlockPool.touch): a held block is in use,
   never on the free list, so `allocate` can never evict it. The blocks keep their prefix-cache keys, so every
   request that starts with the prefix hits them.
-- Holds may pin at most `max_blocks` distinct blocks in all (half the pool by default) and there are at most
-  `max_holds` of them: a hold that would pass either bound raises ValueError and pins nothing, so holds can
-  never starve running requests of the whole pool.
+- Holds may pin at most `max_blocks` distinct blocks in all (half the pool by default), minus what the caller
+  asks to keep free (`keep_free`: the engine keeps room for the longest request it accepts, so no admissible
+  request can wait forever behind holds), and there are at most `max_holds` of them: a hold that would pass
+  either bound raises ValueError and pins nothing.
 - `release(hold_id)` drops the hold's references: blocks no other user holds go back to the free list (as most
   recently used) and are evictable again. Releasing twice, or a hold that `release_all` already dropped, does
   nothing and returns False.
@@ -65,25 +66,31 @@ class PrefixHolds:
         """Distinct blocks pinned by at least one hold."""
         return len(self._pins)
 
-    def check_size(self, wanted_blocks: int) -> None:
+    def limit(self, keep_free: int = 0) -> int:
+        """The most distinct blocks holds may pin together while `keep_free` blocks stay unheld."""
+        return max(0, min(self.max_blocks, self.pool.num_blocks - keep_free))
+
+    def check_size(self, wanted_blocks: int, keep_free: int = 0) -> None:
         """ValueError if a prefix of `wanted_blocks` full blocks could never be held."""
         if wanted_blocks < 1:
             raise ValueError(f"a held prefix must cover at least one full KV block ({self.block_size} tokens)")
-        if wanted_blocks > self.max_blocks:
+        if wanted_blocks > self.limit(keep_free):
             raise ValueError(
                 f"the prefix has {wanted_blocks} full KV blocks ({wanted_blocks * self.block_size} tokens) but "
-                f"holds may pin at most {self.max_blocks} of the pool's {self.pool.num_blocks} blocks")
+                f"holds may pin at most {self.limit(keep_free)} of the pool's {self.pool.num_blocks} blocks "
+                f"(at most {self.max_blocks}, keeping {keep_free} free for the longest request; a smaller "
+                f"max_model_len or more kv_cache_memory leaves more)")
 
-    def pin(self, blocks: list[int], wanted_blocks: int) -> Hold:
-        self.check_size(wanted_blocks)
+    def pin(self, blocks: list[int], wanted_blocks: int, keep_free: int = 0) -> Hold:
+        self.check_size(wanted_blocks, keep_free)
         if len(self._holds) >= self.max_holds:
             raise ValueError(f"at most {self.max_holds} prefix holds may exist at once; release some first")
         new = len({b for b in blocks if b not in self._pins})
-        if self.num_held_blocks + new > self.max_blocks:
+        if self.num_held_blocks + new > self.limit(keep_free):
             raise ValueError(
                 f"holding this prefix would pin {self.num_held_blocks + new} KV blocks; holds may pin at most "
-                f"{self.max_blocks} of the pool's {self.pool.num_blocks} ({self.num_held_blocks} already held); "
-                f"release some holds first")
+                f"{self.limit(keep_free)} of the pool's {self.pool.num_blocks} ({self.num_held_blocks} already "
+                f"held); release some holds first")
         for block in blocks:
             self.pool.touch(block)
             self._pins[block] = self._pins.get(block, 0) + 1

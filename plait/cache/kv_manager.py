@@ -103,14 +103,15 @@ class KVCacheManager:
             parent = key
         return match
 
-    def hold_prefix(self, tokens: list[int]) -> Hold:
+    def hold_prefix(self, tokens: list[int], keep_free: int = 0) -> Hold:
         """Pin the leading cached full blocks of `tokens` (all of its full blocks, the one holding its last token
-        too) until `release_hold`. The hold is incomplete when part of the prefix is not cached; ValueError when
-        the prefix cache is off or the hold passes the bounds of plait/cache/holds.py."""
+        too) until `release_hold`, leaving at least `keep_free` blocks unheld. The hold is incomplete when part
+        of the prefix is not cached; ValueError when the prefix cache is off or the hold passes the bounds of
+        plait/cache/holds.py."""
         if not self.enable_prefix_caching:
             raise ValueError("holding a prefix needs the prefix cache (enable_prefix_caching=True)")
         wanted = len(tokens) // self.block_size
-        self.holds.check_size(wanted)
+        self.holds.check_size(wanted, keep_free)
         blocks, parent = [], None
         for i in range(wanted):
             parent = BlockKey.chain(parent, tuple(tokens[i * self.block_size: (i + 1) * self.block_size]))
@@ -118,7 +119,7 @@ class KVCacheManager:
             if block is None:
                 break
             blocks.append(block)
-        return self.holds.pin(blocks, wanted)
+        return self.holds.pin(blocks, wanted, keep_free)
 
     def release_hold(self, hold_id: int) -> bool:
         """Unpin a hold's blocks (evictable again once no request uses them). False if it was already gone."""

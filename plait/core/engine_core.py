@@ -239,8 +239,13 @@ class EngineCore:
     def hold_prefix(self, prompt_token_ids: list[int]) -> Hold:
         """Pin the cached full blocks of a prefix until `release_prefix` (plait/cache/holds.py). Computes
         nothing: the frontend (plait/engine/prefix_hold.py) runs what is missing and pins again. ValueError past
-        the holds' bounds or with the prefix cache off."""
-        return self.scheduler.kv.hold_prefix(prompt_token_ids)
+        the holds' bounds or with the prefix cache off.
+
+        Holds leave room for the longest request the engine accepts (check_fits: up to max_model_len - 1 tokens of
+        KV, or the whole pool), so no admissible request can wait forever behind them."""
+        kv = self.scheduler.kv
+        longest = min(kv.num_blocks, kv.blocks_for(self.scheduler.max_model_len - 1))
+        return kv.hold_prefix(prompt_token_ids, keep_free=longest)
 
     def release_prefix(self, hold_id: int) -> bool:
         """Unpin a hold; False if it was already gone (released, or dropped by reset_prefix_cache)."""

@@ -72,9 +72,12 @@ def hold_prefix_offline(llm: Any, prompt: Any) -> PrefixHandle:
     core.validate(ids, COMPUTE)
     hold = core.hold_prefix(ids)
     if not hold.complete:
-        llm.generate([ids], COMPUTE, use_tqdm=False)  # the partial pin stays: the request hits those blocks
-        partial, hold = hold, core.hold_prefix(ids)
-        core.release_prefix(partial.hold_id)
+        partial = hold
+        try:
+            llm.generate([ids], COMPUTE, use_tqdm=False)  # the partial pin stays: the request hits those blocks
+            hold = core.hold_prefix(ids)  # may pass the bounds now that the whole prefix is cached
+        finally:
+            core.release_prefix(partial.hold_id)
         if not hold.complete:
             core.release_prefix(hold.hold_id)
             raise _not_resident(1)

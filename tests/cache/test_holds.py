@@ -66,6 +66,8 @@ def test_bounds_raise_and_pin_nothing():
     kv.release_hold(first.hold_id)
     kv.release_hold(again.hold_id)
     assert kv.all_blocks_free()
+    with pytest.raises(ValueError, match="at most 2 of the pool's 8 blocks"):
+        kv.hold_prefix(list(range(1, 7)), keep_free=6)  # room kept for a 6-block request
     off = KVCacheManager(num_blocks=8, block_size=2, enable_prefix_caching=False)
     with pytest.raises(ValueError, match="enable_prefix_caching"):
         off.hold_prefix([1, 2, 3])

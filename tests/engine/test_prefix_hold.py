@@ -69,8 +69,9 @@ def test_reset_drops_holds_and_bounds_raise(make_engine):
     assert llm.engine.scheduler.kv.all_blocks_free()
     with pytest.raises(ValueError, match="at least one full KV block"):
         llm.hold_prefix(prefix[:10])
-    with pytest.raises(ValueError, match="at most 20 of the pool's 40 blocks"):
-        llm.hold_prefix(prompts(1, seed=6, lo=21 * 16, hi=21 * 16)[0])
+    # 40 blocks; the longest request (511 tokens of KV) needs 32, so holds may pin 8.
+    with pytest.raises(ValueError, match="at most 8 of the pool's 40 blocks"):
+        llm.hold_prefix(prompts(1, seed=6, lo=9 * 16, hi=9 * 16)[0])
     with pytest.raises(ValueError, match="token ids"):
         llm.hold_prefix([-1] * 20)
     off = make_engine(enable_prefix_caching=False)
@@ -124,3 +125,34 @@ def test_async_hold_after_shutdown_raises_and_release_is_quiet(make_engine):
             await engine.hold_prefix(prefix)
 
     asyncio.run(main())
+
+
+def test_the_longest_request_still_runs_beside_full_holds(make_engine):
+    """Holds leave room for the longest request the engine accepts, so it runs instead of waiting forever."""
+    llm = make_engine(**SMALL_POOL)
+    first, second = prompts(2, seed=12, lo=64, hi=64)
+    handles = [llm.hold_prefix(first), llm.hold_prefix(second)]  # 8 blocks: the limit
+    with pytest.raises(ValueError, match="would pin 9 KV blocks"):
+        llm.hold_prefix(prompts(1, seed=13, lo=16, hi=16)[0])
+    longest = prompts(1, seed=14, lo=400, hi=400)[0]
+    out = llm.generate([longest], SamplingParams(max_tokens=112, temperature=0, ignore_eos=True), use_tqdm=False)
+    assert len(out[0].outputs[0].token_ids) == 112  # 511 tokens of KV: 32 blocks beside the 8 held
+    assert cached_tokens(llm, first + [1]) == 64 and cached_tokens(llm, second + [1]) == 64
+    for handle in handles:
+        handle.release()
+    assert llm.engine.scheduler.kv.all_blocks_free()
+
+
+def test_async_hold_past_the_bound_leaks_nothing(make_engine):
+    engine = make_engine(AsyncLLM, **SMALL_POOL)
+    first, second, third = prompts(3, seed=15, lo=64, hi=64)
+
+    async def main():
+        handles = [await engine.hold_prefix(first), await engine.hold_prefix(second)]
+        with pytest.raises(ValueError, match="would pin"):
+            await engine.hold_prefix(third)  # computed, then refused: its partial pin is released too
+        for handle in handles:
+            handle.release()
+
+    asyncio.run(main())
+    wait_kv_free(engine)
