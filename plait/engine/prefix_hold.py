@@ -92,8 +92,10 @@ async def hold_prefix_async(async_llm: Any, prompt: Any) -> PrefixHandle:
     core.validate(ids, COMPUTE)
 
     def release(hold_id: int) -> None:
-        if async_llm.is_running:  # a dead or shut-down engine has no pool left to return blocks to
+        try:
             async_llm.call_in_engine(core.release_prefix, hold_id)
+        except RuntimeError:  # EngineDeadError: a dead or shut-down engine has no pool left to return blocks to
+            pass
 
     held: Hold | None = None
     try:
