@@ -13,6 +13,7 @@ import time
 from typing import Any
 
 from plait.bench import report
+from plait.bench.fork import add_fork_args, run_fork
 from plait.bench.report import Throughput
 from plait.bench.workloads import WORKLOADS, Workload, add_extra_workload_args, make_workload, workload_from_args
 from plait.params import SamplingParams
@@ -20,12 +21,14 @@ from plait.params import SamplingParams
 
 def add_offline_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("workload")
-    g.add_argument("--workload", choices=WORKLOADS, default="random",
+    g.add_argument("--workload", choices=WORKLOADS + ("fork",), default="random",
                    help="random: input lengths uniform in [--min-input-len, --max-input-len]; "
                         "fixed: every input --input-len; sharegpt-like: log-normal ShareGPT-shaped input/output "
                         "lengths (synthetic, seeded); shared-prefix: --num-groups x --prompts-per-group prompts "
                         "sharing a --prefix-len system prompt, then a --question-len question; chat: real "
-                        "questions through the model's chat template")
+                        "questions through the model's chat template; fork: --num-questions prompts of --input-len "
+                        "tokens sampled n times each for n in --samples, against as many independent prompts "
+                        "(plait/bench/fork.py)")
     g.add_argument("--num-prompts", type=int, default=256, help="requests in the workload")
     g.add_argument("--input-len", type=int, default=128, help="prompt tokens (fixed workload)")
     g.add_argument("--min-input-len", type=int, default=64, help="shortest prompt (random workload)")
@@ -33,6 +36,7 @@ def add_offline_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--output-len", type=int, default=128, help="tokens generated per request (EOS ignored)")
     g.add_argument("--seed", type=int, default=0, help="workload seed; the same seed gives the same prompts")
     add_extra_workload_args(g)
+    add_fork_args(g)
     add_run_args(p, baselines=("hf", "llama.cpp"))
     b = p.add_argument_group("baseline")
     b.add_argument("--hf-batch-size", type=int, default=None,
@@ -167,6 +171,8 @@ def run_offline(args: argparse.Namespace, llm: Any = None, hf_model: Any = None)
         from plait.engine.llm import LLM
 
         llm = LLM(**engine_kwargs(args))
+    if args.workload == "fork":
+        return run_fork(args, llm)
     repeats = args.repeats or 1
     progress = not args.no_tqdm
     workload = build_workload(args, llm.tokenizer)

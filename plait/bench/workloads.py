@@ -139,6 +139,25 @@ def shared_prefix_workload(vocab_size: int, special_ids: Iterable[int] = (), num
     return Workload("shared-prefix", prompts, [output_len] * len(prompts), seed)
 
 
+def fork_workloads(vocab_size: int, special_ids: Iterable[int] = (), num_questions: int = 4, n: int = 16,
+                   prompt_len: int = 1024, output_len: int = 128, seed: int = 0) -> tuple[Workload, Workload]:
+    """The fork benchmark's pair for one n: (`num_questions` prompts, each to be sampled n times; the same number
+    of samples as `num_questions` x n independent prompts of the same length). Every prompt starts with its own
+    token (vocabulary permitting), so independent prompts share no KV block and questions share none either."""
+    if num_questions < 1 or n < 1:
+        raise ValueError(f"questions and samples per question must be >= 1, got {num_questions} x {n}")
+    if prompt_len < 1:
+        raise ValueError(f"prompt length must be >= 1, got {prompt_len}")
+    _check(num_questions, output_len)
+    rng = random.Random(seed)
+    allowed = _allowed_ids(vocab_size, special_ids)
+    firsts = _distinct_firsts(rng, allowed, num_questions * n)
+    prompts = [[first] + _draw(rng, allowed, prompt_len - 1) for first in firsts]
+    # The questions are the first of the independent prompts, so n = 1 compares identical work.
+    return (Workload("fork", prompts[:num_questions], [output_len] * num_questions, seed),
+            Workload("fork-independent", prompts, [output_len] * len(prompts), seed))
+
+
 # chat: real questions (varied topics and lengths) combined with seeded phrasings, rendered by the chat template.
 CHAT_QUESTIONS = (
     "What is the difference between a list and a tuple in Python?",

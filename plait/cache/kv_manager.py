@@ -8,6 +8,8 @@ Contract for the scheduler:
   nothing and returns False (the caller then preempts someone or waits).
 - `commit(req, tokens, num_computed)` after a step registers the newly full blocks in the prefix cache.
 - `free(req)` drops the request's references; shared blocks live on while other users hold them.
+- `hold_prefix(tokens)` pins the cached full blocks of a prefix until `release_hold` (plait/cache/holds.py);
+  `reset_prefix_cache` drops every hold.
 - `announce(req, tokens, match)` after admission marks the full prompt blocks the request is about to compute as
   pending; a later `match_prefix` whose next block is pending names its owner, so the scheduler can let that
   request wait one step instead of computing the same prefix twice (BatchLLM-style sharing within a batch).
@@ -19,6 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from plait.cache.block_pool import BlockKey, BlockPool
+from plait.cache.holds import Hold, PrefixHolds
 
 
 @dataclass
@@ -62,6 +65,7 @@ class KVCacheManager:
         self.prefix_hits = 0  # of which found cached
         self._pending: dict[BlockKey, str] = {}  # full blocks being computed -> the request computing them
         self.epoch = 0  # bumped by reset_prefix_cache
+        self.holds = PrefixHolds(self.pool, block_size)
 
     @property
     def num_blocks(self) -> int:
@@ -98,6 +102,28 @@ class KVCacheManager:
             match.keys.append(key)
             parent = key
         return match
+
+    def hold_prefix(self, tokens: list[int], keep_free: int = 0) -> Hold:
+        """Pin the leading cached full blocks of `tokens` (all of its full blocks, the one holding its last token
+        too) until `release_hold`, leaving at least `keep_free` blocks unheld. The hold is incomplete when part
+        of the prefix is not cached; ValueError when the prefix cache is off or the hold passes the bounds of
+        plait/cache/holds.py."""
+        if not self.enable_prefix_caching:
+            raise ValueError("holding a prefix needs the prefix cache (enable_prefix_caching=True)")
+        wanted = len(tokens) // self.block_size
+        self.holds.check_size(wanted, keep_free)
+        blocks, parent = [], None
+        for i in range(wanted):
+            parent = BlockKey.chain(parent, tuple(tokens[i * self.block_size: (i + 1) * self.block_size]))
+            block = self.pool.lookup(parent)
+            if block is None:
+                break
+            blocks.append(block)
+        return self.holds.pin(blocks, wanted, keep_free)
+
+    def release_hold(self, hold_id: int) -> bool:
+        """Unpin a hold's blocks (evictable again once no request uses them). False if it was already gone."""
+        return self.holds.release(hold_id)
 
     def record_lookup(self, num_tokens: int, match: PrefixMatch) -> None:
         """Count one admitted request's prefix lookup (deferred lookups are not counted twice)."""
@@ -178,7 +204,9 @@ class KVCacheManager:
         self.pool.clear_cache()
         self._pending.clear()
         self.epoch += 1
+        self.holds.release_all()  # a pin on KV no later request may hit would only keep memory from use
 
     def all_blocks_free(self) -> bool:
         """The leak invariant: every block is free (cached-but-unused blocks count as free)."""
-        return self.pool.num_free == self.pool.num_blocks and not self._tables and not self._pending
+        return (self.pool.num_free == self.pool.num_blocks and not self._tables and not self._pending
+                and not len(self.holds))

@@ -11,6 +11,7 @@ import time
 from dataclasses import dataclass
 from typing import Protocol
 
+from plait.cache.holds import Hold
 from plait.core.engine_output import EngineOutput, RawLogprobs, SampleDelta
 from plait.core.request import Request
 from plait.core.scheduler import Scheduler
@@ -64,6 +65,13 @@ class _Group:
     @property
     def finished(self) -> bool:
         return all(c.finished for c in self.children)
+
+
+def check_sample_index(sample_index: object, n: int) -> None:
+    """ValueError unless `sample_index` names one of a request's n samples."""
+    if isinstance(sample_index, bool) or not isinstance(sample_index, int) or not 0 <= sample_index < n:
+        raise ValueError(f"sample_index must be an integer in [0, {n}) (the request has n={n} samples), "
+                         f"got {sample_index!r}")
 
 
 class EngineCore:
@@ -128,14 +136,23 @@ class EngineCore:
             self._child_to_group[child.request_id] = group
         self._groups[request_id] = group
 
-    def abort(self, request_id: str) -> EngineOutput | None:
-        """Stop a request now; its KV is freed at once. Returns its final output (finish_reason 'abort' for the
-        samples that were still running), or None for an unknown or finished request."""
+    def abort(self, request_id: str, sample_index: int | None = None) -> EngineOutput | None:
+        """Stop a request now; its KV is freed at once. Returns its output (finish_reason 'abort' for the samples
+        that were still running), or None for an unknown or finished request.
+
+        sample_index: abort only that sample of an n > 1 request (ValueError outside [0, n)); its siblings go
+        on and the request finishes when they all have. None for a sample that had already ended."""
         group = self._groups.get(request_id)
         if group is None:
             return None
+        children = group.children
+        if sample_index is not None:
+            check_sample_index(sample_index, len(children))
+            children = [children[sample_index]]
+            if children[0].finished:
+                return None
         deltas = []
-        for child in group.children:
+        for child in children:
             if not child.finished:
                 self.scheduler.abort(child.request_id)
                 deltas.append(SampleDelta(child.sample_index, [], finish_reason="abort"))
@@ -235,6 +252,22 @@ class EngineCore:
     def reset_prefix_cache(self) -> None:
         """No later request reuses KV computed before this call (running requests keep their own KV)."""
         self.scheduler.kv.reset_prefix_cache()
+
+    # ------------------------------------------------------------------------------------ prefix holds
+    def hold_prefix(self, prompt_token_ids: list[int]) -> Hold:
+        """Pin the cached full blocks of a prefix until `release_prefix` (plait/cache/holds.py). Computes
+        nothing: the frontend (plait/engine/prefix_hold.py) runs what is missing and pins again. ValueError past
+        the holds' bounds or with the prefix cache off.
+
+        Holds leave room for the longest request the engine accepts (check_fits: up to max_model_len - 1 tokens of
+        KV, or the whole pool), so no admissible request can wait forever behind them."""
+        kv = self.scheduler.kv
+        longest = min(kv.num_blocks, kv.blocks_for(self.scheduler.max_model_len - 1))
+        return kv.hold_prefix(prompt_token_ids, keep_free=longest)
+
+    def release_prefix(self, hold_id: int) -> bool:
+        """Unpin a hold; False if it was already gone (released, or dropped by reset_prefix_cache)."""
+        return self.scheduler.kv.release_hold(hold_id)
 
     # ------------------------------------------------------------------------------------ stats
     def stats(self) -> EngineStats:

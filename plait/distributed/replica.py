@@ -68,8 +68,8 @@ class EngineReplica:
 
         return list(await asyncio.gather(*(one(*item) for item in items)))
 
-    async def abort(self, request_id: str) -> None:
-        self.llm.abort_nowait(request_id)
+    async def abort(self, request_id: str, sample_index: int | None = None) -> None:
+        self.llm.abort_nowait(request_id, sample_index)
 
     def stats(self) -> Any:
         return self.llm.stats()

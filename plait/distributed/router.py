@@ -24,7 +24,7 @@ import threading
 from dataclasses import dataclass, fields, replace
 from typing import Any, AsyncIterator
 
-from plait.core.engine_core import EngineStats
+from plait.core.engine_core import EngineStats, check_sample_index
 from plait.distributed.offline import sum_stats
 from plait.distributed.placement import PrefixRouter, block_digests
 from plait.distributed.ray_env import require_ray
@@ -45,6 +45,7 @@ class _Entry:
     """One routed request (compared by identity)."""
 
     index: int
+    n: int = 1  # samples of the request (a per-sample abort is checked against it)
 
 
 @dataclass
@@ -163,7 +164,7 @@ class RayRouter:
                 raise EngineDeadError("every replica has died") from None
             self.policy.start(index, digests)
             self.states[index].in_flight += 1
-            entry = self._pending[request_id] = _Entry(index)
+            entry = self._pending[request_id] = _Entry(index, params.n)
         stream = self.replicas[index].generate.options(num_returns="streaming").remote(
             token_ids, params, request_id, output_kind)
         # The bookkeeping ends when the replica's task does, even for a stream nobody ever iterates (an async
@@ -210,17 +211,20 @@ class RayRouter:
                 self.policy.finish(entry.index)
                 self.states[entry.index].in_flight -= 1
 
-    async def abort(self, request_id: str) -> None:
-        self.abort_nowait(request_id)
+    async def abort(self, request_id: str, sample_index: int | None = None) -> None:
+        self.abort_nowait(request_id, sample_index)
 
-    def abort_nowait(self, request_id: str) -> None:
+    def abort_nowait(self, request_id: str, sample_index: int | None = None) -> None:
         entry = self._pending.get(request_id)
         if entry is not None:
-            self._abort_on(entry.index, request_id)
+            if sample_index is not None:
+                check_sample_index(sample_index, entry.n)
+            self._abort_on(entry.index, request_id, sample_index)
 
-    def _abort_on(self, index: int, request_id: str) -> None:
+    def _abort_on(self, index: int, request_id: str, sample_index: int | None = None) -> None:
         if self.states[index].alive:
-            self.replicas[index].abort.remote(request_id)  # fire and forget: the stream reports the abort
+            # Fire and forget: the stream reports the abort.
+            self.replicas[index].abort.remote(request_id, sample_index)
 
     def stats(self) -> EngineStats:
         """All replicas' counters summed (as of the last refresh, at most `health_interval` seconds old)."""

@@ -20,7 +20,9 @@ from typing import Any, AsyncIterator
 
 from plait.config import EngineConfig
 from plait.engine.builder import build_engine, describe
+from plait.engine.prefix_hold import PrefixHandle, hold_prefix_async
 from plait.engine.prompts import encode_prompt
+from plait.core.engine_core import check_sample_index
 from plait.core.engine_output import EngineOutput, SampleDelta
 from plait.engine.output_processor import OUTPUT_KINDS, RequestState
 from plait.engine.scoring import encode_pair, score_params, to_score
@@ -183,14 +185,21 @@ class AsyncLLM:
         if self._stopping:
             raise EngineDeadError("the engine is shut down")
 
-    async def abort(self, request_id: str) -> None:
-        self.abort_nowait(request_id)
+    async def abort(self, request_id: str, sample_index: int | None = None) -> None:
+        self.abort_nowait(request_id, sample_index)
 
-    def abort_nowait(self, request_id: str) -> None:
+    def abort_nowait(self, request_id: str, sample_index: int | None = None) -> None:
+        """Abort a request (unknown or finished ones: nothing happens). sample_index: only that sample of an
+        n > 1 request ends ('abort'); the others go on (ValueError outside [0, n))."""
         with self._wake:
             stream = self._streams.get(request_id)
-        if stream is not None:
+        if stream is None:
+            return
+        if sample_index is None:
             self._abort_stream(request_id, stream)
+        else:
+            check_sample_index(sample_index, stream.state.params.n)
+            self._command(("abort_sample", request_id, stream, sample_index))
 
     def _abort_stream(self, request_id: str, stream: _Stream) -> None:
         # The command names the stream, so a late abort can never hit a new request that reuses the id.
@@ -207,6 +216,21 @@ class AsyncLLM:
 
     def stats(self):
         return self.engine.stats()
+
+    async def hold_prefix(self, prompt: Any) -> PrefixHandle:
+        """Compute `prompt` (text or token ids) if it is not cached and keep its full KV blocks resident until the
+        handle's `release()`; see plait/engine/prefix_hold.py. ValueError for bad input or past the bounds."""
+        return await hold_prefix_async(self, prompt)
+
+    def call_in_engine(self, fn, *args) -> concurrent.futures.Future:
+        """Run `fn(*args)` in the engine thread between steps (engine state is only touched there); the future
+        gets its result or exception. Asyncio callers `await asyncio.wrap_future(...)` it."""
+        future: concurrent.futures.Future = concurrent.futures.Future()
+        with self._wake:
+            self._check_alive()  # under the lock: a loop that stops later still finds this call and fails it
+            self._commands.append(("call", None, None, (fn, args), future))
+            self._wake.notify()
+        return future
 
     @property
     def weight_version(self):
@@ -297,6 +321,14 @@ class AsyncLLM:
         if kind == "update_weights":
             self._updater.start(*command[3:])
             return
+        if kind == "call":
+            (fn, args), future = command[3:]
+            if future.set_running_or_notify_cancel():
+                try:
+                    future.set_result(fn(*args))
+                except Exception as exc:  # noqa: BLE001 - the caller's error, not the engine's
+                    future.set_exception(exc)
+            return
         if kind == "finish_sample":
             # Not gated on the stream: the frontend may already have dropped it (its request is over), and no
             # newer request with this id can be in the engine yet, since commands apply in order.
@@ -315,6 +347,12 @@ class AsyncLLM:
             self._deliver(EngineOutput(request_id, [SampleDelta(i, [], finish_reason="abort") for i in range(n)],
                                        finished=True))
             return
+        if kind == "abort_sample":
+            if any(held[2] is stream for held in self._updater.held):
+                self._updater.held.append(command)  # replayed after its held 'add', in order
+            elif (out := self.engine.abort(request_id, command[3])) is not None:
+                self._deliver(out)
+            return
         if kind == "add":
             _, _, _, token_ids, params = command
             try:
@@ -332,9 +370,10 @@ class AsyncLLM:
         """The loop ends: weight updates waiting to drain or still queued will never happen; their callers hear."""
         self._updater.fail_pending(exc)
         with self._wake:
-            queued = [c for c in self._commands if c[0] == "update_weights"]
+            queued = [c for c in self._commands if c[0] in ("update_weights", "call")]
         for command in queued:
-            command[4].set_exception(exc)
+            if not command[4].done():  # a caller may have cancelled its queued call
+                command[4].set_exception(exc)
 
     def _abort_all(self) -> int:
         """Engine thread: end every request the engine holds (update_weights mode 'abort')."""

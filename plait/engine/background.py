@@ -162,13 +162,18 @@ class BackgroundLLM:
             raise entry.error
         return entry.final
 
-    def abort(self, request_id: str) -> None:
+    def abort(self, request_id: str, sample_index: int | None = None) -> None:
         """Stop a request; it still finishes, with finish_reason 'abort', through `poll` or `result`.
-        Aborting a finished or unknown request does nothing."""
-        self.async_llm.abort_nowait(request_id)
+        Aborting a finished or unknown request does nothing. sample_index: end only that sample of an n > 1
+        request; its siblings go on (ValueError outside [0, n))."""
+        self.async_llm.abort_nowait(request_id, sample_index)
 
     def reset_prefix_cache(self) -> None:
         self.async_llm.reset_prefix_cache()
+
+    def hold_prefix(self, prompt: Any, timeout: float | None = None):
+        """Blocking `AsyncLLM.hold_prefix` (computes the prefix if needed): returns its PrefixHandle."""
+        return asyncio.run_coroutine_threadsafe(self.async_llm.hold_prefix(prompt), self._loop).result(timeout)
 
     def stats(self):
         return self.async_llm.stats()

@@ -7,6 +7,7 @@ from typing import Any, Sequence
 from plait.config import EngineConfig
 from plait.engine.builder import build_engine, describe
 from plait.engine.output_processor import RequestState
+from plait.engine.prefix_hold import PrefixHandle, hold_prefix_offline
 from plait.engine.prefix_order import prefix_grouped_order
 from plait.engine.prompts import encode_prompt, normalize_batch, params_per_prompt
 from plait.engine.scoring import encode_pair, pair_batch, score_params, to_score
@@ -110,6 +111,11 @@ class LLM:
         if bar is not None:
             bar.close()
         return [finished[i] for i in states]
+
+    def hold_prefix(self, prompt: Any) -> PrefixHandle:
+        """Compute `prompt` (text or token ids) if it is not cached and keep its full KV blocks resident until the
+        handle's `release()`; see plait/engine/prefix_hold.py. ValueError for bad input or past the bounds."""
+        return hold_prefix_offline(self, prompt)
 
     def reset_prefix_cache(self) -> None:
         """Forget every cached prefix: no later request reuses KV computed before this call."""

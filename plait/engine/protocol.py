@@ -44,9 +44,10 @@ class EngineClient(Protocol):
                  request_id: str | None = None, output_kind: str = "delta") -> AsyncIterator[RequestOutput]:
         """Submit at once (ValueError for bad input, QueueFullError when full) and stream the outputs."""
 
-    async def abort(self, request_id: str) -> None: ...
+    async def abort(self, request_id: str, sample_index: int | None = None) -> None:
+        """End the request, or only its sample `sample_index` (its siblings go on)."""
 
-    def abort_nowait(self, request_id: str) -> None: ...
+    def abort_nowait(self, request_id: str, sample_index: int | None = None) -> None: ...
 
     def stats(self) -> Any:
         """An EngineStats (running, waiting, KV usage, prefix-cache and token counters)."""

@@ -161,6 +161,23 @@ def test_python_surface(router):
     wait_idle(router)  # ... is released when its replica task ends
 
 
+def test_abort_one_sample_through_the_router(router):
+    async def main() -> list:
+        params = SamplingParams(n=2, max_tokens=200, temperature=1.0, seed=1, ignore_eos=True)
+        final, aborted = None, False
+        async for out in router.generate("Hello", params, request_id="fan2", output_kind="cumulative"):
+            final = out
+            if not aborted and out.outputs[0].token_ids:
+                with pytest.raises(ValueError, match="sample_index"):
+                    router.abort_nowait("fan2", 2)
+                await router.abort("fan2", 0)
+                aborted = True
+        return [c.finish_reason for c in final.outputs]
+
+    assert asyncio.run(main()) == ["abort", "length"]
+    wait_idle(router)
+
+
 def test_dead_replica_fails_its_requests_and_the_other_serves(server, router):
     import ray
 

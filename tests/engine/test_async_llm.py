@@ -279,3 +279,31 @@ def test_many_threads_each_get_their_own_outputs(make_engine):
         t.join(120)
     assert [got.get(i) for i in range(len(batch))] == expected
     assert engine.engine.scheduler.kv.all_blocks_free()
+
+
+def test_abort_one_sample_keeps_its_siblings(make_engine):
+    """AsyncLLM.abort(request_id, sample_index): that sample ends 'abort', the seeded siblings finish exactly as in
+    a run without the abort, and an index outside [0, n) raises at once."""
+    engine = make_engine(AsyncLLM)
+    params = SamplingParams(n=3, max_tokens=24, temperature=1.0, seed=3, ignore_eos=True)
+    prompt = prompts(1, seed=4)[0]
+
+    async def main(abort):
+        final = None
+        async for out in engine.generate(prompt, params, request_id="fan", output_kind="cumulative"):
+            final = out
+            if abort and len(out.outputs[1].token_ids) >= 2 and out.outputs[1].finish_reason is None:
+                with pytest.raises(ValueError, match="sample_index"):
+                    await engine.abort("fan", 3)
+                await engine.abort("fan", 1)
+                abort = False
+        await wait_idle(engine)
+        return final
+
+    full = asyncio.run(main(False))
+    cut = asyncio.run(main(True))
+    assert [c.finish_reason for c in cut.outputs] == ["length", "abort", "length"]
+    assert cut.outputs[0].token_ids == full.outputs[0].token_ids
+    assert cut.outputs[2].token_ids == full.outputs[2].token_ids
+    assert len(cut.outputs[1].token_ids) < 24
+    assert engine.engine.scheduler.kv.all_blocks_free()

@@ -229,3 +229,17 @@ def test_the_example_env_loop_keeps_its_rate_with_requests_in_flight(make_engine
     for out in engine.poll(timeout=5):  # the aborted leftovers still arrive, once each
         assert out.finished
     wait_kv_free(engine)
+
+
+def test_abort_one_sample_of_n(make_engine):
+    engine = make_engine(BackgroundLLM)
+    params = SamplingParams(n=2, max_tokens=200, temperature=1.0, seed=2, ignore_eos=True)
+    rid = engine.submit(prompts(1, seed=2)[0], params, stream=True)
+    assert engine.poll(timeout=30)
+    with pytest.raises(ValueError, match=r"sample_index must be an integer in \[0, 2\)"):
+        engine.abort(rid, 2)
+    engine.abort(rid, 0)
+    out = engine.result(rid, timeout=60)
+    assert [c.finish_reason for c in out.outputs] == ["abort", "length"]
+    assert len(out.outputs[1].token_ids) == 200
+    wait_kv_free(engine)
