@@ -96,7 +96,8 @@ def build_engine(config: EngineConfig, model_config: ModelConfig | None = None,
     model.to(device).eval()
     del weights
     transforms = default_transforms(config.packed_weights or config.batch_invariant, config.native_q4)
-    applied = apply_transforms(model, transforms, TransformContext(dtype, device, source, config.batch_invariant))
+    applied = apply_transforms(model, transforms, TransformContext(dtype, device, source, config.batch_invariant,
+                                                                   config.native_kernels))
 
     per_block = KVCache.bytes_per_block(model_config.num_layers, config.block_size, model_config.num_kv_heads,
                                         model_config.head_dim, dtype)

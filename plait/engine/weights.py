@@ -160,7 +160,8 @@ def _reapply(built, model, applied: list | None) -> None:
     from plait.runner.weight_transforms import TransformContext, apply_transforms
 
     # No source file: the GGUF's 4-bit blocks are the old weights, so the 4-bit path stays off after an update.
-    ctx = TransformContext(built.dtype, built.device, None, getattr(built.config, "batch_invariant", False))
+    ctx = TransformContext(built.dtype, built.device, None, getattr(built.config, "batch_invariant", False),
+                           getattr(built.config, "native_kernels", False))
     built.weight_transforms = apply_transforms(model, list(applied), ctx)
 
 

@@ -6,7 +6,8 @@ So a later feature that changes weights (a weight update, a new quantization) do
 new weights by their checkpoint names, `apply_transforms` again; no special case per transform in builder.py.
 
 Order matters and is fixed here: packing first (it turns every dense Linear into a PackedLinear), then the 4-bit
-path (which wraps the packed module as its large-step fallback). Reverting runs the list backwards.
+path (which wraps the packed module as its large-step fallback), then fp32's few-rows kernel (on whatever dense
+Linears are left). Reverting runs the list backwards.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ class TransformContext:
     device: torch.device
     source: str | None = None  # the checkpoint the weights came from (a .gguf path, an HF dir), None in tests
     batch_invariant: bool = False  # every row of a step must get the same arithmetic whatever the step's size
+    native_kernels: bool = False  # plait's C kernels may be used (EngineConfig.native_kernels)
 
 
 class WeightTransform:
@@ -81,13 +83,42 @@ class Q4Weights(WeightTransform):
         return detach_q4(model)
 
 
-def default_transforms(packed_weights: bool = True, native_q4: bool = True) -> list[WeightTransform]:
+class SmallBatchWeights(WeightTransform):
+    """fp32 steps of up to 16 rows through plait's few-rows kernel (runner/small_linear.py). Its rows match MKL's
+    only to rounding and it switches to MKL above 16 rows, so not under batch-invariant numerics."""
+
+    name = "small_batch"
+
+    def applies(self, ctx: TransformContext) -> bool:
+        if ctx.batch_invariant or ctx.dtype != torch.float32 or ctx.device.type != "cpu" or not ctx.native_kernels:
+            return False
+        from plait.runner.native import load_kernels
+        from plait.runner.small_linear import kernel_usable
+
+        return kernel_usable(load_kernels())
+
+    def apply(self, model: nn.Module, ctx: TransformContext) -> int:
+        from plait.runner.native import load_kernels
+        from plait.runner.small_linear import wrap_linears
+
+        return wrap_linears(model, load_kernels())
+
+    def revert(self, model: nn.Module) -> int:
+        from plait.runner.small_linear import unwrap_linears
+
+        return unwrap_linears(model)
+
+
+def default_transforms(packed_weights: bool = True, native_q4: bool = True,
+                       small_batch: bool = True) -> list[WeightTransform]:
     """The ordered list the builder applies (each still checks `applies` against the context)."""
     transforms: list[WeightTransform] = []
     if packed_weights:
         transforms.append(PackWeights())
     if native_q4:
         transforms.append(Q4Weights())
+    if small_batch:
+        transforms.append(SmallBatchWeights())
     return transforms
 
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
-SOURCES = ("paged_attention.c", "elementwise.c", "shared_prefix.c")
+SOURCES = ("paged_attention.c", "elementwise.c", "shared_prefix.c", "small_gemm.c")
 HEADERS = ("common.h",)
 # -ffast-math lets the loops reassociate sums and call glibc's vector expf. It is given to the compile step only:
 # linking with it adds crtfastmath.o, which would switch the whole process to flush-to-zero when the library loads.
@@ -63,6 +63,8 @@ class Kernels:
     silu_mul: dict[str, ctypes._CFuncPtr]
     rope: dict[str, ctypes._CFuncPtr]
     shared_prefix: dict[str, ctypes._CFuncPtr]
+    # fp32 linear for a few rows (small_gemm.c); returns -1 where the CPU lacks AVX2 + FMA
+    small_linear_f32: ctypes._CFuncPtr | None = None
 
 
 class KernelBuildError(RuntimeError):
@@ -145,7 +147,9 @@ def _bind(lib: ctypes.CDLL) -> Kernels:
             fn = getattr(lib, f"plait_{name}_{suffix}")
             fn.argtypes, fn.restype = argtypes, restype
             bound[name][suffix] = fn
-    return Kernels(**bound)
+    small = lib.plait_small_linear_f32
+    small.argtypes, small.restype = [p, p, p, p, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64], ctypes.c_int
+    return Kernels(**bound, small_linear_f32=small)
 
 
 @lru_cache(maxsize=1)
