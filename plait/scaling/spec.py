@@ -13,6 +13,7 @@ from plait.scaling.blend import BlendASC
 from plait.scaling.consistency import AdaptiveConsistency, EarlyStoppingConsistency, SelfConsistency
 from plait.scaling.particle_filter import ParticleFilter
 from plait.scaling.rpc import RPC
+from plait.scaling.step_search import StepSearch
 
 # name -> (class, {accepted key: constructor argument})
 STRATEGIES: dict[str, tuple[type, dict[str, str]]] = {
@@ -30,10 +31,15 @@ STRATEGIES: dict[str, tuple[type, dict[str, str]]] = {
                          "max": "max_per_question", "max_per_question": "max_per_question",
                          "round": "round_size", "round_size": "round_size", "stop": "stop_threshold",
                          "stop_threshold": "stop_threshold"}),
+    "search": (StepSearch, {"k": "k", "width": "width", "solutions": "num_solutions",
+                            "num_solutions": "num_solutions", "max_expansions": "max_expansions",
+                            "expansions": "max_expansions", "tokens": "max_tokens_total",
+                            "max_tokens_total": "max_tokens_total", "max_steps": "max_steps",
+                            "step_max_tokens": "step_max_tokens"}),
 }
 ALIASES = {"self_consistency": "sc", "best_of_n": "bon", "adaptive_consistency": "asc",
            "early_stopping_consistency": "esc", "blend_asc": "blend", "blend-asc": "blend",
-           "particle_filter": "pf"}
+           "particle_filter": "pf", "step_search": "search", "astar": "search"}
 
 
 def build_strategy(name: str, params: dict[str, Any], field: str = "strategy"):

@@ -134,6 +134,7 @@ def _scaling_body(result: ScalingResult) -> dict[str, Any]:
     return {"strategy": result.strategy, "answer": result.answer, "samples_used": result.samples_used,
             "samples_launched": result.samples_launched, "stopped_early": result.stopped_early,
             "votes": result.votes, "generated_tokens": result.generated_tokens, "wall_s": round(result.wall_s, 4),
+            "details": result.details,
             "samples": [{"index": s.index, "answer": s.answer, "num_tokens": s.num_tokens, "score": s.score,
                          "mean_logprob": s.mean_logprob, "finish_reason": s.finish_reason}
                         for s in result.samples]}

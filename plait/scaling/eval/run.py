@@ -122,8 +122,8 @@ def replay(task: Task, stored: dict, strategies: Sequence[Strategy]) -> list[Row
     have = min(len(q["samples"]) for q in qs)
     rows = []
     for strategy in strategies:
-        if strategy.name == "pf":
-            raise ValueError("--strategy pf samples step by step: run it live, not with --replay")
+        if strategy.name in ("pf", "search"):
+            raise ValueError(f"--strategy {strategy.name} samples step by step: run it live, not with --replay")
         if strategy.budget > have and not isinstance(strategy, BlendASC):
             raise ValueError(f"--strategy {strategy.describe()}: needs up to {strategy.budget} samples per "
                              f"question, the replay file has {have}")
