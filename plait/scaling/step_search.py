@@ -2,9 +2,9 @@
 
 Partial solutions wait in a priority queue ordered by their reward. Each round pops the best `width` of them and
 expands each with `k` sampled next steps (one request with n=k, generation stopping at `step_delimiter`); the
-children are scored by the reward and pushed back. A child that ends without the delimiter (EOS, a caller's stop
-string, the solution's token cap) or reaches `max_steps` is a complete solution; it too waits in the queue, and
-counts as found only when it is popped, i.e. when no open partial solution scores higher: that is what makes the
+children are scored by the reward and pushed back. A child that ends at EOS or a caller's stop string, or reaches
+the solution's token cap or `max_steps`, is a complete solution (a step cut by `step_max_tokens` is just a long
+step); it too waits in the queue, and counts as found only when it is popped, i.e. when no open partial solution scores higher: that is what makes the
 search best-first rather than greedy. The search stops after `num_solutions` solutions are popped, or when the
 budget (`max_expansions` expansions, `max_tokens_total` generated tokens) is spent; then the best complete
 solution found so far, or failing that the best partial one, is the answer.
@@ -27,7 +27,7 @@ from typing import Any
 
 from plait.params import SamplingParams
 from plait.scaling.answers import get_extractor
-from plait.scaling.base import Strategy, check_int
+from plait.scaling.base import Strategy, check_int, solve_live
 from plait.scaling.draws import DEFAULT_PARAMS, derive_seed
 from plait.scaling.result import Sample, ScalingResult
 from plait.scaling.rewards import Reward
@@ -67,7 +67,7 @@ class StepSearch(Strategy):
         self.expansions = 0  # in the last solve (for tests and reports)
 
     async def run(self, draws: Any) -> ScalingResult:
-        raise ValueError("step search samples step by step on a live engine; it cannot replay whole samples")
+        return await solve_live(self, draws)
 
     async def solve(self, engine: Any, prompt: Any, *, params: SamplingParams | None = None,
                     extract: Any = "last_number", seed: int = 0) -> ScalingResult:
@@ -148,9 +148,9 @@ class StepSearch(Strategy):
 
     def _child(self, parent: _Node, step: Step, solution_cap: int) -> _Node:
         ids = parent.token_ids + step.token_ids
-        done = not step.ended_step or len(ids) >= solution_cap or parent.depth + 1 >= self.max_steps
+        done = step.final or len(ids) >= solution_cap or parent.depth + 1 >= self.max_steps
         return _Node(ids, parent.text + step.text, parent.depth + 1, 0.0, parent.logprob_sum + step.logprob_sum,
-                     done, (step.finish_reason if not step.ended_step else "length") if done else None)
+                     done, (step.finish_reason if step.final else "length") if done else None)
 
     async def _score(self, question: Any, node: _Node) -> float:
         if self.reward is not None:

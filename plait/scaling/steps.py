@@ -19,9 +19,10 @@ from plait.params import SamplingParams
 
 @dataclass
 class Step:
-    """One written step. `ended_step`: it stopped at the delimiter (the solution may go on); otherwise it ended at
-    EOS, a caller's stop string or a token cap, and the solution is complete. `first_token_logprobs` are the
-    top alternatives' logprobs at the step's first token (only when asked for)."""
+    """One written step. `ended_step`: it stopped at the delimiter. `final`: it ended at EOS or a caller's stop
+    string, so the solution is complete; a step cut by its token cap is neither, and the solution goes on (the
+    caller stops it at the solution's own token cap). `first_token_logprobs` are the top alternatives' logprobs at
+    the step's first token (only when asked for)."""
 
     text: str
     token_ids: list[int]
@@ -29,6 +30,10 @@ class Step:
     ended_step: bool
     finish_reason: str | None
     first_token_logprobs: list[float] | None = None
+
+    @property
+    def final(self) -> bool:
+        return not self.ended_step and self.finish_reason != "length"
 
 
 def step_params(base: SamplingParams, delimiter: str) -> SamplingParams:
