@@ -93,7 +93,7 @@ class StepSearch(Strategy):
         async def expand(node: _Node, number: int, k: int, cap: int) -> list[_Node]:
             steps = await write_steps(engine, prompt_ids, node.token_ids, sp, k, cap,
                                       derive_seed(seed, "expand", number), self.step_delimiter)
-            cost["prompt"] += k * (len(prompt_ids) + len(node.token_ids))
+            cost["prompt"] += len(prompt_ids) + len(node.token_ids)  # one request, its n=k children share it
             cost["generated"] += sum(len(s.token_ids) for s in steps)
             children = [self._child(node, s, solution_cap) for s in steps]
             scores = await asyncio.gather(*(self._score(prompt, c) for c in children))
