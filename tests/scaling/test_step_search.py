@@ -88,3 +88,18 @@ def test_parameters_and_spec():
             StepSearch(**bad)
     with pytest.raises(ValueError, match="search takes the parameters"):
         parse_strategy("search:depth=3")
+
+
+def test_resumed_partial_solutions_hit_the_prefix_cache(make_engine):
+    engine = make_engine(AsyncLLM, block_size=4)
+    before = engine.stats()
+    search = StepSearch(k=2, step_delimiter="e", max_expansions=8, step_max_tokens=6)
+    r = asyncio.run(search.solve(engine, PROMPT, params=PARAMS, seed=1))
+    after = engine.stats()
+    assert search.expansions >= 4
+    # Of the prompt tokens sent (prompt + partial solution, once per expansion), those of every full block written
+    # before come from the cache (each of the n=k children looks the prompt up, so hits may exceed what was sent).
+    hits = after.prefix_cache_hits - before.prefix_cache_hits
+    sent = r.prompt_tokens
+    assert hits >= sent - len(engine.encode(PROMPT)[1]) - 4 * search.expansions
+    wait_kv_free(engine)
