@@ -23,6 +23,7 @@ from plait.scaling.spec import build_strategy, parse_strategy
 from plait.scaling.step_router import StepRouter
 from plait.scaling.step_search import StepSearch
 
-__all__ = ["AdaptiveConsistency", "BestOfN", "BlendASC", "EarlyStoppingConsistency", "ParticleFilter", "RPC", "SelfConsistency", "StepRouter", "StepSearch",
+__all__ = ["AdaptiveConsistency", "BestOfN", "BlendASC", "EarlyStoppingConsistency", "ParticleFilter", "RPC",
+           "SelfConsistency", "StepRouter", "StepSearch",
            "LiveSampler", "ReplaySampler", "Sample", "ScalingResult", "answers_match", "boxed", "canonical",
            "last_number", "build_strategy", "parse_strategy"]

@@ -4,8 +4,8 @@ Partial solutions wait in a priority queue ordered by their reward. Each round p
 expands each with `k` sampled next steps (one request with n=k, generation stopping at `step_delimiter`); the
 children are scored by the reward and pushed back. A child that ends at EOS or a caller's stop string, or reaches
 the solution's token cap or `max_steps`, is a complete solution (a step cut by `step_max_tokens` is just a long
-step); it too waits in the queue, and counts as found only when it is popped, i.e. when no open partial solution scores higher: that is what makes the
-search best-first rather than greedy. The search stops after `num_solutions` solutions are popped, or when the
+step); it too waits in the queue, and counts as found only when it is popped, i.e. when no open partial solution
+scores higher: that is what makes the search best-first rather than greedy. The search stops after `num_solutions` solutions are popped, or when the
 budget (`max_expansions` expansions, `max_tokens_total` generated tokens) is spent; then the best complete
 solution found so far, or failing that the best partial one, is the answer.
 
