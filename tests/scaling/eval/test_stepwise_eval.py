@@ -23,6 +23,10 @@ def test_live_stepwise_strategies_and_a_calibrated_router(engines):
     rows = run.live(large, task, strategies, params, seed=0, concurrency=2)
     assert [r.num_questions for r in rows] == [3, 3, 3]
     assert rows[1].tokens_per_question <= 40  # the search's token budget per question
+    per_model = rows[2].per_model  # the router's steps and tokens per model, averaged over questions
+    assert set(per_model["tokens"]) == {"small", "large"} and rows[0].per_model == {}
+    assert sum(per_model["tokens"].values()) <= rows[2].tokens_per_question + 1e-9
+    assert "per question: small" in run.format_table("add1", rows)
     wait_kv_free(small)
     wait_kv_free(large)
 
