@@ -21,7 +21,7 @@ from starlette.responses import JSONResponse
 
 from plait.scaling.answers import EXTRACTORS
 from plait.scaling.result import ScalingResult
-from plait.scaling.spec import build_strategy
+from plait.scaling.spec import STRATEGIES, build_strategy
 from plait.server.chat import render_prompt
 from plait.server.errors import bad_request, from_engine_error, from_value_error, timeout_error
 from plait.server.protocol import ChatCompletionRequest, CompletionRequest
@@ -94,7 +94,7 @@ def _strategy(scaling: Any) -> tuple[Any, str]:
     name = params.pop("strategy", None)
     extract = params.pop("extract", "last_number")
     if name is None:
-        raise bad_request("scaling.strategy is required (sc, asc, esc, rpc, bon, blend)", "scaling.strategy")
+        raise bad_request(f"scaling.strategy is required ({', '.join(sorted(STRATEGIES))})", "scaling.strategy")
     if extract not in EXTRACTORS:
         raise bad_request(f"scaling.extract must be one of {sorted(EXTRACTORS)}, got {extract!r}", "scaling.extract")
     try:
