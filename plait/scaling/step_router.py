@@ -3,7 +3,8 @@
 Two tests, one per paper, both "route when a statistic of the step exceeds a threshold":
 - `rule="entropy"` (GlimpRouter): the small model first writes only the step's first token (a glimpse) with its
   top-20 logprobs; when the entropy of that distribution exceeds the threshold the large model writes the whole
-  step, otherwise the small model finishes it (continuing from the glimpse, which the prefix cache already holds).
+  step, otherwise the small model writes it (from the same prefix, which the prefix cache already holds; the
+  one glimpse token is discarded so that no delimiter or multi-byte character is split between two requests).
 - `rule="perplexity"` (ATTS): the small model writes the step; the large model scores it (`engine.score`, a
   prefill-only call) and, when its perplexity exp(-mean logprob) exceeds the threshold, the step is discarded and
   the large model rewrites it.
@@ -137,12 +138,14 @@ class StepRouter(Strategy):
             if stat > self.threshold:
                 counts.discarded_small += len(glimpse.token_ids)
                 return await self._large_step(large, prompt_ids, ids, sp, room, seed, counts), "large", stat
-            if not glimpse.ended_step and not glimpse.final and room > 1 and glimpse.token_ids:
-                counts.prompt_tokens += len(prompt_ids) + len(ids) + len(glimpse.token_ids)
-                rest = (await write_steps(self.small, prompt_ids, ids + glimpse.token_ids, sp, 1, room - 1,
-                                          derive_seed(seed, "small"), self.step_delimiter))[0]
-                glimpse = Step(glimpse.text + rest.text, glimpse.token_ids + rest.token_ids,
-                               glimpse.logprob_sum + rest.logprob_sum, rest.ended_step, rest.finish_reason)
+            if not glimpse.ended_step and not glimpse.final and room > 1:
+                # The small model writes the step from the same prefix (so the same first-token distribution)
+                # rather than after the glimpse: continuing would split a delimiter or a multi-byte character
+                # between two requests, whose stop checks and detokenizers each see only their half.
+                counts.discarded_small += len(glimpse.token_ids)
+                counts.prompt_tokens += len(prompt_ids) + len(ids)
+                glimpse = (await write_steps(self.small, prompt_ids, ids, sp, 1, room, derive_seed(seed, "small"),
+                                             self.step_delimiter))[0]
             return glimpse, "small", stat
         step = (await write_steps(self.small, prompt_ids, ids, sp, 1, room, derive_seed(seed, "small"),
                                   self.step_delimiter))[0]

@@ -35,7 +35,12 @@ def test_never_routing_is_the_small_model_and_always_routing_the_large_one(engin
     r = asyncio.run(never.solve(large, PROMPT, params=GREEDY))
     assert r.details["token_ids"] == alone(small, GREEDY)
     assert r.details["steps"]["large"] == 0 and r.details["steps"]["small"] >= 3
-    assert r.details["tokens"] == {"small": 30, "large": 0} and r.generated_tokens == 30
+    assert r.details["tokens"] == {"small": 30, "large": 0}
+    # Perplexity: nothing discarded. Entropy: each step's one-token glimpse is (a step that the glimpse itself
+    # ended keeps it).
+    discarded = r.details["discarded_small_tokens"]
+    assert discarded == 0 if rule == "perplexity" else 1 <= discarded <= r.details["steps"]["small"]
+    assert r.generated_tokens == 30 + discarded
     if rule == "perplexity":
         assert r.details["scored_large_tokens"] == 30  # every step judged by the large model
     always = StepRouter(small, rule=rule, threshold=-math.inf, step_delimiter="e", step_max_tokens=8)
