@@ -21,7 +21,8 @@ def add_eval_parser(sub) -> None:
                         "or rg:<reasoning-gym dataset>")
     p.add_argument("--num-questions", type=int, default=40)
     p.add_argument("--strategy", action="append", default=[],
-                   help="e.g. sc:n=16, asc:max=40, esc:w=5,max=40, blend:avg=8,max=64, rpc:n=16, bon:n=16 "
+                   help="e.g. sc:n=16, asc:max=40, esc:w=5,max=40, blend:avg=8,max=64, rpc:n=16, bon:n=16, "
+                        "pf:n=8, search:k=4,tokens=2000, route:rule=entropy,quantile=0.6 (with --router-small) "
                         "(repeatable)")
     p.add_argument("--temperature", type=float, default=None, help="sampling temperature (default: the task's)")
     p.add_argument("--max-tokens", type=int, default=None, help="tokens per sample (default: the task's)")
