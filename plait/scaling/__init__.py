@@ -20,7 +20,10 @@ from plait.scaling.particle_filter import ParticleFilter
 from plait.scaling.result import Sample, ScalingResult
 from plait.scaling.rpc import RPC
 from plait.scaling.spec import build_strategy, parse_strategy
+from plait.scaling.step_router import StepRouter
+from plait.scaling.step_search import StepSearch
 
-__all__ = ["AdaptiveConsistency", "BestOfN", "BlendASC", "EarlyStoppingConsistency", "ParticleFilter", "RPC", "SelfConsistency",
+__all__ = ["AdaptiveConsistency", "BestOfN", "BlendASC", "EarlyStoppingConsistency", "ParticleFilter", "RPC",
+           "SelfConsistency", "StepRouter", "StepSearch",
            "LiveSampler", "ReplaySampler", "Sample", "ScalingResult", "answers_match", "boxed", "canonical",
            "last_number", "build_strategy", "parse_strategy"]

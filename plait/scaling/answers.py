@@ -68,8 +68,26 @@ def boxed_or_last_number(text: str) -> str | None:
     return boxed(text) or last_number(text)
 
 
+_ANSWER_IS = re.compile(r"answer is[:\s]*\$?\s*(" + _NUMBER.pattern + r")")
+_FINAL_ANSWER = re.compile(r"final answer is[:\s]*\$(.+?)\$")
+
+
+def answer_is(text: str) -> str | None:
+    """GSM8K's few-shot format: the number after the last "the answer is", else the last number."""
+    matches = _ANSWER_IS.findall(text)
+    return canonical(matches[-1]) if matches else last_number(text)
+
+
+def minerva(text: str) -> str | None:
+    """MATH's Minerva format: "The final answer is $X$", else the last \\boxed{}; None when neither is there
+    (a stray number is no answer to a MATH problem)."""
+    matches = _FINAL_ANSWER.findall(text)
+    return canonical(matches[-1]) if matches else boxed(text)
+
+
 EXTRACTORS: dict[str, Extractor] = {"last_number": last_number, "boxed": boxed,
-                                    "boxed_or_last_number": boxed_or_last_number}
+                                    "boxed_or_last_number": boxed_or_last_number, "answer_is": answer_is,
+                                    "minerva": minerva}
 
 
 def get_extractor(name: str | Extractor) -> Extractor:

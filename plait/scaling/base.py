@@ -48,6 +48,17 @@ class Strategy:
         return self.name
 
 
+async def solve_live(strategy: Strategy, draws: Draws) -> ScalingResult:
+    """`run` for strategies that write step by step: on live draws they solve on the draws' engine with its
+    settings (so `plait eval` runs them like any other); stored whole samples cannot be replayed step-wise."""
+    from plait.scaling.draws import LiveDraws
+
+    if not isinstance(draws, LiveDraws):
+        raise ValueError(f"{strategy.name} samples step by step on a live engine; it cannot replay whole samples")
+    return await strategy.solve(draws.engine, draws.prompt, params=draws.params, extract=draws.extract,
+                                seed=draws.seed)
+
+
 def finish(strategy: str, draws: Draws, samples: list[Sample], tally: Tally, started: float,
            stopped_early: bool = False, answer: str | None = None, chosen: Sample | None = None) -> ScalingResult:
     """Package a decision: the answer (default: the tally's leader) and the text of a sample that gave it."""

@@ -23,7 +23,7 @@ from typing import Any
 
 from plait.params import SamplingParams
 from plait.scaling.answers import get_extractor
-from plait.scaling.base import Strategy, check_float, check_int
+from plait.scaling.base import Strategy, check_float, check_int, solve_live
 from plait.scaling.draws import DEFAULT_PARAMS, derive_seed
 from plait.scaling.result import Sample, ScalingResult
 from plait.scaling.rewards import Reward
@@ -58,7 +58,7 @@ class ParticleFilter(Strategy):
         self.resamples = 0  # how many steps resampled, in the last solve (for tests and reports)
 
     async def run(self, draws: Any) -> ScalingResult:
-        raise ValueError("particle filtering samples step by step on a live engine; it cannot replay whole samples")
+        return await solve_live(self, draws)
 
     async def solve(self, engine: Any, prompt: Any, *, params: SamplingParams | None = None,
                     extract: Any = "last_number", seed: int = 0) -> ScalingResult:

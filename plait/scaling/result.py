@@ -39,6 +39,7 @@ class ScalingResult:
     including any aborted once the strategy decided; it never exceeds the strategy's budget. generated_tokens
     counts every token generated for this question, aborted samples' partial tokens included, so it is the cost.
     votes: answer -> weight (a count for majority votes, a summed confidence for RPC, a reward for best-of-N).
+    details: what a step-wise strategy adds (search: expansions; routing: steps and tokens per model).
     """
 
     strategy: str
@@ -52,6 +53,7 @@ class ScalingResult:
     wall_s: float
     votes: dict[str, float] = field(default_factory=dict)
     stopped_early: bool = False
+    details: dict = field(default_factory=dict)
 
     def to_dict(self, with_samples: bool = True) -> dict:
         d = asdict(self)

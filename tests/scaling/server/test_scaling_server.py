@@ -49,6 +49,15 @@ def test_completion_with_adaptive_scaling_stays_within_budget(client):
     assert r.usage.completion_tokens == scaling["generated_tokens"] >= 6 * scaling["samples_used"]
 
 
+def test_completion_with_step_search_stays_within_its_token_budget(client):
+    r = client.completions.create(model=MODEL, prompt="Q: 1 + 1?\nA:", max_tokens=12, temperature=1.0, seed=2,
+                                  extra_body={"scaling": {"strategy": "search", "k": 2, "tokens": 20,
+                                                          "step_max_tokens": 4}, "ignore_eos": True})
+    scaling = r.model_dump()["scaling"]
+    assert scaling["strategy"].startswith("search:k=2") and scaling["details"]["expansions"] >= 1
+    assert 0 < r.usage.completion_tokens == scaling["generated_tokens"] <= 20
+
+
 def test_without_scaling_the_plain_endpoint_answers(client):
     r = client.completions.create(model=MODEL, prompt="Hello", max_tokens=4, temperature=0)
     assert "scaling" not in r.model_dump() or r.model_dump().get("scaling") is None
@@ -59,6 +68,7 @@ def test_without_scaling_the_plain_endpoint_answers(client):
     ({"scaling": {"strategy": "magic"}}, "scaling.strategy"),
     ({"scaling": {"strategy": "asc", "max_samples": 0}}, "scaling"),
     ({"scaling": {"strategy": "sc", "bogus": 1}}, "scaling"),
+    ({"scaling": {"strategy": "search", "k": 0}}, "scaling"),
     ({"scaling": {"n": 4}}, "scaling.strategy"),
     ({"scaling": {"strategy": "sc", "extract": "first"}}, "scaling.extract"),
     ({"scaling": "asc"}, "scaling"),
