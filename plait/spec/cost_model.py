@@ -1,18 +1,18 @@
-"""When does verifying drafts pay? A step's time is close to linear in its token count, t(T) = a + b T (a: reading
-the weights and fixed overhead; b: the per-token arithmetic). Adding D draft tokens to a step of T tokens that
-yields N decode tokens gains G expected tokens and costs b D; throughput rises iff G / D > b N / (a + b T).
+"""How long a step of T tokens takes, learnt from the engine's own steps, so drafting can be priced.
 
-So each drafted token is worth its cost when its chance of being accepted beats `token_share(N, T)`: at batch 1 on
-a CPU (weight reads dominate) almost any draft pays; at 64 decodes the share is near 1 and speculation stops
-itself. a and b are fitted online from the engine's own step times (exponentially forgetting least squares), so
-the rule follows the machine it runs on; until the fit has seen steps of different sizes it uses a prior.
+A step's time is not linear in its tokens on every machine: on a CPU whose matmuls stay memory-bound only up to a
+few rows (plait's few-rows kernel covers up to 16, then MKL's GEMM takes over), the 17th row costs far more than
+the 16th. So the model keeps the measured time of every step size it has seen (an exponential average per size)
+and interpolates between them; outside what it has seen it extrapolates with a least-squares line t = a + b T over
+all steps, and before any of that it knows nothing (None).
 """
 
 from __future__ import annotations
 
-# Prior: the fixed part of a step costs as much as this many tokens (a CPU decode step at small batch).
-_PRIOR_FIXED_TOKENS = 16.0
-_DECAY = 0.98
+import bisect
+
+_DECAY = 0.98  # of the line fit's sums, per step
+_TABLE_WEIGHT = 0.3  # of a new observation in its size's average
 # Steps larger than this (long prefill chunks) say little about the cost of a few more decode rows.
 _MAX_FIT_TOKENS = 512
 
@@ -20,6 +20,8 @@ _MAX_FIT_TOKENS = 512
 class StepCostModel:
     def __init__(self) -> None:
         self._w = self._t = self._s = self._tt = self._ts = 0.0
+        self._times: dict[int, float] = {}
+        self._sizes: list[int] = []  # sorted keys of _times
 
     def observe(self, num_tokens: int, seconds: float) -> None:
         if num_tokens < 1 or num_tokens > _MAX_FIT_TOKENS or seconds <= 0:
@@ -30,6 +32,12 @@ class StepCostModel:
         self._s = d * self._s + seconds
         self._tt = d * self._tt + num_tokens * num_tokens
         self._ts = d * self._ts + num_tokens * seconds
+        old = self._times.get(num_tokens)
+        if old is None:
+            bisect.insort(self._sizes, num_tokens)
+            self._times[num_tokens] = seconds
+        else:
+            self._times[num_tokens] = (1 - _TABLE_WEIGHT) * old + _TABLE_WEIGHT * seconds
 
     def fit(self) -> tuple[float, float] | None:
         """(a, b) in seconds and seconds per token, or None while the observed step sizes barely vary."""
@@ -41,14 +49,22 @@ class StepCostModel:
             return None
         b = (self._ts / self._w - mean_t * mean_s) / var_t
         a = mean_s - b * mean_t
-        # Noise can push the fit out of the physical range: keep both terms non-negative and b small but > 0.
-        b = max(b, 1e-9)
-        return max(a, 0.0), b
+        return max(a, 0.0), max(b, 1e-9)  # noise can push the fit out of the physical range
 
-    def token_share(self, num_decodes: int, num_tokens: int) -> float:
-        """b N / (a + b T): the acceptance chance a drafted token needs to pay for itself in this step."""
+    def step_time(self, num_tokens: int) -> float | None:
+        """Expected seconds of a step of `num_tokens` tokens, or None when nothing is known yet."""
+        times, sizes = self._times, self._sizes
+        if num_tokens in times:
+            return times[num_tokens]
+        i = bisect.bisect_left(sizes, num_tokens)
+        if 0 < i < len(sizes):  # between two measured sizes
+            lo, hi = sizes[i - 1], sizes[i]
+            return times[lo] + (times[hi] - times[lo]) * (num_tokens - lo) / (hi - lo)
         fitted = self.fit()
         if fitted is None:
-            return num_decodes / (_PRIOR_FIXED_TOKENS + num_tokens)
+            return None
         a, b = fitted
-        return b * num_decodes / (a + b * num_tokens)
+        estimate = a + b * num_tokens
+        if i == len(sizes) and sizes:  # beyond the largest measured size: never cheaper than it
+            estimate = max(estimate, times[sizes[-1]] + b * (num_tokens - sizes[-1]))
+        return estimate

@@ -2,10 +2,11 @@
 
 Before each schedule the engine core asks `propose` to set `Request.spec_token_ids` on decoding requests; the
 scheduler schedules [last token + drafts] as one chunk and the runner verifies it; `observe` then learns from how
-many drafts were accepted. A request's draft length follows its own acceptance (alpha, per drafted token) and the
-step's cost: the j-th draft token is proposed only while alpha ** j (its chance to be accepted) beats the token
-share of the step (spec/cost_model.py), plus, for drafts that take a forward pass (early_exit, draft_model), the
-pass's share of a step's time. With `adaptive=False` every eligible request drafts up to `num_speculative_tokens`.
+many drafts were accepted. Each request's draft tokens are worth alpha ** j (the
+chance the j-th is accepted; alpha: the request's own recent acceptance per drafted token); the step keeps the
+best tokens across all requests while its expected tokens per second rises, pricing each size of step from
+measured step times (spec/cost_model.py) plus, for drafts that take forward passes (early_exit, draft_model), the
+passes. So a large batch, where a few more rows cost more than they bring, drafts nothing. With `adaptive=False` every eligible request drafts up to `num_speculative_tokens`.
 
 Model-based methods get placeholder drafts here; the runner's drafter fills them in (spec/model_drafter.py).
 """
@@ -25,6 +26,8 @@ from plait.spec.tokens import TokenView
 # request drafts a token or more at up to ~16 decodes even before it has shown how well it is drafted for.
 _ACCEPT_DECAY = 0.8
 _PRIOR_ACCEPTED, _PRIOR_REJECTED = 1.2, 0.8
+# Before any step time is measured, a step's fixed part is taken to cost as much as this many tokens.
+_PRIOR_FIXED_TOKENS = 16.0
 
 
 @dataclass
@@ -76,7 +79,7 @@ class Speculator:
         self._families: dict[tuple[int, ...], SuffixFamily] = {}
         self._family_of: dict[str, tuple[int, ...]] = {}
         self.model_based = config.method in MODEL_METHODS
-        self._pass_seconds = self._step_seconds = 0.0  # exponential averages, for the draft pass's share
+        self._pass_seconds = 0.0  # exponential average of one drafting pass (model-based methods)
 
     # ------------------------------------------------------------------------------------------- drafting
     def propose(self, running: list[Request]) -> None:
@@ -86,21 +89,21 @@ class Speculator:
         limit = self.config.disable_by_batch_size
         if not decodes or (limit is not None and len(decodes) > limit):
             return
-        share = self.cost.token_share(len(decodes), len(decodes)) if self.config.adaptive else 0.0
-        if self.model_based and self._step_seconds > 0:
-            share += self._pass_seconds / self._step_seconds
+        candidates: list[tuple[Request, list[int], float]] = []
         synced: set[int] = set()
         for request in decodes:
             if not eligible(request):
                 continue
+            # The sampled token after the drafts must fit too: within max_tokens and the context.
+            room = min(request.max_tokens - len(request.output_token_ids),
+                       self.max_model_len - request.num_tokens) - 1
+            k = min(self.config.num_speculative_tokens, room)
+            if k <= 0:
+                continue
             state = self._state(request)
-            k = self._draft_length(request, state, share)
-            if k == 0:
-                continue
             if self.model_based:
-                request.spec_token_ids = [0] * k  # placeholders: the runner's drafter writes the tokens
-                continue
-            if state.family is not None:
+                draft = [0] * k  # placeholders: the runner's drafter writes the tokens
+            elif state.family is not None:
                 if id(state.family) not in synced:
                     state.family.sync()
                     synced.add(id(state.family))
@@ -109,21 +112,44 @@ class Speculator:
                                              c.suffix_min_token_share)
             else:
                 draft = state.ngram.propose(TokenView(request.prompt_token_ids, request.output_token_ids), k)
-            request.spec_token_ids = draft
+            if draft:
+                candidates.append((request, draft, state.alpha))
+        if not candidates:
+            return
+        lengths = (self._plan(len(decodes), candidates) if self.config.adaptive
+                   else [len(d) for _, d, _ in candidates])
+        for (request, draft, _), length in zip(candidates, lengths):
+            request.spec_token_ids = draft[:length]
 
-    def _draft_length(self, request: Request, state: _RequestSpec, share: float) -> int:
-        # The sampled token after the drafts must fit too: within max_tokens and the context.
-        room = min(request.max_tokens - len(request.output_token_ids), self.max_model_len - request.num_tokens) - 1
-        k = min(self.config.num_speculative_tokens, room)
-        if not self.config.adaptive or k <= 0:
-            return max(k, 0)
-        alpha, worth, j = state.alpha, 1.0, 0
-        while j < k:
-            worth *= alpha
-            if worth <= share:
-                break
-            j += 1
-        return j
+    def _plan(self, num_decodes: int, candidates: list[tuple[Request, list[int], float]]) -> list[int]:
+        """How many of its draft tokens each candidate keeps: the j-th token of a request is accepted with chance
+        alpha ** j; take tokens best first while the step's expected tokens per second still rises (step times
+        from the cost model, plus the draft passes for model-based drafts). Before any step time is known, each
+        token must beat a prior share of the step instead."""
+        tokens = sorted(((alpha ** j, i) for i, (_, draft, alpha) in enumerate(candidates)
+                         for j in range(1, len(draft) + 1)), reverse=True)
+        lengths = [0] * len(candidates)
+        base = self.cost.step_time(num_decodes)
+        if base is None:
+            share = num_decodes / (_PRIOR_FIXED_TOKENS + num_decodes)
+            for value, i in tokens:
+                if value > share:
+                    lengths[i] += 1
+            return lengths
+        best_rate, best, gain, depth, deepest = num_decodes / base, 0, 0.0, [0] * len(candidates), 0
+        for count, (value, i) in enumerate(tokens, start=1):
+            gain += value
+            depth[i] += 1
+            deepest = max(deepest, depth[i])
+            seconds = self.cost.step_time(num_decodes + count)
+            if self.model_based:
+                seconds += self._pass_seconds * deepest
+            rate = (num_decodes + gain) / seconds
+            if rate > best_rate:
+                best_rate, best = rate, count
+        for _, i in tokens[:best]:
+            lengths[i] += 1
+        return lengths
 
     def _state(self, request: Request) -> _RequestSpec:
         state = self._requests.get(request.request_id)
@@ -145,7 +171,6 @@ class Speculator:
     def observe_step(self, num_tokens: int, seconds: float, draft_seconds: float = 0.0, draft_passes: int = 0) -> None:
         """One step: its token count and time without drafting, and the drafting passes' time."""
         self.cost.observe(num_tokens, seconds)
-        self._step_seconds = 0.9 * self._step_seconds + 0.1 * seconds if self._step_seconds else seconds
         if draft_passes:
             per_pass = draft_seconds / draft_passes
             self._pass_seconds = 0.9 * self._pass_seconds + 0.1 * per_pass if self._pass_seconds else per_pass

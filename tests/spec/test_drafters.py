@@ -53,15 +53,19 @@ def test_suffix_drafts_from_a_sibling_and_follows_the_majority():
     assert family.propose("c", 4, max_match=8, min_match=1, min_share=0.5) == []
 
 
-def test_cost_model_fits_step_time_and_prices_drafts():
+def test_cost_model_uses_measured_sizes_and_extrapolates_with_a_line():
     model = StepCostModel()
-    assert model.fit() is None
+    assert model.step_time(4) is None
     for tokens in (1, 4, 16, 64, 128) * 3:
         model.observe(tokens, 0.030 + 0.001 * tokens)  # 30 ms of weights + 1 ms a token
     a, b = model.fit()
     assert a == pytest.approx(0.030, rel=1e-6) and b == pytest.approx(0.001, rel=1e-6)
-    assert model.token_share(1, 1) == pytest.approx(0.001 / 0.031)  # batch 1: drafts nearly free
-    assert model.token_share(64, 64) == pytest.approx(0.064 / 0.094)
+    assert model.step_time(16) == pytest.approx(0.046)
+    assert model.step_time(10) == pytest.approx(0.040)  # between measured sizes
+    assert model.step_time(200) == pytest.approx(0.230)  # beyond: the line
+    model.observe(17, 0.200)  # a cliff (another matmul path above 16 rows) is learnt as measured
+    assert model.step_time(17) == pytest.approx(0.200)
+    assert model.step_time(40) > model.step_time(16) * 3
 
 
 def request(rid: str, prompt: list[int], output: list[int], max_tokens: int = 100, **params) -> Request:
@@ -87,12 +91,12 @@ def test_speculator_limits_drafts_to_max_tokens_and_skips_ineligible_requests():
 
 def test_adaptive_draft_length_follows_acceptance_and_batch_cost():
     spec = Speculator(SpeculativeConfig(method="ngram", num_speculative_tokens=4), 1000)
-    for tokens in (1, 2, 8, 32, 64) * 3:
-        spec.observe_step(tokens, 0.030 + 0.001 * tokens)
+    for tokens in list(range(1, 9)) + [16, 32, 64, 65, 80, 128, 256]:
+        spec.observe_step(tokens, 0.030 + 0.002 * tokens)  # 30 ms of weights + 2 ms a token
     loop = [1, 2, 3] * 4
     alone = request("a", loop, [1])
     spec.propose([alone])
-    assert len(alone.spec_token_ids) == 4  # batch 1: the prior's alpha 0.6 pays for 4 tokens
+    assert len(alone.spec_token_ids) == 4  # batch 1: 4 tokens at alpha 0.6 bring 1.3 tokens for 8 ms more
     for _ in range(10):
         spec.observe("a", 4, 0)  # always rejected
     spec.propose([alone])
