@@ -196,8 +196,9 @@ class EngineCore:
         self.num_steps += 1
         if self.speculator is not None:
             passes = max((c.num_draft for c in sched.chunks), default=0) if model_out.draft_seconds else 0
+            decode_only = all(len(c.token_ids) - c.num_draft == 1 for c in sched.chunks)
             self.speculator.observe_step(sched.num_tokens, time.perf_counter() - started - model_out.draft_seconds,
-                                         model_out.draft_seconds, passes)
+                                         model_out.draft_seconds, passes, decode_only)
             for chunk in sched.chunks:
                 if chunk.num_draft and chunk.request_id in model_out.sampled:
                     self.speculator.observe(chunk.request_id, chunk.num_draft,

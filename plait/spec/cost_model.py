@@ -23,7 +23,10 @@ class StepCostModel:
         self._times: dict[int, float] = {}
         self._sizes: list[int] = []  # sorted keys of _times
 
-    def observe(self, num_tokens: int, seconds: float) -> None:
+    def observe(self, num_tokens: int, seconds: float, decode_only: bool = True) -> None:
+        """One step's time. Only decode steps (one token per request, drafts included) enter the per-size table:
+        a prompt chunk's rows attend to less context and run as one larger matmul, so a mixed step of the same
+        size says little about a decode step's time; every step enters the line fit."""
         if num_tokens < 1 or num_tokens > _MAX_FIT_TOKENS or seconds <= 0:
             return
         d = _DECAY
@@ -32,6 +35,8 @@ class StepCostModel:
         self._s = d * self._s + seconds
         self._tt = d * self._tt + num_tokens * num_tokens
         self._ts = d * self._ts + num_tokens * seconds
+        if not decode_only:
+            return
         old = self._times.get(num_tokens)
         if old is None:
             bisect.insort(self._sizes, num_tokens)

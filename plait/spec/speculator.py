@@ -28,6 +28,8 @@ _ACCEPT_DECAY = 0.8
 _PRIOR_ACCEPTED, _PRIOR_REJECTED = 1.2, 0.8
 # Before any step time is measured, a step's fixed part is taken to cost as much as this many tokens.
 _PRIOR_FIXED_TOKENS = 16.0
+# Expected speed-up a step's drafts must promise over not drafting.
+_MIN_GAIN = 0.05
 
 
 @dataclass
@@ -145,7 +147,8 @@ class Speculator:
             if self.model_based:
                 seconds += self._pass_seconds * deepest
             rate = (num_decodes + gain) / seconds
-            if rate > best_rate:
+            # Drafting at all must promise a clear gain: the step times are estimates from a noisy machine.
+            if rate > best_rate * (1.0 if best else 1.0 + _MIN_GAIN):
                 best_rate, best = rate, count
         for _, i in tokens[:best]:
             lengths[i] += 1
@@ -168,9 +171,10 @@ class Speculator:
         return state
 
     # ------------------------------------------------------------------------------------------- learning
-    def observe_step(self, num_tokens: int, seconds: float, draft_seconds: float = 0.0, draft_passes: int = 0) -> None:
+    def observe_step(self, num_tokens: int, seconds: float, draft_seconds: float = 0.0, draft_passes: int = 0,
+                     decode_only: bool = True) -> None:
         """One step: its token count and time without drafting, and the drafting passes' time."""
-        self.cost.observe(num_tokens, seconds)
+        self.cost.observe(num_tokens, seconds, decode_only)
         if draft_passes:
             per_pass = draft_seconds / draft_passes
             self._pass_seconds = 0.9 * self._pass_seconds + 0.1 * per_pass if self._pass_seconds else per_pass
