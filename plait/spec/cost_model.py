@@ -70,6 +70,12 @@ class StepCostModel:
             return None
         a, b = fitted
         estimate = a + b * num_tokens
-        if i == len(sizes) and sizes:  # beyond the largest measured size: never cheaper than it
-            estimate = max(estimate, times[sizes[-1]] + b * (num_tokens - sizes[-1]))
+        if i == len(sizes) and sizes:
+            # Beyond the largest measured decode size: grow from it at least as fast as decode steps did between
+            # it and a size half as large (the line is mostly prompt chunks, whose rows are cheaper).
+            top = sizes[-1]
+            half = [n for n in sizes if n <= top // 2]
+            if half:
+                b = max(b, (times[top] - times[half[-1]]) / (top - half[-1]))
+            estimate = max(estimate, times[top] + b * (num_tokens - top))
         return estimate
