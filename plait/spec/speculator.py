@@ -2,11 +2,13 @@
 
 Before each schedule the engine core asks `propose` to set `Request.spec_token_ids` on decoding requests; the
 scheduler schedules [last token + drafts] as one chunk and the runner verifies it; `observe` then learns from how
-many drafts were accepted. Each request's draft tokens are worth alpha ** j (the
-chance the j-th is accepted; alpha: the request's own recent acceptance per drafted token); the step keeps the
-best tokens across all requests while its expected tokens per second rises, pricing each size of step from
-measured step times (spec/cost_model.py) plus, for drafts that take forward passes (early_exit, draft_model), the
-passes. So a large batch, where a few more rows cost more than they bring, drafts nothing. With `adaptive=False` every eligible request drafts up to `num_speculative_tokens`.
+many drafts were accepted.
+
+Each request's draft tokens are worth alpha ** j (the chance the j-th is accepted; alpha: the request's own recent
+acceptance per drafted token). The step keeps the best tokens across all requests while its expected tokens per
+second rises, pricing each step size from measured step times (spec/cost_model.py) plus, for drafts that take
+forward passes (early_exit, draft_model), the passes. So a large batch, where more rows cost more than they bring,
+drafts nothing. With `adaptive=False` every eligible request drafts up to `num_speculative_tokens`.
 
 Model-based methods get placeholder drafts here; the runner's drafter fills them in (spec/model_drafter.py).
 """
