@@ -131,69 +131,39 @@ def _row_values(values: list[float], rows: list[int], num_rows: int, device: tor
 class PenaltyState:
     """One request's penalty bookkeeping, kept up to date one token at a time.
 
-    Rebuilding the seen-token index from the whole prompt + output every step costs O(length) per step (a long
-    generation becomes quadratic); this keeps the distinct seen tokens and the output counts as tensors that grow
-    only when a token is new, so a step costs O(distinct tokens), not O(length) of Python work.
+    Dense per-vocabulary tensors: a seen-token mask (repetition penalty) and output counts (presence / frequency),
+    each updated by one element per token. Applying them is one vectorised pass over the vocabulary per row,
+    whatever the length of the sequence or how many distinct tokens it holds, so a step's cost does not grow with
+    the generation (index lists rebuilt or converted each step did: O(distinct tokens) per step).
     """
 
     def __init__(self, prompt_token_ids: Sequence[int], vocab_size: int) -> None:
         self.vocab_size = vocab_size
-        self._seen: dict[int, None] = dict.fromkeys(t for t in prompt_token_ids if 0 <= t < vocab_size)
-        self._seen_ids = torch.tensor(list(self._seen), dtype=torch.long)
-        self._seen_new: list[int] = []
-        self._out_index: dict[int, int] = {}  # output token -> its slot in _out_ids / _out_counts
-        self._out_ids: list[int] = []
-        self._out_counts: list[float] = []
+        self.seen = torch.zeros(vocab_size, dtype=torch.bool)
+        ids = [t for t in prompt_token_ids if 0 <= t < vocab_size]
+        if ids:
+            self.seen[torch.tensor(ids, dtype=torch.long)] = True
+        self.counts = torch.zeros(vocab_size, dtype=torch.float32)  # occurrences in the output
 
     def add(self, token: int) -> None:
         if not 0 <= token < self.vocab_size:
             return
-        if token not in self._seen:
-            self._seen[token] = None
-            self._seen_new.append(token)
-        slot = self._out_index.get(token)
-        if slot is None:
-            self._out_index[token] = len(self._out_ids)
-            self._out_ids.append(token)
-            self._out_counts.append(1.0)
-        else:
-            self._out_counts[slot] += 1.0
-
-    def seen_ids(self) -> torch.Tensor:
-        """Distinct ids of prompt + output (repetition penalty)."""
-        if self._seen_new:
-            self._seen_ids = torch.cat([self._seen_ids, torch.tensor(self._seen_new, dtype=torch.long)])
-            self._seen_new = []
-        return self._seen_ids
-
-    def output_counts(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """(distinct output ids, how often each occurred) for presence / frequency penalties."""
-        return (torch.tensor(self._out_ids, dtype=torch.long),
-                torch.tensor(self._out_counts, dtype=torch.float32))
+        self.seen[token] = True
+        self.counts[token] += 1.0
 
 
 def apply_penalties_incremental(logits: torch.Tensor, params: Sequence[SamplingParams],
                                 states: Sequence[PenaltyState | None]) -> None:
-    """The same penalties as `apply_penalties`, in the same order, from each row's PenaltyState."""
-    vocab = logits.shape[1]
+    """The same penalties as `apply_penalties`, in the same order and bit for bit, from each row's PenaltyState:
+    repetition on every seen token, then counts x frequency + presence subtracted from every output token."""
     device = logits.device
-    flat = logits.view(-1)
-    rep_rows = [r for r, p in enumerate(params) if p.repetition_penalty != 1.0]
-    if rep_rows:
-        parts = [states[r].seen_ids() + r * vocab for r in rep_rows]
-        seen = torch.cat(parts).to(device)
-        penalty = torch.cat([torch.full((len(part),), params[r].repetition_penalty, dtype=torch.float32)
-                             for r, part in zip(rep_rows, parts)]).to(device)
-        values = flat[seen]
-        flat[seen] = torch.where(values > 0, values / penalty, values * penalty)
-    freq_rows = [r for r, p in enumerate(params) if p.presence_penalty != 0.0 or p.frequency_penalty != 0.0]
-    if freq_rows:
-        ids, subtract = [], []
-        for r in freq_rows:
-            tokens, counts = states[r].output_counts()
-            if len(tokens):
-                ids.append(tokens + r * vocab)
-                subtract.append(counts * params[r].frequency_penalty + params[r].presence_penalty)
-        if ids:
-            index = torch.cat(ids).to(device)
-            flat[index] -= torch.cat(subtract).to(device)
+    for r, p in enumerate(params):
+        if p.repetition_penalty != 1.0:
+            row, seen = logits[r], states[r].seen.to(device)
+            penalised = torch.where(row > 0, row / p.repetition_penalty, row * p.repetition_penalty)
+            row.copy_(torch.where(seen, penalised, row))
+        if p.presence_penalty != 0.0 or p.frequency_penalty != 0.0:
+            counts = states[r].counts.to(device)
+            # Unseen tokens subtract exactly 0; seen ones subtract counts * frequency + presence, as the sparse
+            # form does.
+            logits[r] -= counts * p.frequency_penalty + (counts > 0).float() * p.presence_penalty
