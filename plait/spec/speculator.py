@@ -146,6 +146,8 @@ class Speculator:
             depth[i] += 1
             deepest = max(deepest, depth[i])
             seconds = self.cost.step_time(num_decodes + count)
+            if seconds is None:  # a size the model cannot price yet (no line fit): draft no further
+                break
             if self.model_based:
                 seconds += self._pass_seconds * deepest
             rate = (num_decodes + gain) / seconds

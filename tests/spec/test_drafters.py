@@ -108,3 +108,11 @@ def test_adaptive_draft_length_follows_acceptance_and_batch_cost():
     three = [request(f"r{i}", loop, [1]) for i in range(3)]
     limited.propose(three)
     assert all(r.spec_token_ids == [] for r in three)
+
+
+def test_planner_drafts_nothing_it_cannot_price():
+    spec = Speculator(SpeculativeConfig(method="ngram", num_speculative_tokens=4), 1000)
+    spec.observe_step(1, 0.05)  # one size measured, no line yet: larger steps cannot be priced
+    alone = request("a", [1, 2, 3] * 4, [1])
+    spec.propose([alone])
+    assert alone.spec_token_ids == []
