@@ -3,7 +3,8 @@
 A request's logits are bitwise the same whatever else is in its step only when every op computes each row with
 the same arithmetic at any row count. Measured per op (tests/runner/test_batch_invariance.py):
 
-* linear layers: oneDNN prepacked (fp32 and bf16) and plain bf16 `F.linear` are row-invariant; MKL's fp32
+* linear layers: oneDNN prepacked (fp32 and bf16, a lone row computed as two: oneDNN's single-row kernel differs
+  with AVX-512) and plain bf16 `F.linear` are row-invariant; MKL's fp32
   `F.linear` is not (it picks kernels by row count), and the 4-bit path switches weights at 8 rows. The weight
   transforms (runner/weight_transforms.py) pack fp32 linears and leave the 4-bit path off in this mode.
 * attention: plait's C kernel computes each (token, kv head) alone, over its own context in cache order, so a

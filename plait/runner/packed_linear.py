@@ -21,15 +21,25 @@ from plait.models.llama import Linear
 
 
 class PackedLinear(nn.Module):
-    def __init__(self, linear: Linear) -> None:
+    def __init__(self, linear: Linear, batch_invariant: bool = False) -> None:
         super().__init__()
         self.out_features, self.in_features = linear.weight.shape
         self.dtype = linear.weight.dtype
         self.packed = torch.ops.mkldnn._reorder_linear_weight(linear.weight.detach())
         self.bias = linear.bias
+        # With AVX-512, oneDNN takes another kernel for a single row at some shapes (SmolLM2's down projection,
+        # K = 1536, fp32 and bf16: a row alone can differ from the same row among 2+ rows in the last bit). For
+        # batch invariance a lone row is computed as two (itself twice) and gets the many-row bits. fp32 is packed
+        # only for batch invariance.
+        self.pad_single_row = batch_invariant or self.dtype == torch.float32
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.ops.mkldnn._linear_pointwise(x.contiguous(), self.packed, self.bias, "none", [], "")
+        x = x.contiguous()
+        if self.pad_single_row and x.numel() == self.in_features:
+            rows = x.reshape(1, self.in_features).expand(2, -1).contiguous()
+            out = torch.ops.mkldnn._linear_pointwise(rows, self.packed, self.bias, "none", [], "")
+            return out[:1].reshape(*x.shape[:-1], self.out_features)
+        return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none", [], "")
 
     def unpack(self) -> Linear:
         """The plain Linear this was built from, with the same weight bits."""
@@ -50,13 +60,13 @@ def can_pack(dtype: torch.dtype, device: torch.device, batch_invariant: bool = F
     return dtype == torch.float32 and batch_invariant
 
 
-def pack_linears(model: nn.Module) -> int:
+def pack_linears(model: nn.Module, batch_invariant: bool = False) -> int:
     """Swap every Linear of `model` for a PackedLinear; returns how many were swapped."""
     swapped = 0
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):
             if isinstance(child, Linear):
-                setattr(parent, name, PackedLinear(child))
+                setattr(parent, name, PackedLinear(child, batch_invariant))
                 swapped += 1
     return swapped
 

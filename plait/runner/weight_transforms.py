@@ -57,7 +57,7 @@ class PackWeights(WeightTransform):
         return can_pack(ctx.dtype, ctx.device, ctx.batch_invariant)
 
     def apply(self, model: nn.Module, ctx: TransformContext) -> int:
-        return pack_linears(model)
+        return pack_linears(model, ctx.batch_invariant)
 
     def revert(self, model: nn.Module) -> int:
         return unpack_linears(model)

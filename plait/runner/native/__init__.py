@@ -26,7 +26,10 @@ SOURCES = ("paged_attention.c", "elementwise.c", "shared_prefix.c", "small_gemm.
 HEADERS = ("common.h",)
 # -ffast-math lets the loops reassociate sums and call glibc's vector expf. It is given to the compile step only:
 # linking with it adds crtfastmath.o, which would switch the whole process to flush-to-zero when the library loads.
-COMPILE_FLAGS = ("-O3", "-march=native", "-ffast-math", "-fopenmp", "-fPIC", "-std=c11")
+# -mno-recip: with -ffast-math gcc divides in vector loops by an approximate reciprocal plus a Newton step, whose
+# bits differ between the 512-bit body, the 256-bit epilogue (rcp14 vs rcp) and a scalar divide, so on AVX-512 a
+# row's SiLU depended on its place in the batch; true division gives every path the same bits.
+COMPILE_FLAGS = ("-O3", "-march=native", "-ffast-math", "-mno-recip", "-fopenmp", "-fPIC", "-std=c11")
 LINK_FLAGS = ("-shared", "-fopenmp")
 _ENV_SWITCH = "PLAIT_NATIVE_KERNELS"
 

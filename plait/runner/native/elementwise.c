@@ -7,6 +7,7 @@
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "common.h"
 
@@ -38,6 +39,27 @@ static void add_rms_norm(const void *x, const void *residual, const void *weight
     }
 }
 
+/* e^x by range reduction (x = n ln2 + r) and Cephes' degree-6 polynomial for e^r, ~1 ulp on [-87, 88]. Plain
+ * arithmetic on purpose: libm's scalar expf and libmvec's vector expf may differ in the last bit, and which one a
+ * loop element gets depends on how gcc splits the loop (body, epilogue, peel), i.e. on the row's place in the
+ * batch. Plain arithmetic gives the same bits in scalar and vector code (batch invariance, design rule 9). */
+static inline float exp_same_bits(float x) {
+    x = x < -87.0f ? -87.0f : (x > 88.0f ? 88.0f : x);
+    const float n = __builtin_rintf(x * 1.44269504088896341f);
+    const float r = (x - n * 0.693359375f) + n * 2.12194440e-4f;
+    float p = 1.9875691500e-4f;
+    p = p * r + 1.3981999507e-3f;
+    p = p * r + 8.3334519073e-3f;
+    p = p * r + 4.1665795894e-2f;
+    p = p * r + 1.6666665459e-1f;
+    p = p * r + 5.0000001201e-1f;
+    p = p * r * r + r + 1.0f;
+    const int32_t bits = ((int32_t)n + 127) << 23;
+    float scale;
+    memcpy(&scale, &bits, sizeof scale);
+    return p * scale;
+}
+
 /* out[r, i] = silu(gate_up[r, i]) * gate_up[r, dim + i]: gate and up are the two halves of one fused matmul. */
 static void silu_mul(const void *gate_up, void *out, int rows, int dim, int bf16) {
 #pragma omp parallel for schedule(static)
@@ -45,7 +67,7 @@ static void silu_mul(const void *gate_up, void *out, int rows, int dim, int bf16
         const int64_t in = (int64_t)r * 2 * dim, o = (int64_t)r * dim;
         for (int i = 0; i < dim; ++i) {
             const float g = load(gate_up, in + i, bf16), u = load(gate_up, in + dim + i, bf16);
-            store(out, o + i, g / (1.0f + expf(-g)) * u, bf16);
+            store(out, o + i, g / (1.0f + exp_same_bits(-g)) * u, bf16);
         }
     }
 }
