@@ -40,12 +40,14 @@ def add_bench_parser(subparsers: Any) -> argparse.ArgumentParser:
     from plait.bench.serve import add_serve_parser
 
     add_serve_parser(sub)
+    from plait.bench.lm_head import add_lm_head_parser
     from plait.bench.plots import add_report_parser
     from plait.bench.roofline import add_roofline_parser
     from plait.bench.sweep import add_sweep_parser
 
     add_sweep_parser(sub)
     add_roofline_parser(sub)
+    add_lm_head_parser(sub)
     add_report_parser(sub)
     bench.set_defaults(func=run_bench)
     return bench
@@ -69,7 +71,7 @@ def run_bench(args: argparse.Namespace) -> int:
         from plait.bench.spec import run_spec_bench
 
         run_spec_bench(args)
-    elif args.bench_command in ("sweep", "roofline", "report"):
+    elif args.bench_command in ("sweep", "roofline", "report", "lm-head"):
         return args.func(args)
     elif args.bench_command == "serve":
         from plait.bench.serve import run_serve_bench

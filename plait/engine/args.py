@@ -29,6 +29,9 @@ def add_engine_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--no-native-q4", action="store_true",
                    help="always use dense weights (by default, CPU bf16 steps of <= 8 tokens read a Q4_0/Q4_1 "
                         "GGUF's 4-bit weights directly: faster at batch 1, slightly different bf16 numerics)")
+    g.add_argument("--no-q8-weights", action="store_true",
+                   help="read every fp32 weight densely (by default, weights that are exactly a GGUF's Q8_0 blocks, "
+                        "such as the LM head, are read as those int8 blocks: same values, 1/4 of the memory traffic)")
     g.add_argument("--batch-invariant", action="store_true",
                    help="bitwise batch-invariant numerics: a request's output never depends on what else is in "
                         "its step (slower at batch 1; docs/batch_invariance.md)")
@@ -55,6 +58,7 @@ def engine_kwargs(args: argparse.Namespace) -> dict:
                   max_num_batched_tokens=args.max_num_batched_tokens, max_model_len=args.max_model_len,
                   enable_prefix_caching=not args.no_prefix_caching, num_threads=args.threads,
                   native_q4=not getattr(args, "no_native_q4", False),
+                  q8_weights=not getattr(args, "no_q8_weights", False),
                   native_kernels=not getattr(args, "no_native_kernels", False),
                   batch_invariant=getattr(args, "batch_invariant", False),
                   shared_prefix_attention=not getattr(args, "no_shared_prefix_attention", False),

@@ -95,7 +95,8 @@ def build_engine(config: EngineConfig, model_config: ModelConfig | None = None,
     model.load_weights(weights)
     model.to(device).eval()
     del weights
-    transforms = default_transforms(config.packed_weights or config.batch_invariant, config.native_q4)
+    transforms = default_transforms(config.packed_weights or config.batch_invariant, config.native_q4,
+                                    exact_q8=config.q8_weights)
     applied = apply_transforms(model, transforms, TransformContext(dtype, device, source, config.batch_invariant,
                                                                    config.native_kernels))
 

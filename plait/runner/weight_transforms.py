@@ -5,9 +5,10 @@ blocks) and can undo the swap exactly, putting back plain modules under the name
 So a later feature that changes weights (a weight update, a new quantization) does: `revert_transforms`, load the
 new weights by their checkpoint names, `apply_transforms` again; no special case per transform in builder.py.
 
-Order matters and is fixed here: packing first (it turns every dense Linear into a PackedLinear), then the 4-bit
-path (which wraps the packed module as its large-step fallback), then fp32's few-rows kernel (on whatever dense
-Linears are left). Reverting runs the list backwards.
+Order matters and is fixed here: fp32 weights that are exact Q8_0 blocks first (the LM head of GGUF files; they
+must be found before packing hides the dense Linear), then packing (it turns every other dense Linear into a
+PackedLinear), then the 4-bit path (which wraps the packed module as its large-step fallback), then fp32's few-rows
+kernel (on whatever dense Linears are left). Reverting runs the list backwards.
 """
 
 from __future__ import annotations
@@ -46,6 +47,33 @@ class WeightTransform:
 
     def revert(self, model: nn.Module) -> int:
         raise NotImplementedError
+
+
+class Q8Weights(WeightTransform):
+    """fp32 Linears whose weights are exactly Q8_0 blocks (a GGUF's Q8_0 LM head) read those int8 blocks
+    (runner/q8_linear.py). Bit-identical to the few-rows fp32 kernel at every step size, so it is batch-invariant
+    and applies under batch-invariant numerics too. Weights that are not exact Q8_0 are left alone."""
+
+    name = "q8"
+
+    def applies(self, ctx: TransformContext) -> bool:
+        if ctx.dtype != torch.float32 or ctx.device.type != "cpu" or not ctx.native_kernels:
+            return False
+        from plait.runner.native import load_kernels
+        from plait.runner.q8_linear import kernel_usable
+
+        return kernel_usable(load_kernels())
+
+    def apply(self, model: nn.Module, ctx: TransformContext) -> int:
+        from plait.runner.native import load_kernels
+        from plait.runner.q8_linear import wrap_q8_linears
+
+        return wrap_q8_linears(model, load_kernels())
+
+    def revert(self, model: nn.Module) -> int:
+        from plait.runner.q8_linear import unwrap_q8_linears
+
+        return unwrap_q8_linears(model)
 
 
 class PackWeights(WeightTransform):
@@ -109,10 +137,12 @@ class SmallBatchWeights(WeightTransform):
         return unwrap_linears(model)
 
 
-def default_transforms(packed_weights: bool = True, native_q4: bool = True,
-                       small_batch: bool = True) -> list[WeightTransform]:
+def default_transforms(packed_weights: bool = True, native_q4: bool = True, small_batch: bool = True,
+                       exact_q8: bool = True) -> list[WeightTransform]:
     """The ordered list the builder applies (each still checks `applies` against the context)."""
     transforms: list[WeightTransform] = []
+    if exact_q8:
+        transforms.append(Q8Weights())
     if packed_weights:
         transforms.append(PackWeights())
     if native_q4:

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
-SOURCES = ("paged_attention.c", "elementwise.c", "shared_prefix.c", "small_gemm.c")
+SOURCES = ("paged_attention.c", "elementwise.c", "shared_prefix.c", "small_gemm.c", "q8_gemm.c")
 HEADERS = ("common.h",)
 # -ffast-math lets the loops reassociate sums and call glibc's vector expf. It is given to the compile step only:
 # linking with it adds crtfastmath.o, which would switch the whole process to flush-to-zero when the library loads.
@@ -68,6 +68,8 @@ class Kernels:
     shared_prefix: dict[str, ctypes._CFuncPtr]
     # fp32 linear for a few rows (small_gemm.c); returns -1 where the CPU lacks AVX2 + FMA
     small_linear_f32: ctypes._CFuncPtr | None = None
+    # fp32 linear over Q8_0 int8 blocks (q8_gemm.c); returns -1 where the CPU lacks AVX2 + FMA
+    q8_linear_f32: ctypes._CFuncPtr | None = None
 
 
 class KernelBuildError(RuntimeError):
@@ -152,7 +154,9 @@ def _bind(lib: ctypes.CDLL) -> Kernels:
             bound[name][suffix] = fn
     small = lib.plait_small_linear_f32
     small.argtypes, small.restype = [p, p, p, p, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64], ctypes.c_int
-    return Kernels(**bound, small_linear_f32=small)
+    q8 = lib.plait_q8_linear_f32
+    q8.argtypes, q8.restype = [p, p, p, p, p, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64], ctypes.c_int
+    return Kernels(**bound, small_linear_f32=small, q8_linear_f32=q8)
 
 
 @lru_cache(maxsize=1)
