@@ -208,9 +208,9 @@ def _reapply(built, model, applied: list | None) -> None:
         return
     from plait.runner.weight_transforms import TransformContext, apply_transforms
 
-    # No source file: the GGUF's 4-bit blocks are the old weights, so the 4-bit path stays off after an update.
+    # The GGUF's 4-bit blocks are the old weights: the 4-bit path quantizes the new ones (runner/q4_quantize.py).
     ctx = TransformContext(built.dtype, built.device, None, getattr(built.config, "batch_invariant", False),
-                           getattr(built.config, "native_kernels", False))
+                           getattr(built.config, "native_kernels", False), requantize=True)
     built.weight_transforms = apply_transforms(model, list(applied), ctx)
 
 
