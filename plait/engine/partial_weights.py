@@ -44,9 +44,9 @@ def check_partial(built, weights: dict[str, torch.Tensor]) -> None:
 
 
 @torch.no_grad()
-def write_partial(model: nn.Module, weights: dict[str, torch.Tensor]) -> int:
-    """Write each tensor into its slots of `model` (plain modules, as `load_weights` leaves them); returns how many
-    parameters changed. The checks of `check_partial` must have passed."""
+def write_partial(model: nn.Module, weights: dict[str, torch.Tensor]) -> frozenset[str]:
+    """Write each tensor into its slots of `model` (plain modules, as `load_weights` leaves them); returns the
+    names of the parameters that changed. The checks of `check_partial` must have passed."""
     slots = model.checkpoint_slots()
     params = dict(model.named_parameters())
     by_param: dict[str, list[tuple[Slot, torch.Tensor]]] = defaultdict(list)
@@ -61,4 +61,4 @@ def write_partial(model: nn.Module, weights: dict[str, torch.Tensor]) -> int:
             rows = new if slot.start is None else new[slot.start:slot.stop]
             rows.copy_(value.to(new.dtype))
         param.data = new
-    return len(by_param)
+    return frozenset(by_param)

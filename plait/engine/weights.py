@@ -175,12 +175,13 @@ def swap_weights(built, update: PreparedUpdate) -> float:
     start = time.perf_counter()
     model = built.core.runner.model
     transforms = _revert(built, model)
+    changed = None  # every parameter
     if update.partial:
-        write_partial(model, update.weights)
+        changed = write_partial(model, update.weights)
     else:
         model.load_weights(update.weights)
     model.to(built.device)
-    _reapply(built, model, transforms)
+    _reapply(built, model, transforms, changed)
     built.core.reset_prefix_cache()
     update.weights = {}  # the model holds them now
     return time.perf_counter() - start
@@ -203,14 +204,14 @@ def _revert(built, model) -> list | None:
     return None
 
 
-def _reapply(built, model, applied: list | None) -> None:
+def _reapply(built, model, applied: list | None, changed: frozenset[str] | None = None) -> None:
     if applied is None:
         return
     from plait.runner.weight_transforms import TransformContext, apply_transforms
 
     # The GGUF's 4-bit blocks are the old weights: the 4-bit path quantizes the new ones (runner/q4_quantize.py).
     ctx = TransformContext(built.dtype, built.device, None, getattr(built.config, "batch_invariant", False),
-                           getattr(built.config, "native_kernels", False), requantize=True)
+                           getattr(built.config, "native_kernels", False), requantize=True, changed=changed)
     built.weight_transforms = apply_transforms(model, list(applied), ctx)
 
 

@@ -105,3 +105,15 @@ def requantize_q4(model: nn.Module, names: list[str], max_rows: int = DEFAULT_MA
         setattr(parent, attr, Q4Linear(dense, quantize_q4(dense_weight(dense)), max_rows))
     return len(names)
 
+
+def rewrap_q4(model: nn.Module, previous: dict[str, Q4Linear]) -> int:
+    """Put back Q4Linears whose weights an update did not change (their blocks are still right) around the
+    current dense modules; returns how many. Saves re-quantizing a whole model for a partial update."""
+    for name, q4 in previous.items():
+        parent_name, _, attr = name.rpartition(".")
+        parent = model.get_submodule(parent_name)
+        q4.dense = getattr(parent, attr)
+        q4.bias = getattr(q4.dense, "bias", None)
+        setattr(parent, attr, q4)
+    return len(previous)
+

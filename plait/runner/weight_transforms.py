@@ -18,7 +18,8 @@ import torch
 from torch import nn
 
 from plait.runner.packed_linear import can_pack, pack_linears, unpack_linears
-from plait.runner.q4_linear import attach_q4, can_use_q4, detach_q4, requantize_q4, wrapped_q4
+from plait.runner.q4_linear import (Q4Linear, attach_q4, can_use_q4, detach_q4, requantize_q4, rewrap_q4,
+                                    wrapped_q4)
 
 
 @dataclass(frozen=True)
@@ -31,6 +32,7 @@ class TransformContext:
     batch_invariant: bool = False  # every row of a step must get the same arithmetic whatever the step's size
     native_kernels: bool = False  # plait's C kernels may be used (EngineConfig.native_kernels)
     requantize: bool = False  # re-applying after a weight update: quantize the new weights, not the file's
+    changed: frozenset[str] | None = None  # with requantize: the parameters the update changed (None: all)
 
 
 class WeightTransform:
@@ -74,6 +76,7 @@ class Q4Weights(WeightTransform):
 
     def __init__(self) -> None:
         self.wrapped: list[str] = []
+        self.previous: dict[str, Q4Linear] = {}  # between revert and re-apply: reused where weights did not change
 
     def applies(self, ctx: TransformContext) -> bool:
         if ctx.batch_invariant or not can_use_q4(ctx.dtype, ctx.device):
@@ -84,7 +87,12 @@ class Q4Weights(WeightTransform):
 
     def apply(self, model: nn.Module, ctx: TransformContext) -> int:
         if ctx.requantize:
-            return requantize_q4(model, self.wrapped)
+            previous, self.previous = self.previous, {}
+            if ctx.changed is None:
+                return requantize_q4(model, self.wrapped)
+            stale = [n for n in self.wrapped if n not in previous or any(p.startswith(n + ".") for p in ctx.changed)]
+            return requantize_q4(model, stale) + rewrap_q4(model, {n: previous[n] for n in self.wrapped
+                                                                  if n not in stale})
         from plait.loading.gguf_file import load_q4_blocks
 
         count = attach_q4(model, load_q4_blocks(ctx.source))
@@ -92,6 +100,7 @@ class Q4Weights(WeightTransform):
         return count
 
     def revert(self, model: nn.Module) -> int:
+        self.previous = {n: m for n, m in model.named_modules() if isinstance(m, Q4Linear)}
         return detach_q4(model)
 
 

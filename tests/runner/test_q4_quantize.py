@@ -91,11 +91,16 @@ def test_update_on_the_4bit_path_equals_a_fresh_engine_quantized_from_the_new_we
     assert after != before
 
     # A trainer's partial state dict: only q_proj of layer 0. Its fused q/k/v is quantized again from the merged
-    # dense weights; the other modules' blocks are those of W2.
+    # dense weights; the other modules keep W2's blocks.
     other = fixtures.random_hf_weights(300, "llama", False, seed=5)
     q = torch.from_numpy(other["model.layers.0.self_attn.q_proj.weight"])
+    kept = q4_modules(llm)
     llm.update_weights({"model.layers.0.self_attn.q_proj.weight": q}, "v3", partial=True)
     modules = q4_modules(llm)
+    # Only the changed module is quantized again; the others keep their blocks (no whole-model re-quantization).
+    assert [n for n in names if modules[n] is not kept[n]] == ["layers.0.qkv_proj"]
+    ref_modules = q4_modules(reference)
+    assert all(torch.equal(modules[n].dense.weight, ref_modules[n].dense.weight) for n in names if "0.qkv" not in n)
     qkv = modules["layers.0.qkv_proj"]
     dense = qkv.dense.weight
     assert torch.equal(dense[:q.shape[0]], q.bfloat16())
