@@ -107,3 +107,20 @@ def test_update_on_the_4bit_path_equals_a_fresh_engine_quantized_from_the_new_we
     assert torch.equal(qkv.scales_zeros, Q4Linear(qkv.dense, quantize_q4(dense)).scales_zeros)
     assert torch.equal(modules["layers.1.qkv_proj"].packed, q4_modules(reference)["layers.1.qkv_proj"].packed)
     assert llm.engine.scheduler.kv.all_blocks_free()
+
+
+@needs_q4
+@pytest.mark.slow
+def test_default_model_keeps_its_4bit_path_and_its_tokens_after_updating_with_its_own_weights():
+    from plait import LLM, SamplingParams
+    from plait.loading.sources import resolve_model
+
+    llm = LLM(None, dtype="bfloat16")
+    names = sorted(q4_modules(llm))
+    assert len(names) == 120  # 30 layers x (qkv, o, gate_up, down)
+    params = SamplingParams(max_tokens=24, temperature=0, ignore_eos=True)
+    prompts = ["The capital of France is", "def fibonacci(n):", "Once upon a time"]
+    before = [o.outputs[0].token_ids for o in llm.generate(prompts, params, use_tqdm=False)]
+    llm.update_weights(str(resolve_model(None)), "again")
+    assert sorted(q4_modules(llm)) == names
+    assert [o.outputs[0].token_ids for o in llm.generate(prompts, params, use_tqdm=False)] == before
