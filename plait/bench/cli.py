@@ -37,6 +37,12 @@ def add_bench_parser(subparsers: Any) -> argparse.ArgumentParser:
 
     add_spec_bench_args(p)
     add_engine_args(p)
+    p = sub.add_parser("weight-update", formatter_class=fmt,
+                       help="update_weights time by kind: from the file, state dict, buckets, partial")
+    from plait.bench.weight_update import add_weight_update_args
+
+    add_weight_update_args(p)
+    add_engine_args(p)
     from plait.bench.serve import add_serve_parser
 
     add_serve_parser(sub)
@@ -71,6 +77,10 @@ def run_bench(args: argparse.Namespace) -> int:
         from plait.bench.spec import run_spec_bench
 
         run_spec_bench(args)
+    elif args.bench_command == "weight-update":
+        from plait.bench.weight_update import run_weight_update
+
+        run_weight_update(args)
     elif args.bench_command in ("sweep", "roofline", "report", "lm-head"):
         return args.func(args)
     elif args.bench_command == "serve":

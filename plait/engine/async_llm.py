@@ -26,6 +26,7 @@ from plait.core.engine_core import check_sample_index
 from plait.core.engine_output import EngineOutput, SampleDelta
 from plait.engine.output_processor import OUTPUT_KINDS, RequestState
 from plait.engine.scoring import encode_pair, score_params, to_score
+from plait.engine.weight_buckets import WeightBuckets
 from plait.engine.weights import WeightUpdateInfo, WeightUpdater, prepare_update
 from plait.outputs import RequestOutput, ScoreOutput
 from plait.params import SamplingParams
@@ -68,6 +69,7 @@ class AsyncLLM:
         self._stopping = False
         self.error: BaseException | None = None
         self._updater: WeightUpdater | None = None
+        self._weight_buckets = WeightBuckets()  # update_weights(..., final=False) stages here
         # The engine is built inside the thread that then runs it. Why: OpenMP keeps one worker pool per thread
         # that runs parallel ops; once two pools exist, libgomp has more threads than cores and stops spinning at
         # its barriers, and every small op pays a futex wake-up. Measured: batch-1 decode 10.8 ms/token when
@@ -237,22 +239,27 @@ class AsyncLLM:
         """The version of the weights steps run on now (None: as loaded)."""
         return self._updater.version
 
-    def update_weights_nowait(self, weights, version, mode: str = "drain") -> concurrent.futures.Future:
+    def update_weights_nowait(self, weights, version, mode: str = "drain", partial: bool = False,
+                              final: bool = True) -> concurrent.futures.Future:
         """Check `weights` now (a bad state dict raises ValueError here and nothing changes), then queue the swap;
         the future resolves to a WeightUpdateInfo once the engine thread has swapped between steps. Modes
         (plait/engine/weights.py): 'abort' ends in-flight requests, 'drain' holds new ones until the running
-        ones finish on the old weights, 'continue' swaps at once and in-flight requests go on. Asyncio callers
-        `await asyncio.wrap_future(...)` it."""
+        ones finish on the old weights, 'continue' swaps at once and in-flight requests go on. `partial=True`:
+        `weights` may hold only some tensors. `final=False`: a bucket, staged until the final one (the future
+        is already done, with `info.final` False). Asyncio callers `await asyncio.wrap_future(...)` it."""
         self._check_alive()
-        update = prepare_update(self._built, weights, version, mode)
+        update = prepare_update(self._built, weights, version, mode, partial, final, self._weight_buckets)
         future: concurrent.futures.Future = concurrent.futures.Future()
+        if not update.info.final:
+            future.set_result(update.info)
+            return future
         self._command(("update_weights", None, None, update, future))
         return future
 
-    def update_weights(self, weights, version, mode: str = "drain",
-                       timeout: float | None = None) -> WeightUpdateInfo:
+    def update_weights(self, weights, version, mode: str = "drain", timeout: float | None = None,
+                       partial: bool = False, final: bool = True) -> WeightUpdateInfo:
         """`update_weights_nowait` and wait for the swap (blocking: from a thread, not a coroutine)."""
-        return self.update_weights_nowait(weights, version, mode).result(timeout)
+        return self.update_weights_nowait(weights, version, mode, partial, final).result(timeout)
 
     def shutdown(self, timeout: float = 5.0) -> None:
         with self._wake:

@@ -183,11 +183,11 @@ class BackgroundLLM:
         return self.async_llm.weight_version
 
     def update_weights(self, weights, version, mode: str = "drain", block: bool = True,
-                       timeout: float | None = None):
-        """Swap in new weights between engine steps (see AsyncLLM.update_weights_nowait for the modes). Bad
-        weights raise ValueError at once. block=True waits for the swap and returns its WeightUpdateInfo;
-        block=False returns a concurrent.futures.Future of it."""
-        future = self.async_llm.update_weights_nowait(weights, version, mode)
+                       timeout: float | None = None, partial: bool = False, final: bool = True):
+        """Swap in new weights between engine steps (see AsyncLLM.update_weights_nowait for the modes, `partial`
+        and buckets with `final=False`). Bad weights raise ValueError at once. block=True waits for the swap and
+        returns its WeightUpdateInfo; block=False returns a concurrent.futures.Future of it."""
+        future = self.async_llm.update_weights_nowait(weights, version, mode, partial, final)
         return future.result(timeout) if block else future
 
     def shutdown(self, timeout: float = 5.0) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 from plait.config import EngineConfig
+from plait.engine.weight_buckets import WeightBuckets
 from plait.engine.builder import build_engine, describe
 from plait.engine.output_processor import RequestState
 from plait.engine.prefix_hold import PrefixHandle, hold_prefix_offline
@@ -34,6 +35,7 @@ class LLM:
         self.tokenizer = self._built.tokenizer
         self._next_id = 0
         self.weight_version = None  # the version given to the last update_weights (None: as loaded)
+        self._weight_buckets = WeightBuckets()  # update_weights(..., final=False) stages here
         if verbose:
             print(describe(self._built))
 
@@ -124,13 +126,17 @@ class LLM:
     def stats(self):
         return self.engine.stats()
 
-    def update_weights(self, weights, version, mode: str = "drain"):
+    def update_weights(self, weights, version, mode: str = "drain", partial: bool = False, final: bool = True):
         """Swap in new weights (a state dict by HF names, or a path) tagged `version`; later outputs carry it.
         Between `generate` calls nothing is in flight, so every mode is the same here. A bad state dict raises
-        ValueError and the old weights stay. Returns a WeightUpdateInfo (timings)."""
+        ValueError and the old weights stay. `partial=True`: only some tensors (the others keep their values);
+        `final=False`: one bucket of an update, staged until the final one (plait/engine/weight_buckets.py).
+        Returns a WeightUpdateInfo (timings; `final` False for a staged bucket)."""
         from plait.engine.weights import prepare_update, swap_weights
 
-        update = prepare_update(self._built, weights, version, mode)
+        update = prepare_update(self._built, weights, version, mode, partial, final, self._weight_buckets)
+        if not update.info.final:
+            return update.info
         update.info.swap_seconds = swap_weights(self._built, update)
         self.weight_version = version
         return update.info

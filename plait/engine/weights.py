@@ -26,6 +26,9 @@ from typing import Any, Callable, Mapping, Union
 
 import torch
 
+from plait.engine.partial_weights import check_partial, write_partial
+from plait.engine.weight_buckets import WeightBuckets
+
 Version = Union[str, int]
 MODES = ("abort", "drain", "continue")
 
@@ -41,6 +44,8 @@ class WeightUpdateInfo:
     swap_seconds: float = 0.0  # in the engine thread, between steps (the engine computes nothing meanwhile)
     wait_seconds: float = 0.0  # from queueing to the swap (includes draining)
     aborted: int = 0  # requests ended by mode 'abort'
+    partial: bool = False  # only some tensors were sent; the others kept their values
+    final: bool = True  # False: a bucket was staged (update_weights(..., final=False)); nothing swapped yet
 
 
 @dataclass
@@ -48,6 +53,10 @@ class PreparedUpdate:
     weights: dict[str, torch.Tensor]
     info: WeightUpdateInfo
     queued_at: float = field(default_factory=time.perf_counter)
+
+    @property
+    def partial(self) -> bool:
+        return self.info.partial
 
 
 class _Recorder(dict):
@@ -80,29 +89,62 @@ def check_version(version: Any) -> None:
         raise ValueError(f"version must be a str or an int, got {type(version).__name__}")
 
 
-def prepare_update(built, weights: Mapping[str, torch.Tensor] | str | Path, version: Version,
-                   mode: str) -> PreparedUpdate:
-    """Load and check an update without touching the engine. Raises ValueError naming what is wrong."""
+def prepare_update(built, weights: Mapping[str, torch.Tensor] | str | Path, version: Version, mode: str,
+                   partial: bool = False, final: bool = True,
+                   buckets: WeightBuckets | None = None) -> PreparedUpdate:
+    """Load and check an update without touching the engine. Raises ValueError naming what is wrong.
+
+    `partial`: the state dict may hold only some of the model's tensors (the others keep their values).
+    `final=False`: `weights` is one bucket of a larger update; it is checked and staged in `buckets`, and the
+    returned update has `info.final` False and nothing to swap (plait/engine/weight_buckets.py)."""
     check_mode(mode)
     check_version(version)
     start = time.perf_counter()
     if isinstance(weights, (str, Path)):
+        if not final:
+            raise ValueError("weights: a path is a whole update; send buckets (final=False) as state dicts")
         from plait.loading import load_model
 
         loaded = load_model(str(weights), dtype=built.dtype)
         tensors = dict(loaded.weights)
+        partial = False  # a checkpoint file is whole
+        staged = buckets is not None and buckets.take(version, {})
+        if staged:
+            raise ValueError(f"weights: {len(staged)} tensors of version {version!r} were staged in buckets; "
+                             "finish them with a state dict, not a path")
     elif isinstance(weights, Mapping):
-        # Copied: the engine must not change when the trainer later updates its own tensors in place.
-        tensors = {}
-        for name, t in weights.items():
-            if not isinstance(t, torch.Tensor):
-                raise ValueError(f"weights[{name!r}] must be a torch.Tensor, got {type(t).__name__}")
-            tensors[name] = t.detach().to(built.device, copy=True)
+        tensors = copy_state_dict(built, weights)
     else:
         raise ValueError(f"weights must be a state dict (name -> tensor) or a path, got {type(weights).__name__}")
-    check_weights(built, tensors)
-    info = WeightUpdateInfo(version, mode, len(tensors), time.perf_counter() - start)
+    if not final:
+        if buckets is None:
+            raise ValueError("final=False needs an engine that stages buckets")
+        check_partial(built, tensors)  # fail at the bucket that is wrong, not at the end
+        staged_count = buckets.stage(version, tensors)
+        info = WeightUpdateInfo(version, mode, staged_count, time.perf_counter() - start, partial=partial,
+                                final=False)
+        return PreparedUpdate({}, info)
+    if buckets is not None and isinstance(weights, Mapping):
+        tensors = buckets.take(version, tensors)
+    if partial:
+        check_partial(built, tensors)
+    else:
+        check_weights(built, tensors)
+    info = WeightUpdateInfo(version, mode, len(tensors), time.perf_counter() - start, partial=partial)
     return PreparedUpdate(tensors, info)
+
+
+def copy_state_dict(built, weights: Mapping) -> dict[str, torch.Tensor]:
+    """The trainer's tensors, copied (the engine must not change when the trainer later updates its own tensors in
+    place) to the engine's device; non-tensors and non-float dtypes raise ValueError."""
+    tensors = {}
+    for name, t in weights.items():
+        if not isinstance(t, torch.Tensor):
+            raise ValueError(f"weights[{name!r}] must be a torch.Tensor, got {type(t).__name__}")
+        if not t.is_floating_point():
+            raise ValueError(f"weights[{name!r}] has dtype {t.dtype}; a floating-point dtype is required")
+        tensors[name] = t.detach().to(built.device, copy=True)
+    return tensors
 
 
 def check_weights(built, weights: dict[str, torch.Tensor]) -> None:
@@ -119,6 +161,10 @@ def check_weights(built, weights: dict[str, torch.Tensor]) -> None:
         scratch.load_weights(probe)
     except (KeyError, RuntimeError) as exc:  # a shape the fusion cannot concatenate, a name it must have
         raise ValueError(f"weights do not fit the model: {exc}") from exc
+    except ValueError as exc:
+        if "missing" in str(exc):
+            raise ValueError(f"{exc} (to update only some tensors, pass partial=True)") from exc
+        raise
     extra = sorted(set(weights) - probe.read)
     if extra:
         raise ValueError(f"weights has {len(extra)} names the model does not have, e.g. {extra[:3]}")
@@ -129,9 +175,13 @@ def swap_weights(built, update: PreparedUpdate) -> float:
     start = time.perf_counter()
     model = built.core.runner.model
     transforms = _revert(built, model)
-    model.load_weights(update.weights)
+    changed = None  # every parameter
+    if update.partial:
+        changed = write_partial(model, update.weights)
+    else:
+        model.load_weights(update.weights)
     model.to(built.device)
-    _reapply(built, model, transforms)
+    _reapply(built, model, transforms, changed)
     built.core.reset_prefix_cache()
     update.weights = {}  # the model holds them now
     return time.perf_counter() - start
@@ -154,14 +204,14 @@ def _revert(built, model) -> list | None:
     return None
 
 
-def _reapply(built, model, applied: list | None) -> None:
+def _reapply(built, model, applied: list | None, changed: frozenset[str] | None = None) -> None:
     if applied is None:
         return
     from plait.runner.weight_transforms import TransformContext, apply_transforms
 
-    # No source file: the GGUF's 4-bit blocks are the old weights, so the 4-bit path stays off after an update.
+    # The GGUF's 4-bit blocks are the old weights: the 4-bit path quantizes the new ones (runner/q4_quantize.py).
     ctx = TransformContext(built.dtype, built.device, None, getattr(built.config, "batch_invariant", False),
-                           getattr(built.config, "native_kernels", False))
+                           getattr(built.config, "native_kernels", False), requantize=True, changed=changed)
     built.weight_transforms = apply_transforms(model, list(applied), ctx)
 
 

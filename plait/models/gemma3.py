@@ -24,6 +24,7 @@ from plait.config import ModelConfig
 from plait.loading.gemma3_config import FULL, SLIDING, layer_types as default_layer_types
 from plait.models.layers import RMSNorm, Rope, RotaryEmbedding
 from plait.models.llama import Attention, Linear
+from plait.models.slots import Slot, fused
 
 
 class GeluTanhAndMul(nn.Module):
@@ -172,3 +173,27 @@ class Gemma3ForCausalLM(nn.Module):
         missing = set(params) - loaded
         if missing:
             raise ValueError(f"parameters not loaded from the checkpoint: {sorted(missing)[:5]}")
+
+    def checkpoint_slots(self) -> dict[str, list[Slot]]:
+        """Where each HF-named tensor `load_weights` reads lives (plait/models/slots.py); norms hold 1 + w."""
+        cfg = self.config
+        q, kv, inter = cfg.num_heads * cfg.head_dim, cfg.num_kv_heads * cfg.head_dim, cfg.intermediate_size
+        tied = cfg.tie_word_embeddings
+        slots = {"model.embed_tokens.weight": [Slot("embed_tokens")] + ([Slot("lm_head.weight")] if tied else []),
+                 "model.norm.weight": [Slot("norm.weight", plus_one=True)],
+                 "lm_head.weight": [] if tied else [Slot("lm_head.weight")]}
+        for i in range(cfg.num_layers):
+            src, dst = f"model.layers.{i}.", f"layers.{i}."
+            attn = src + "self_attn."
+            slots.update(fused(dst + "qkv_proj.weight", [(attn + f"{p}_proj.weight", n)
+                                                         for p, n in zip("qkv", (q, kv, kv))]))
+            slots.update(fused(dst + "gate_up_proj.weight", [(src + "mlp.gate_proj.weight", inter),
+                                                             (src + "mlp.up_proj.weight", inter)]))
+            slots[attn + "o_proj.weight"] = [Slot(dst + "o_proj.weight")]
+            slots[src + "mlp.down_proj.weight"] = [Slot(dst + "down_proj.weight")]
+            for name in ("input_layernorm", "post_attention_layernorm", "pre_feedforward_layernorm",
+                         "post_feedforward_layernorm"):
+                slots[src + name + ".weight"] = [Slot(dst + name + ".weight", plus_one=True)]
+            for name in ("q_norm", "k_norm"):
+                slots[attn + name + ".weight"] = [Slot(dst + name + ".weight", plus_one=True)]
+        return slots

@@ -14,6 +14,7 @@ from torch import nn
 
 from plait.config import ModelConfig
 from plait.models.layers import RMSNorm, Rope, RotaryEmbedding, SiluAndMul
+from plait.models.slots import Slot, fused
 
 
 class Attention(Protocol):
@@ -152,3 +153,31 @@ class LlamaForCausalLM(nn.Module):
         missing = set(params) - loaded
         if missing:
             raise ValueError(f"parameters not loaded from the checkpoint: {sorted(missing)[:5]}")
+
+    def checkpoint_slots(self) -> dict[str, list[Slot]]:
+        """Where each HF-named tensor `load_weights` reads lives (plait/models/slots.py). A tied model's
+        'lm_head.weight' is accepted and ignored, as `load_weights` ignores it."""
+        cfg = self.config
+        q, kv, inter = cfg.num_heads * cfg.head_dim, cfg.num_kv_heads * cfg.head_dim, cfg.intermediate_size
+        tied = cfg.tie_word_embeddings
+        slots = {"model.embed_tokens.weight": [Slot("embed_tokens")] + ([Slot("lm_head.weight")] if tied else []),
+                 "model.norm.weight": [Slot("norm.weight")],
+                 "lm_head.weight": [] if tied else [Slot("lm_head.weight")]}
+        for i in range(cfg.num_layers):
+            src, dst = f"model.layers.{i}.", f"layers.{i}."
+            attn = src + "self_attn."
+            slots.update(fused(dst + "qkv_proj.weight", [(attn + f"{p}_proj.weight", n)
+                                                         for p, n in zip("qkv", (q, kv, kv))]))
+            if cfg.attention_bias:
+                slots.update(fused(dst + "qkv_proj.bias", [(attn + f"{p}_proj.bias", n)
+                                                           for p, n in zip("qkv", (q, kv, kv))]))
+            slots.update(fused(dst + "gate_up_proj.weight", [(src + "mlp.gate_proj.weight", inter),
+                                                             (src + "mlp.up_proj.weight", inter)]))
+            slots[attn + "o_proj.weight"] = [Slot(dst + "o_proj.weight")]
+            slots[src + "mlp.down_proj.weight"] = [Slot(dst + "down_proj.weight")]
+            for name in ("input_layernorm", "post_attention_layernorm"):
+                slots[src + name + ".weight"] = [Slot(dst + name + ".weight")]
+            if cfg.qk_norm:
+                slots[attn + "q_norm.weight"] = [Slot(dst + "q_norm.weight")]
+                slots[attn + "k_norm.weight"] = [Slot(dst + "k_norm.weight")]
+        return slots

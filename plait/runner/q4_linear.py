@@ -85,3 +85,35 @@ def detach_q4(model: nn.Module) -> int:
                 setattr(parent, name, child.dense)
                 restored += 1
     return restored
+
+
+def wrapped_q4(model: nn.Module) -> list[str]:
+    """Names of the modules `attach_q4` wrapped (what `requantize_q4` wraps again after new weights)."""
+    return [name for name, module in model.named_modules() if isinstance(module, Q4Linear)]
+
+
+def requantize_q4(model: nn.Module, names: list[str], max_rows: int = DEFAULT_MAX_ROWS) -> int:
+    """Wrap the named (dense) modules again, with 4-bit blocks quantized from their current weights; returns how
+    many. Fused q/k/v and gate/up quantize as one matrix: groups run along the input, so stacking rows commutes
+    with quantizing."""
+    from plait.runner.q4_quantize import dense_weight, quantize_q4
+
+    for name in names:
+        parent_name, _, attr = name.rpartition(".")
+        parent = model.get_submodule(parent_name)
+        dense = getattr(parent, attr)
+        setattr(parent, attr, Q4Linear(dense, quantize_q4(dense_weight(dense)), max_rows))
+    return len(names)
+
+
+def rewrap_q4(model: nn.Module, previous: dict[str, Q4Linear]) -> int:
+    """Put back Q4Linears whose weights an update did not change (their blocks are still right) around the
+    current dense modules; returns how many. Saves re-quantizing a whole model for a partial update."""
+    for name, q4 in previous.items():
+        parent_name, _, attr = name.rpartition(".")
+        parent = model.get_submodule(parent_name)
+        q4.dense = getattr(parent, attr)
+        q4.bias = getattr(q4.dense, "bias", None)
+        setattr(parent, attr, q4)
+    return len(previous)
+

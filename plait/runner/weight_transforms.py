@@ -19,7 +19,8 @@ import torch
 from torch import nn
 
 from plait.runner.packed_linear import can_pack, pack_linears, unpack_linears
-from plait.runner.q4_linear import attach_q4, can_use_q4, detach_q4
+from plait.runner.q4_linear import (Q4Linear, attach_q4, can_use_q4, detach_q4, requantize_q4, rewrap_q4,
+                                    wrapped_q4)
 
 
 @dataclass(frozen=True)
@@ -31,6 +32,8 @@ class TransformContext:
     source: str | None = None  # the checkpoint the weights came from (a .gguf path, an HF dir), None in tests
     batch_invariant: bool = False  # every row of a step must get the same arithmetic whatever the step's size
     native_kernels: bool = False  # plait's C kernels may be used (EngineConfig.native_kernels)
+    requantize: bool = False  # re-applying after a weight update: quantize the new weights, not the file's
+    changed: frozenset[str] | None = None  # with requantize: the parameters the update changed (None: all)
 
 
 class WeightTransform:
@@ -93,21 +96,39 @@ class PackWeights(WeightTransform):
 
 class Q4Weights(WeightTransform):
     """Steps of few tokens read the GGUF's 4-bit blocks (runner/q4_linear.py). Its numerics depend on the step's
-    size, so it never applies under batch-invariant numerics. Re-applying reads the blocks from the file again:
-    after a weight update that changes the weights, pass a context without the file."""
+    size, so it never applies under batch-invariant numerics. It remembers which modules it wrapped: re-applied
+    with `requantize` (after a weight update, when the file's blocks are the old weights), it wraps the same
+    modules with blocks quantized from their new dense weights (runner/q4_quantize.py)."""
 
     name = "q4"
 
+    def __init__(self) -> None:
+        self.wrapped: list[str] = []
+        self.previous: dict[str, Q4Linear] = {}  # between revert and re-apply: reused where weights did not change
+
     def applies(self, ctx: TransformContext) -> bool:
-        return (not ctx.batch_invariant and ctx.source is not None and ctx.source.endswith(".gguf")
-                and can_use_q4(ctx.dtype, ctx.device))
+        if ctx.batch_invariant or not can_use_q4(ctx.dtype, ctx.device):
+            return False
+        if ctx.requantize:
+            return bool(self.wrapped)
+        return ctx.source is not None and ctx.source.endswith(".gguf")
 
     def apply(self, model: nn.Module, ctx: TransformContext) -> int:
+        if ctx.requantize:
+            previous, self.previous = self.previous, {}
+            if ctx.changed is None:
+                return requantize_q4(model, self.wrapped)
+            stale = [n for n in self.wrapped if n not in previous or any(p.startswith(n + ".") for p in ctx.changed)]
+            return requantize_q4(model, stale) + rewrap_q4(model, {n: previous[n] for n in self.wrapped
+                                                                  if n not in stale})
         from plait.loading.gguf_file import load_q4_blocks
 
-        return attach_q4(model, load_q4_blocks(ctx.source))
+        count = attach_q4(model, load_q4_blocks(ctx.source))
+        self.wrapped = wrapped_q4(model)
+        return count
 
     def revert(self, model: nn.Module) -> int:
+        self.previous = {n: m for n, m in model.named_modules() if isinstance(m, Q4Linear)}
         return detach_q4(model)
 
 

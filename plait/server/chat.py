@@ -19,6 +19,7 @@ from plait.server.errors import bad_request, from_engine_error, from_value_error
 from plait.server.protocol import (ChatChoice, ChatCompletionRequest, ChatCompletionResponse, ChatLogprobs,
                                    ResponseMessage, TokenLogprob, TopLogprob, Usage)
 from plait.server.streaming import SSE_DONE, Generation, ServerContext, merged, respond, sse
+from plait.server.weight_versions import VersionTracker, delta_segments
 
 # Engine field names -> chat API names, for error messages' `param`.
 _RENAMES = {"logprobs": "top_logprobs", "max_tokens": "max_completion_tokens"}
@@ -59,6 +60,7 @@ class _Chat:
         self.tokens = [0] * req.n
         self.finish: list[tuple[str | None, Any]] = [(None, None)] * req.n
         self.usage = Usage()
+        self.versions = VersionTracker(req.n, ctx.engine)
 
     def apply(self, out: RequestOutput) -> list[dict[str, Any]]:
         """Fold one delta output in; returns the stream choice deltas it carries."""
@@ -68,6 +70,7 @@ class _Chat:
             if self.finish[i][0] is not None or not (c.text or c.token_ids or c.finish_reason):
                 continue
             entries = _logprob_entries(c.logprobs or [], c.token_ids, self.k) if self.k is not None else None
+            self.versions.add(i, c, out.weight_version)
             self.text[i] += c.text
             self.tokens[i] += len(c.token_ids)
             if entries:
@@ -76,14 +79,16 @@ class _Chat:
             delta = {"content": c.text} if c.text or not c.finish_reason else {}
             deltas.append({"index": i, "delta": delta,
                            "logprobs": None if entries is None else {"content": [e.model_dump() for e in entries]},
-                           "finish_reason": c.finish_reason, "stop_reason": c.stop_reason})
+                           "finish_reason": c.finish_reason, "stop_reason": c.stop_reason,
+                           "weight_versions": delta_segments(c)})
         if out.finished:
             self.usage.add(len(out.prompt_token_ids), sum(self.tokens), out.num_cached_tokens)
         return deltas
 
     def chunk(self, choices: list[dict[str, Any]]) -> dict[str, Any]:
         return {"id": self.id, "object": "chat.completion.chunk", "created": self.created,
-                "model": self.ctx.model_name, "choices": choices, "usage": None}
+                "model": self.ctx.model_name, "choices": choices, "usage": None,
+                "weight_version": self.versions.latest}
 
     async def collect(self, gens: list[Generation]) -> ChatCompletionResponse:
         async for _, out in merged(gens):
@@ -91,11 +96,13 @@ class _Chat:
         if gens[0].timed_out:
             raise timeout_error(self.ctx.request_timeout)
         return ChatCompletionResponse(id=self.id, created=self.created, model=self.ctx.model_name, usage=self.usage,
+                                      weight_version=self.versions.latest,
                                       choices=[ChatChoice(index=i, message=ResponseMessage(content=self.text[i]),
                                                           logprobs=None if self.k is None else
                                                           ChatLogprobs(content=self.logprobs[i]),
                                                           finish_reason=self.finish[i][0],
-                                                          stop_reason=self.finish[i][1])
+                                                          stop_reason=self.finish[i][1],
+                                                          weight_versions=self.versions.whole(i))
                                                for i in range(self.req.n)])
 
     async def stream(self, gens: list[Generation]) -> AsyncIterator[str]:

@@ -20,6 +20,7 @@ from plait.server.errors import bad_request, from_engine_error, from_value_error
 from plait.server.protocol import (CompletionChoice, CompletionLogprobs, CompletionRequest, CompletionResponse,
                                    Usage)
 from plait.server.streaming import SSE_DONE, Generation, ServerContext, merged, respond, sse
+from plait.server.weight_versions import VersionTracker, delta_segments
 
 
 def top_k(position: PositionLogprobs, k: int) -> list:
@@ -82,6 +83,7 @@ class _Completion:
         self.writers = [_LogprobWriter(ctx.engine.tokenizer, k) for _ in self.choices] if k is not None else None
         self.usage = Usage()
         self.created = int(time.time())
+        self.versions = VersionTracker(len(self.choices), ctx.engine)
 
     def echo_text(self, prompt_index: int, out: RequestOutput) -> str:
         prompt = self.prompts[prompt_index]
@@ -110,13 +112,14 @@ class _Completion:
                 logprobs = generated if logprobs is None else _concat(logprobs, generated)
             if not (text or c.token_ids or c.finish_reason):
                 continue
+            self.versions.add(idx, c, out.weight_version)
             choice.text += text
             choice.token_ids += c.token_ids
             if logprobs is not None:
                 choice.logprobs = logprobs if choice.logprobs is None else _concat(choice.logprobs, logprobs)
             choice.finish_reason, choice.stop_reason = c.finish_reason, c.stop_reason
             deltas.append(CompletionChoice(index=idx, text=text, logprobs=logprobs, finish_reason=c.finish_reason,
-                                           stop_reason=c.stop_reason))
+                                           stop_reason=c.stop_reason, weight_versions=delta_segments(c)))
         if out.finished:
             completion = sum(len(self.choices[prompt_index * self.req.n + c.index].token_ids) for c in out.outputs)
             self.usage.add(len(out.prompt_token_ids), completion, out.num_cached_tokens)
@@ -124,7 +127,7 @@ class _Completion:
 
     def chunk(self, choices: list[CompletionChoice]) -> dict[str, Any]:
         return {"id": self.id, "object": "text_completion", "created": self.created, "model": self.ctx.model_name,
-                "choices": [c.model_dump() for c in choices], "usage": None}
+                "choices": [c.model_dump() for c in choices], "usage": None, "weight_version": self.versions.latest}
 
     async def collect(self, gens: list[Generation]) -> CompletionResponse:
         async for i, out in merged(gens):
@@ -132,9 +135,10 @@ class _Completion:
         if any(g.timed_out for g in gens):
             raise timeout_error(self.ctx.request_timeout)
         return CompletionResponse(
-            id=self.id, model=self.ctx.model_name, usage=self.usage,
+            id=self.id, model=self.ctx.model_name, usage=self.usage, weight_version=self.versions.latest,
             choices=[CompletionChoice(index=i, text=c.text, logprobs=c.logprobs, finish_reason=c.finish_reason,
-                                      stop_reason=c.stop_reason) for i, c in enumerate(self.choices)])
+                                      stop_reason=c.stop_reason, weight_versions=self.versions.whole(i))
+                     for i, c in enumerate(self.choices)])
 
     async def stream(self, gens: list[Generation]) -> AsyncIterator[str]:
         try:

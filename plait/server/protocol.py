@@ -206,6 +206,7 @@ class CompletionChoice(BaseModel):
     logprobs: Optional[CompletionLogprobs] = None
     finish_reason: Optional[str] = None
     stop_reason: Union[int, str, None] = None
+    weight_versions: Optional[list[list[Union[int, str, None]]]] = None  # server/weight_versions.py
 
 
 class CompletionResponse(BaseModel):
@@ -216,6 +217,7 @@ class CompletionResponse(BaseModel):
     choices: list[CompletionChoice]
     usage: Usage
     system_fingerprint: Optional[str] = None
+    weight_version: Union[int, str, None] = None  # of the latest token (server/weight_versions.py)
 
 
 class TopLogprob(BaseModel):
@@ -243,6 +245,7 @@ class ChatChoice(BaseModel):
     logprobs: Optional[ChatLogprobs] = None
     finish_reason: Optional[str] = None
     stop_reason: Union[int, str, None] = None
+    weight_versions: Optional[list[list[Union[int, str, None]]]] = None  # server/weight_versions.py
 
 
 class ChatCompletionResponse(BaseModel):
@@ -253,6 +256,7 @@ class ChatCompletionResponse(BaseModel):
     choices: list[ChatChoice]
     usage: Usage
     system_fingerprint: Optional[str] = None
+    weight_version: Union[int, str, None] = None  # of the latest token (server/weight_versions.py)
 
 
 # ---------------------------------------------------------------------------------------------- utilities
