@@ -190,3 +190,25 @@ def test_bad_input_and_mismatched_engines(split, make_engine):
     wait_free(other)
     assert other.num_pending == 0
     other.shutdown()
+
+
+def test_over_tcp_between_two_connectors(make_engine):
+    """The same split with the KV crossing a loopback socket (the two-process connector)."""
+    from plait.distributed.kv_transfer.tcp_connector import TcpConnector
+
+    one = make_engine(num_threads=1)
+    receiver = TcpConnector.listen()
+    sender = TcpConnector.connect(receiver.address)
+    client = PDClient(make_engine(AsyncLLM, num_threads=1), make_engine(AsyncLLM, num_threads=1), sender,
+                      decode_connector=receiver)
+    params = SamplingParams(max_tokens=10, temperature=0, ignore_eos=True)
+    for length in (BLOCK, 2 * BLOCK + 5):
+        prompt = [(11 * i + 5) % 400 + 20 for i in range(length)]
+        want = one.generate([prompt], params, use_tqdm=False)[0].outputs[0].token_ids
+        assert joined(asyncio.run(collect(client, prompt, params))) == want
+    moved = BLOCK * ((BLOCK - 1) // BLOCK) + BLOCK * ((2 * BLOCK + 4) // BLOCK)
+    assert sender.bytes_sent == receiver.bytes_received == kv_bytes(moved)
+    wait_free(client)
+    client.shutdown()
+    sender.close()
+    receiver.close()
