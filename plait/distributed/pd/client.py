@@ -195,6 +195,12 @@ class PDBase:
                     if state.finished:
                         done = True
                         return
+            if entry.aborted:
+                state.process(aborted(request_id, params.n))
+                done = True
+                if (out := self._emit(state, output_kind)) is not None:
+                    yield out
+                return
             if transfer is None:  # nothing was sent although the request goes on: the prefill engine stopped it
                 raise RuntimeError(f"the prefill worker ended request {request_id!r} without sending its KV")
             self.pd_stats.transfers += 1
@@ -203,7 +209,9 @@ class PDBase:
             async for out in self._decode(request_id, entry, state, token_ids, params, first_token, resolved_max):
                 if (emitted := self._emit(state, output_kind)) is not None:
                     yield emitted
-            done = state.finished
+            if not state.finished:
+                raise RuntimeError(f"the decode worker ended request {request_id!r} without a final output")
+            done = True
         except TransferDropped:
             if not entry.aborted:
                 raise
@@ -250,6 +258,10 @@ class PDBase:
                     return
         finally:
             await stream.aclose()
+        if entry.aborted and not state.finished:  # aborted before the decode worker started it
+            state.process(aborted(request_id, params.n))
+            yield None
+            return
         if restart:
             async for _ in self._restart(request_id, entry, state, token_ids, params, first_token, resolved_max):
                 yield None

@@ -13,7 +13,9 @@ from contextlib import aclosing
 from dataclasses import dataclass
 from typing import Any, AsyncIterator
 
-from plait.distributed.kv_transfer.connector import KVConnector
+from collections import OrderedDict
+
+from plait.distributed.kv_transfer.connector import MAX_TOMBSTONES, KVConnector
 from plait.distributed.kv_transfer.engine_kv import KVImporter, export_prefix
 from plait.outputs import RequestOutput
 from plait.params import SamplingParams
@@ -36,15 +38,33 @@ class ImportInfo:
     num_written_blocks: int
 
 
+class _Aborts:
+    """Keys aborted before their request reached the engine (an abort may overtake the call that starts it)."""
+
+    def __init__(self) -> None:
+        self._keys: OrderedDict[str, None] = OrderedDict()
+
+    def add(self, key: str) -> None:
+        self._keys[key] = None
+        while len(self._keys) > MAX_TOMBSTONES:
+            self._keys.popitem(last=False)
+
+    def __contains__(self, key: str) -> bool:
+        return key in self._keys
+
+
 class PrefillWorker:
     def __init__(self, llm: Any, connector: KVConnector) -> None:
         self.llm = llm
         self.connector = connector
+        self._aborted = _Aborts()
 
     async def prefill(self, key: str, token_ids: list[int], params: SamplingParams,
                       send: bool = True) -> AsyncIterator[RequestOutput | TransferInfo]:
         """Yield the request's final output (one token), then, when `send` and it did not stop, a TransferInfo
         once its KV is with the connector. Closing early aborts the request and sends nothing."""
+        if key in self._aborted:
+            return  # the caller knows: it aborted
         final = None
         async with aclosing(self.llm.generate(token_ids, params, request_id=key, output_kind="final")) as outs:
             async for out in outs:
@@ -60,6 +80,7 @@ class PrefillWorker:
         yield TransferInfo(payload.num_tokens, payload.nbytes, loop.time() - started)
 
     def abort(self, key: str) -> None:
+        self._aborted.add(key)
         self.llm.abort_nowait(key)
 
     def drop(self, key: str) -> None:
@@ -78,6 +99,7 @@ class DecodeWorker:
         self.llm = llm
         self.connector = connector
         self.importer = KVImporter(llm.engine)
+        self._aborted = _Aborts()
 
     async def decode(self, key: str, token_ids: list[int], params: SamplingParams, timeout: float,
                      receive: bool = True) -> AsyncIterator[RequestOutput | ImportInfo]:
@@ -89,6 +111,10 @@ class DecodeWorker:
             if payload.prompt_token_ids != list(token_ids):
                 raise ValueError(f"the KV received for {key!r} belongs to another prompt")
             hold = await asyncio.wrap_future(self.llm.call_in_engine(self.importer.import_payload, payload))
+        if key in self._aborted:
+            if hold is not None:
+                self._release(hold.hold_id)
+            return
         yield ImportInfo(hold.num_tokens if hold else 0, hold.num_written if hold else 0)
         try:
             async with aclosing(self.llm.generate(token_ids, params, request_id=key, output_kind="delta")) as outs:
@@ -108,6 +134,7 @@ class DecodeWorker:
             pass
 
     def abort(self, key: str) -> None:
+        self._aborted.add(key)
         self.llm.abort_nowait(key)
 
     def drop(self, key: str) -> None:
