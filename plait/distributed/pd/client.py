@@ -9,7 +9,8 @@ Per request (n == 1):
    computes the prompt's last block (1 to block_size tokens) and so the first token again: equal to the
    prefill's, it is skipped. If the two disagree (possible only when the engines are not batch-invariant and
    a near-tie flips), the decode worker restarts from prompt + first token, so the stream stays consistent.
-n > 1: the prefill worker only computes the KV (one greedy token, dropped); every sample comes from decode.
+n > 1 or prompt_logprobs: the prefill worker only computes the KV (one greedy token, dropped); every token
+comes from the decode worker.
 Closing the stream or `abort()` aborts the request on both workers and drops its KV on both sides.
 """
 
@@ -138,6 +139,12 @@ class PDBase:
         self.pd_stats.requests += 1
         return self._run(request_id, entry, text, token_ids, params, output_kind)
 
+    async def score(self, prompt: Any, continuation: Any) -> Any:
+        """A ScoreOutput, as `AsyncLLM.score` (the decode worker computes the continuation's logprobs)."""
+        from plait.engine.scoring import score_request
+
+        return await score_request(self, prompt, continuation)
+
     async def abort(self, request_id: str, sample_index: int | None = None) -> None:
         self.abort_nowait(request_id, sample_index)
 
@@ -165,7 +172,9 @@ class PDBase:
         key = entry.key
         state = RequestState(request_id, text, token_ids, params, self.tokenizer)
         resolved_max = params.max_tokens if params.max_tokens is not None else self.max_model_len - len(token_ids)
-        early = params.n == 1  # the prefill worker's token is the caller's first
+        # The prefill worker's token is the caller's first, except for n > 1 (the samples are decode's) and
+        # prompt_logprobs requests (the decode worker computes those positions, and the first token with them).
+        early = params.n == 1 and params.prompt_logprobs is None
         if early and params.seed is None:
             params = replace(params, seed=secrets.randbelow(MAX_SEED))
         if early:

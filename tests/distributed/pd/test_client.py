@@ -212,3 +212,17 @@ def test_over_tcp_between_two_connectors(make_engine):
     client.shutdown()
     sender.close()
     receiver.close()
+
+
+def test_score_through_the_split(split, make_engine):
+    one = make_engine(AsyncLLM, num_threads=1)
+    client = split()
+    prompt = "A long prompt about the weather in the mountains, where it rains a lot in spring"
+
+    async def run(engine):
+        return [await engine.score(prompt, c) for c in (" and snow", " every day of the week")]
+
+    for w, g in zip(asyncio.run(run(one)), asyncio.run(run(client))):
+        assert g.token_ids == w.token_ids and g.logprob == pytest.approx(w.logprob, abs=1e-4)
+    wait_free(client)
+    client.shutdown()
