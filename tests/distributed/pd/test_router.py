@@ -85,3 +85,33 @@ def test_bad_settings_fail_before_any_actor_starts(ray_cluster):
         PDRouter(connector="carrier-pigeon", _engine_factory=build_tiny, **TINY_SETTINGS)
     with pytest.raises(ValueError, match="block_size"):
         PDRouter(_engine_factory=build_tiny, block_size=0, **TINY_SETTINGS)
+
+
+def test_served_over_http(router, make_engine):
+    """`plait serve --pd-split`'s engine behind the OpenAI server: streamed text equals one engine's; bad input
+    is a 400 before any worker is involved; /metrics sums both workers."""
+    import httpx
+
+    from tests.distributed.test_router import Server
+
+    prompt = "The quick brown fox jumps over the lazy dog. " * 4
+    want = make_engine(num_threads=1).generate([prompt], SamplingParams(max_tokens=8, temperature=0,
+                                                                         ignore_eos=True), use_tqdm=False)
+    server = Server(router)
+    try:
+        body = {"prompt": prompt, "max_tokens": 8, "temperature": 0, "ignore_eos": True, "stream": True}
+        text = ""
+        with httpx.stream("POST", server.url + "/v1/completions", json=body, timeout=60) as r:
+            assert r.status_code == 200
+            for line in r.iter_lines():
+                if line.startswith("data: {"):
+                    import json
+
+                    text += "".join(c["text"] for c in json.loads(line[6:])["choices"])
+        assert text == want[0].outputs[0].text
+        r = httpx.post(server.url + "/v1/completions", json={"prompt": [5] * 600, "max_tokens": 2})
+        assert r.status_code == 400 and r.json()["error"]["param"] == "prompt"
+        assert "plait:generation_tokens_total" in httpx.get(server.url + "/metrics").text
+    finally:
+        server.stop()
+    wait_idle(router)
