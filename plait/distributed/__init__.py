@@ -6,6 +6,8 @@ Importing this package never imports Ray; the features below ask for it when use
 - `RayRouter` (`plait serve --data-parallel-size N`): the server's engine over N replicas, prefix-aware.
 - `generate_dataset` / `PlaitProcessor`: Ray Data `map_batches` over plait engines, for datasets larger than
   memory.
+- `PDRouter` (`plait serve --pd-split`): the prefill/decode split over two Ray actors; `PDClient` over two
+  in-process engines; the KV moves through a connector (plait.distributed.kv_transfer).
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ _EXPORTS = {
     "split_by_prefix": "plait.distributed.placement",
     "PrefixRouter": "plait.distributed.placement",
     "require_ray": "plait.distributed.ray_env",
+    "PDRouter": "plait.distributed.pd.router",
+    "PDClient": "plait.distributed.pd.client",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -32,7 +32,8 @@ from plait.distributed.replica import (EngineFactory, replica_config, start_repl
                                        validator)
 from plait.engine.async_llm import EngineDeadError, QueueFullError
 from plait.engine.prompts import encode_prompt
-from plait.outputs import RequestOutput
+from plait.engine.scoring import score_request
+from plait.outputs import RequestOutput, ScoreOutput
 from plait.params import SamplingParams
 
 log = logging.getLogger("plait.distributed")
@@ -171,6 +172,12 @@ class RayRouter:
         # generator that never started runs no `finally`).
         stream.completed().future().add_done_callback(lambda _: self._release(request_id, entry))
         return self._iterate(request_id, entry, stream, text)
+
+    async def score(self, prompt: Any, continuation: Any) -> ScoreOutput:
+        """Log-probability of `continuation` given `prompt` (text or token ids), per token and summed, as
+        `AsyncLLM.score`. Routed like any request, so scoring many continuations of one prompt goes to the
+        replica that caches it. ValueError for bad input."""
+        return await score_request(self, prompt, continuation)
 
     async def _iterate(self, request_id: str, entry: "_Entry", stream: Any, text: str | None
                        ) -> AsyncIterator[RequestOutput]:

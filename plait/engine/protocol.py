@@ -44,6 +44,9 @@ class EngineClient(Protocol):
                  request_id: str | None = None, output_kind: str = "delta") -> AsyncIterator[RequestOutput]:
         """Submit at once (ValueError for bad input, QueueFullError when full) and stream the outputs."""
 
+    async def score(self, prompt: Any, continuation: Any) -> Any:
+        """A ScoreOutput: the log-probability of `continuation` given `prompt`, per token and summed."""
+
     async def abort(self, request_id: str, sample_index: int | None = None) -> None:
         """End the request, or only its sample `sample_index` (its siblings go on)."""
 

@@ -59,3 +59,13 @@ def pair_batch(prompts: Any, continuations: Any) -> list[tuple[Any, Any]]:
     if len(prompt_list) != len(conts):
         raise ValueError(f"continuations has {len(conts)} entries for {len(prompt_list)} prompts")
     return list(zip(prompt_list, conts))
+
+
+async def score_request(client: Any, prompt: Any, continuation: Any) -> ScoreOutput:
+    """`score` for any engine client (plait/engine/protocol.py) that has `tokenizer` and `generate`: one
+    request for prompt + continuation, logprobs for the continuation only."""
+    ids, start = encode_pair(client.tokenizer, prompt, continuation)
+    final = None
+    async for out in client.generate(ids, score_params(start), output_kind="final"):
+        final = out
+    return to_score(final, start)

@@ -18,6 +18,7 @@ import httpx
 import pytest
 import uvicorn
 
+from plait.engine.async_llm import AsyncLLM
 from plait.params import SamplingParams
 from plait.server import build_app
 from tests.distributed.tiny_engine import TINY_SETTINGS, build_tiny
@@ -175,6 +176,23 @@ def test_abort_one_sample_through_the_router(router):
         return [c.finish_reason for c in final.outputs]
 
     assert asyncio.run(main()) == ["abort", "length"]
+    wait_idle(router)
+
+
+def test_score_equals_one_engine(router, make_engine):
+    """The router scores like a local engine (EngineClient.score); bad input is a ValueError at once."""
+    one = make_engine(AsyncLLM, num_threads=1)
+    prompt, continuations = "Once upon a time there", [" was a", " were three bears", " lived"]
+
+    async def run(engine):
+        return [await engine.score(prompt, c) for c in continuations]
+
+    want, got = asyncio.run(run(one)), asyncio.run(run(router))
+    for w, g in zip(want, got):
+        assert g.token_ids == w.token_ids
+        assert g.logprob == pytest.approx(w.logprob, abs=1e-4)
+    with pytest.raises(ValueError, match="continuation"):
+        asyncio.run(router.score(prompt, ""))
     wait_idle(router)
 
 

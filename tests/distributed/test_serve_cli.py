@@ -24,3 +24,16 @@ def test_bad_size_and_missing_ray_are_reported(monkeypatch, capsys):
         main(["serve", "--data-parallel-size", "2"])
     assert exit_info.value.code == 2
     assert "pip install 'plait[ray]'" in capsys.readouterr().err
+
+
+def test_serve_has_the_pd_split_flags(monkeypatch, capsys):
+    args = build_parser().parse_args(["serve", "--pd-split", "--kv-connector", "tcp"])
+    assert (args.pd_split, args.kv_connector) == (True, "tcp")
+    assert build_parser().parse_args(["serve"]).pd_split is False
+    assert main(["serve", "--pd-split", "--data-parallel-size", "2"]) == 2
+    assert "--pd-split" in capsys.readouterr().err
+    monkeypatch.setitem(sys.modules, "ray", None)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["serve", "--pd-split"])
+    assert exit_info.value.code == 2
+    assert "plait serve --pd-split" in capsys.readouterr().err
