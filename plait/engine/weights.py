@@ -53,6 +53,7 @@ class PreparedUpdate:
     weights: dict[str, torch.Tensor]
     info: WeightUpdateInfo
     queued_at: float = field(default_factory=time.perf_counter)
+    source: str | None = None  # the checkpoint file, when the update is one (its own 4-bit blocks are then used)
 
     @property
     def partial(self) -> bool:
@@ -131,7 +132,7 @@ def prepare_update(built, weights: Mapping[str, torch.Tensor] | str | Path, vers
     else:
         check_weights(built, tensors)
     info = WeightUpdateInfo(version, mode, len(tensors), time.perf_counter() - start, partial=partial)
-    return PreparedUpdate(tensors, info)
+    return PreparedUpdate(tensors, info, source=str(weights) if isinstance(weights, (str, Path)) else None)
 
 
 def copy_state_dict(built, weights: Mapping) -> dict[str, torch.Tensor]:
@@ -181,7 +182,7 @@ def swap_weights(built, update: PreparedUpdate) -> float:
     else:
         model.load_weights(update.weights)
     model.to(built.device)
-    _reapply(built, model, transforms, changed)
+    _reapply(built, model, transforms, changed, update.source)
     built.core.reset_prefix_cache()
     update.weights = {}  # the model holds them now
     return time.perf_counter() - start
@@ -204,14 +205,19 @@ def _revert(built, model) -> list | None:
     return None
 
 
-def _reapply(built, model, applied: list | None, changed: frozenset[str] | None = None) -> None:
+def _reapply(built, model, applied: list | None, changed: frozenset[str] | None = None,
+             source: str | None = None) -> None:
     if applied is None:
         return
     from plait.runner.weight_transforms import TransformContext, apply_transforms
 
-    # The GGUF's 4-bit blocks are the old weights: the 4-bit path quantizes the new ones (runner/q4_quantize.py).
-    ctx = TransformContext(built.dtype, built.device, None, getattr(built.config, "batch_invariant", False),
-                           getattr(built.config, "native_kernels", False), requantize=True, changed=changed)
+    # An update from a GGUF file brings its own 4-bit blocks: the 4-bit path reads them, as a fresh engine on that
+    # file would. Otherwise the load-time file's blocks are the old weights and the 4-bit path quantizes the new
+    # dense ones (runner/q4_quantize.py; in bf16 a block can land one rounding step from a file's own).
+    gguf = source if source is not None and source.endswith(".gguf") else None
+    ctx = TransformContext(built.dtype, built.device, gguf, getattr(built.config, "batch_invariant", False),
+                           getattr(built.config, "native_kernels", False), requantize=gguf is None,
+                           changed=changed)
     built.weight_transforms = apply_transforms(model, list(applied), ctx)
 
 

@@ -1,14 +1,14 @@
 """Quantize dense weights to 4-bit blocks, so the 4-bit path survives a weight update.
 
-At load time the 4-bit path reads the GGUF's own Q4_0 / Q4_1 blocks. After `update_weights` those blocks hold the
-old weights, so the new dense weights are quantized here the way llama.cpp quantizes Q4_1 (its reference
+At load time (and after an update from a GGUF file) the 4-bit path reads the file's own Q4_0 / Q4_1 blocks. After
+`update_weights` with a state dict those blocks hold the old weights, so the new dense weights are quantized here the way llama.cpp quantizes Q4_1 (its reference
 `quantize_row_q4_1`): per group of 32 inputs, d = (max - min) / 15, q = floor((w - min) / d + 0.5) clipped to
 0..15, value = q * d + min. In the Q4Blocks form the kernel reads: scale = d, zero = min + 8 d. Requantizing the
 file's own dequantized Q4_1 weights gives back the file's codes (tests/runner/test_q4_quantize.py). In a bf16
 engine the dense weights are bf16-rounded before they are quantized, so a scale or zero can land one bf16 step
-from the file's: updating the default model with its own weights left its greedy tokens unchanged, but on a tiny
-random model with near-tied logits a token can flip. The reference for an update is a fresh engine quantized from
-the same dense weights, which it equals bit for bit.
+from the file's (re-quantizing the default model's own weights flipped a greedy token on an AVX-512 machine). The
+reference for a state-dict update is a fresh engine quantized from the same dense weights, which it equals bit for
+bit.
 """
 
 from __future__ import annotations

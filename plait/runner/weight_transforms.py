@@ -97,8 +97,9 @@ class PackWeights(WeightTransform):
 class Q4Weights(WeightTransform):
     """Steps of few tokens read the GGUF's 4-bit blocks (runner/q4_linear.py). Its numerics depend on the step's
     size, so it never applies under batch-invariant numerics. It remembers which modules it wrapped: re-applied
-    with `requantize` (after a weight update, when the file's blocks are the old weights), it wraps the same
-    modules with blocks quantized from their new dense weights (runner/q4_quantize.py)."""
+    with `requantize` (after a weight update from a state dict, when the file's blocks are the old weights), it
+    wraps the same modules with blocks quantized from their new dense weights (runner/q4_quantize.py); re-applied
+    with a GGUF source (an update from a file), it reads that file's blocks."""
 
     name = "q4"
 
@@ -123,6 +124,7 @@ class Q4Weights(WeightTransform):
                                                                   if n not in stale})
         from plait.loading.gguf_file import load_q4_blocks
 
+        self.previous = {}
         count = attach_q4(model, load_q4_blocks(ctx.source))
         self.wrapped = wrapped_q4(model)
         return count

@@ -52,6 +52,12 @@ def q4_modules(llm):
     return {n: m for n, m in llm.engine.runner.model.named_modules() if isinstance(m, Q4Linear)}
 
 
+def dense_weight(q4_module) -> torch.Tensor:
+    """The dense weight behind a Q4Linear (prepacked for oneDNN where the CPU has bf16: unpacked exactly)."""
+    dense = q4_module.dense
+    return dense.weight if hasattr(dense, "weight") else dense.unpack().weight
+
+
 def fresh_requantized(path, names):
     """A fresh engine on the file's dense weights with its 4-bit path quantized from them (the reference)."""
     from plait import LLM
@@ -66,7 +72,7 @@ def fresh_requantized(path, names):
 
 
 @needs_q4
-def test_update_on_the_4bit_path_equals_a_fresh_engine_quantized_from_the_new_weights(tmp_path):
+def test_update_on_the_4bit_path_equals_a_fresh_engine_on_the_new_file_then_requantizes_a_partial_update(tmp_path):
     from plait import LLM, SamplingParams
 
     old, new = tmp_path / "w1.gguf", tmp_path / "w2.gguf"
@@ -82,7 +88,7 @@ def test_update_on_the_4bit_path_equals_a_fresh_engine_quantized_from_the_new_we
     llm.update_weights(str(new), "v2")
     modules = q4_modules(llm)
     assert sorted(modules) == names  # the 4-bit path is still on, on the same modules
-    reference = fresh_requantized(new, names)
+    reference = LLM(str(new), dtype="bfloat16", kv_cache_memory=1 << 20)  # a file update reads the file's blocks
     for name, ref in q4_modules(reference).items():
         assert torch.equal(modules[name].packed, ref.packed) and torch.equal(modules[name].scales_zeros,
                                                                              ref.scales_zeros), name
@@ -100,13 +106,36 @@ def test_update_on_the_4bit_path_equals_a_fresh_engine_quantized_from_the_new_we
     # Only the changed module is quantized again; the others keep their blocks (no whole-model re-quantization).
     assert [n for n in names if modules[n] is not kept[n]] == ["layers.0.qkv_proj"]
     ref_modules = q4_modules(reference)
-    assert all(torch.equal(modules[n].dense.weight, ref_modules[n].dense.weight) for n in names if "0.qkv" not in n)
+    assert all(torch.equal(dense_weight(modules[n]), dense_weight(ref_modules[n])) for n in names if "0.qkv" not in n)
     qkv = modules["layers.0.qkv_proj"]
-    dense = qkv.dense.weight
+    dense = dense_weight(qkv)
     assert torch.equal(dense[:q.shape[0]], q.bfloat16())
     assert torch.equal(qkv.scales_zeros, Q4Linear(qkv.dense, quantize_q4(dense)).scales_zeros)
     assert torch.equal(modules["layers.1.qkv_proj"].packed, q4_modules(reference)["layers.1.qkv_proj"].packed)
     assert llm.engine.scheduler.kv.all_blocks_free()
+
+
+@needs_q4
+def test_a_state_dict_update_on_the_4bit_path_equals_a_fresh_engine_quantized_from_the_same_weights(tmp_path):
+    from plait import LLM, SamplingParams
+    from plait.loading import load_model
+
+    old, new = tmp_path / "w1.gguf", tmp_path / "w2.gguf"
+    fixtures.write_tiny_gguf(old, qtype=Q.Q4_1, seed=0)
+    fixtures.write_tiny_gguf(new, qtype=Q.Q4_1, seed=1)
+    llm = LLM(str(old), dtype="bfloat16", kv_cache_memory=1 << 20)
+    names = sorted(q4_modules(llm))
+    llm.update_weights(dict(load_model(str(new), dtype=torch.bfloat16).weights), "v2")  # what a trainer holds
+    reference = fresh_requantized(new, names)
+    modules = q4_modules(llm)
+    assert sorted(modules) == names
+    for name, ref in q4_modules(reference).items():
+        assert torch.equal(modules[name].packed, ref.packed) and torch.equal(modules[name].scales_zeros,
+                                                                             ref.scales_zeros), name
+    params = SamplingParams(max_tokens=8, temperature=0, ignore_eos=True)
+    prompts = [[5, 6, 7, 8, 9, 10, 11], [12, 13, 14]]
+    assert ([o.outputs[0].token_ids for o in llm.generate(prompts, params, use_tqdm=False)]
+            == [o.outputs[0].token_ids for o in reference.generate(prompts, params, use_tqdm=False)])
 
 
 @needs_q4

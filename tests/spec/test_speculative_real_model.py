@@ -10,9 +10,11 @@ from plait.bench.spec_workloads import spec_workload
 
 
 @pytest.mark.slow
-def test_default_model_greedy_identical_with_speculation():
-    # n-gram only here (the suffix drafter's equivalence is covered on the tiny model): this runs in CI.
-    llm = LLM(batch_invariant=True, speculative_config={"method": "ngram", "num_speculative_tokens": 4},
+@pytest.mark.parametrize("dtype", ["bfloat16", "float32"])
+def test_default_model_greedy_identical_with_speculation(dtype):
+    # n-gram only here (the suffix drafter's equivalence is covered on the tiny model): this runs in CI. Both
+    # dtypes explicitly: `auto` is bf16 on a CPU with native bf16 and fp32 elsewhere.
+    llm = LLM(dtype=dtype, batch_invariant=True, speculative_config={"method": "ngram", "num_speculative_tokens": 4},
               kv_cache_memory=64 << 20)
     prompts = spec_workload("copy", 4, llm.tokenizer, seed=3)
     plain = SamplingParams(max_tokens=40, temperature=0, speculative=False)
