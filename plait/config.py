@@ -124,8 +124,9 @@ class EngineConfig:
     packed_weights: bool = True  # CPU bf16: prepack linear weights for oneDNN (bit-identical, faster)
     # CPU bf16 with a Q4_0/Q4_1 GGUF: steps of few tokens run the file's 4-bit weights (runner/q4_linear.py).
     native_q4: bool = True
-    # CPU fp32 with native kernels: linears whose weights are exactly a GGUF's Q8_0 blocks (the tied LM head of both
-    # shipped models) read those int8 blocks, 1/4 of the fp32 read (runner/q8_linear.py; batch-invariant).
+    # CPU with native kernels and a GGUF whose LM head is Q8_0 (both shipped models): fp32 reads the head's int8
+    # blocks at every step (1/4 of the fp32 read; batch-invariant); bf16 at steps of 1-2 rows (half the bf16 read;
+    # not under batch_invariant). runner/q8_linear.py.
     q8_weights: bool = True
     # CPU: attention through plait's C kernel (runner/native), compiled on first use with the machine's C
     # compiler; without one, or when off, the PyTorch path runs (same results within float rounding).

@@ -30,8 +30,9 @@ def add_engine_args(parser: argparse.ArgumentParser) -> None:
                    help="always use dense weights (by default, CPU bf16 steps of <= 8 tokens read a Q4_0/Q4_1 "
                         "GGUF's 4-bit weights directly: faster at batch 1, slightly different bf16 numerics)")
     g.add_argument("--no-q8-weights", action="store_true",
-                   help="read every fp32 weight densely (by default, weights that are exactly a GGUF's Q8_0 blocks, "
-                        "such as the LM head, are read as those int8 blocks: same values, 1/4 of the memory traffic)")
+                   help="read every weight densely (by default a GGUF's Q8_0 LM head is read as its int8 blocks: "
+                        "in fp32 at every step, same values, 1/4 of the traffic; in bf16 at steps of 1-2 rows, the "
+                        "file's exact values, half the traffic)")
     g.add_argument("--batch-invariant", action="store_true",
                    help="bitwise batch-invariant numerics: a request's output never depends on what else is in "
                         "its step (slower at batch 1; docs/batch_invariance.md)")

@@ -381,6 +381,21 @@ def q4_blocks(tensor: GGUFTensor) -> Q4Blocks | None:
     return Q4Blocks(q.reshape(rows, cols), scale.reshape(rows, groups), zero.reshape(rows, groups))
 
 
+def load_q8_head(path: str | Path) -> tuple[np.ndarray, np.ndarray] | None:
+    """The LM head's Q8_0 blocks as (int8 values [vocab, hidden], float32 scales [vocab, hidden / 32]): the file's
+    `output.weight`, or the tied `token_embd.weight`; None when that tensor is not Q8_0."""
+    from gguf import GGMLQuantizationType as Q
+
+    tensors = {t.name: t for t in read_gguf(path).tensors}
+    tensor = tensors.get("output.weight", tensors.get("token_embd.weight"))
+    if tensor is None or tensor.ggml_type != Q.Q8_0 or len(tensor.shape) != 2:
+        return None
+    rows, cols = tensor.shape
+    blocks = tensor.data.reshape(-1, 34)
+    values = np.ascontiguousarray(blocks[:, 2:]).view(np.int8).reshape(rows, cols)
+    return values, _f16_columns(blocks, 1).reshape(rows, cols // 32)
+
+
 def load_q4_blocks(path: str | Path) -> dict[str, Q4Blocks]:
     """HF-named 4-bit forms of every Q4_0 / Q4_1 matrix of a GGUF file (rows un-permuted like the weights)."""
     gf = read_gguf(path)

@@ -1,4 +1,5 @@
-"""fp32 linear layers that read their weights as exact Q8_0 int8 blocks (native/q8_gemm.c).
+"""Linear layers that read their weights as exact Q8_0 int8 blocks (native/q8_gemm.c): fp32 layers at every step
+size (Q8Linear), and a bf16 engine's LM head at steps of few rows (Q8HeadLinear).
 
 GGUF files commonly store the token embedding, which is also the tied LM head, as Q8_0: 32 int8 values and one
 fp16 scale per block. plait dequantizes it to fp32 at load, so every step reads the LM head at 4 bytes a weight
@@ -107,3 +108,66 @@ def unwrap_q8_linears(model: nn.Module) -> int:
                 setattr(parent, name, child.unwrap())
                 restored += 1
     return restored
+
+
+class Q8HeadLinear(nn.Module):
+    """A bf16 engine's LM head: steps of at most `max_rows` rows read the GGUF's Q8_0 blocks (the file's exact
+    values, ~1.06 bytes a weight against bf16's 2); larger steps run the dense (prepacked) module, where oneDNN's
+    bf16 GEMM is faster. Logits of few-row steps come out in fp32, from the file's exact weights; so a row's logits
+    depend on its step's size, as on the 4-bit path, which is why this never applies under batch invariance."""
+
+    def __init__(self, dense: nn.Module, values: torch.Tensor, scales: torch.Tensor, kernel, max_rows: int) -> None:
+        super().__init__()
+        self.dense = dense
+        self.register_buffer("q8_values", values, persistent=False)
+        self.register_buffer("q8_scales", scales, persistent=False)
+        self.out_features, self.in_features = values.shape
+        self.kernel, self.max_rows = kernel, max_rows
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        rows = x.numel() // self.in_features
+        if rows == 0 or rows > self.max_rows or x.device.type != "cpu":
+            return self.dense(x)
+        x2 = x.reshape(rows, self.in_features).float().contiguous()
+        out = torch.empty(rows, self.out_features, dtype=torch.float32)
+        if self.kernel(x2.data_ptr(), self.q8_values.data_ptr(), self.q8_scales.data_ptr(), None, out.data_ptr(),
+                       rows, self.out_features, self.in_features) != 0:
+            return self.dense(x)
+        return out.reshape(*x.shape[:-1], self.out_features)
+
+
+def dense_weight_rows(module: nn.Module, rows: slice) -> torch.Tensor:
+    """Some rows of a plain or prepacked linear layer's weight."""
+    if hasattr(module, "weight"):
+        return module.weight[rows]
+    return module.unpack().weight[rows]  # PackedLinear: read back exactly
+
+
+def attach_q8_head(model: nn.Module, blocks: tuple | None, kernel, max_rows: int = 2) -> int:
+    """Wrap `model.lm_head` (a bias-free plain or prepacked linear) in a Q8HeadLinear reading `blocks` (the file's
+    Q8_0 head, gguf_file.load_q8_head) when they are the head's weights: the dense bf16 rows must be the blocks'
+    values rounded to bf16 (checked on a sample of rows, so a weight update's dense head is never paired with the
+    file's old blocks). Returns 1 if wrapped, else 0."""
+    head = getattr(model, "lm_head", None)
+    if blocks is None or head is None or getattr(head, "bias", None) is not None:
+        return 0
+    values, scales = (torch.from_numpy(b) for b in blocks)
+    shape = tuple(head.weight.shape) if hasattr(head, "weight") else (head.out_features, head.in_features)
+    if tuple(values.shape) != shape:
+        return 0
+    rows = values.shape[0]
+    for sample in (slice(0, _PROBE_ROWS), slice(rows // 2, rows // 2 + _PROBE_ROWS), slice(rows - _PROBE_ROWS, rows)):
+        exact = (values[sample].float().reshape(-1, BLOCK) * scales[sample].reshape(-1, 1)).reshape(-1, values.shape[1])
+        dense = dense_weight_rows(head, sample)
+        if not torch.equal(exact.to(dense.dtype), dense):
+            return 0
+    model.lm_head = Q8HeadLinear(head, values.contiguous(), scales.contiguous().float(), kernel, max_rows)
+    return 1
+
+
+def detach_q8_head(model: nn.Module) -> int:
+    head = getattr(model, "lm_head", None)
+    if isinstance(head, Q8HeadLinear):
+        model.lm_head = head.dense
+        return 1
+    return 0

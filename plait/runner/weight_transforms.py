@@ -94,6 +94,37 @@ class PackWeights(WeightTransform):
         return unpack_linears(model)
 
 
+class Q8HeadWeights(WeightTransform):
+    """A bf16 engine on a GGUF whose LM head is Q8_0 (both shipped models): steps of at most 2 rows read the head's
+    int8 blocks (runner/q8_linear.py, Q8HeadLinear), half the bytes of bf16; larger steps keep oneDNN's bf16 GEMM.
+    Applied after packing (it wraps the packed head). Its logits depend on the step's size, so not under
+    batch-invariant numerics; after a weight update it applies only when the update is a GGUF file."""
+
+    name = "q8_head"
+    max_rows = 2  # measured (plait bench lm-head, AVX-512 EPYC): the int8 kernel wins at 1-2 rows, oneDNN from 4
+
+    def applies(self, ctx: TransformContext) -> bool:
+        if (ctx.batch_invariant or ctx.dtype != torch.bfloat16 or ctx.device.type != "cpu" or not ctx.native_kernels
+                or ctx.source is None or not ctx.source.endswith(".gguf")):
+            return False
+        from plait.runner.native import load_kernels
+        from plait.runner.q8_linear import kernel_usable
+
+        return kernel_usable(load_kernels())
+
+    def apply(self, model: nn.Module, ctx: TransformContext) -> int:
+        from plait.loading.gguf_file import load_q8_head
+        from plait.runner.native import load_kernels
+        from plait.runner.q8_linear import attach_q8_head
+
+        return attach_q8_head(model, load_q8_head(ctx.source), load_kernels().q8_linear_f32, self.max_rows)
+
+    def revert(self, model: nn.Module) -> int:
+        from plait.runner.q8_linear import detach_q8_head
+
+        return detach_q8_head(model)
+
+
 class Q4Weights(WeightTransform):
     """Steps of few tokens read the GGUF's 4-bit blocks (runner/q4_linear.py). Its numerics depend on the step's
     size, so it never applies under batch-invariant numerics. It remembers which modules it wrapped: re-applied
@@ -168,6 +199,8 @@ def default_transforms(packed_weights: bool = True, native_q4: bool = True, smal
         transforms.append(Q8Weights())
     if packed_weights:
         transforms.append(PackWeights())
+    if exact_q8:
+        transforms.append(Q8HeadWeights())
     if native_q4:
         transforms.append(Q4Weights())
     if small_batch:

@@ -99,3 +99,49 @@ def test_a_q8_lm_head_gives_the_plain_models_logits():
     tokens = list(range(5, 40))
     torch.testing.assert_close(plait_logits(fast.eval(), tokens), plait_logits(plain.eval(), tokens),
                                rtol=1e-4, atol=1e-4)
+
+
+def _gguf_fixtures():
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("gguf_fixtures", Path(__file__).parents[1] / "loading" /
+                                                  "test_gguf_file.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@needs_kernel
+def test_bf16_engine_reads_the_gguf_q8_head_at_steps_of_few_rows_only(tmp_path):
+    from plait import LLM, SamplingParams
+    from plait.loading import load_model
+    from plait.runner.q8_linear import Q8HeadLinear
+
+    fixtures = _gguf_fixtures()
+    path = tmp_path / "tiny.gguf"
+    expected = fixtures.write_tiny_gguf(path, qtype=fixtures.Q.Q8_0)
+    llm = LLM(str(path), dtype="bfloat16", kv_cache_memory=1 << 20)
+    head = llm.engine.runner.model.lm_head
+    assert isinstance(head, Q8HeadLinear) and head.max_rows == 2
+    exact = torch.from_numpy(expected["lm_head.weight"])  # the file's Q8_0 values, exactly, in fp32
+    x = torch.randn(3, exact.shape[1]).bfloat16()
+    with torch.inference_mode():
+        few, many = head(x[:2]), head(x)
+        assert few.dtype == torch.float32
+        torch.testing.assert_close(few, x[:2].float() @ exact.T, rtol=1e-5, atol=1e-5)
+        assert torch.equal(many, head.dense(x))  # 3 rows: oneDNN's bf16 GEMM on the dense head
+    out = llm.generate([[5, 6, 7]], SamplingParams(max_tokens=4, temperature=0, ignore_eos=True), use_tqdm=False)
+    assert len(out[0].outputs[0].token_ids) == 4
+
+    # A file update brings its own blocks; a state dict's head is dense only (the file's blocks are old weights).
+    llm.update_weights(str(path), "file")
+    assert isinstance(llm.engine.runner.model.lm_head, Q8HeadLinear)
+    llm.update_weights(dict(load_model(str(path), dtype=torch.bfloat16).weights), "state-dict")
+    assert not isinstance(llm.engine.runner.model.lm_head, Q8HeadLinear)
+    assert llm.engine.scheduler.kv.all_blocks_free()
+
+    # Its logits depend on the step's size, so batch-invariant numerics and --no-q8-weights keep the dense head.
+    for kwargs in ({"batch_invariant": True}, {"q8_weights": False}):
+        other = LLM(str(path), dtype="bfloat16", kv_cache_memory=1 << 20, **kwargs)
+        assert not isinstance(other.engine.runner.model.lm_head, Q8HeadLinear)
