@@ -60,7 +60,7 @@ def build_step(block_size, group_sizes, prefix_blocks, seed):
     return chunks, next(next_block)
 
 
-@pytest.mark.parametrize("heads,kv_heads,dim", [(4, 4, 64), (9, 3, 64), (10, 2, 64), (10, 2, 16)])
+@pytest.mark.parametrize("heads,kv_heads,dim", [(4, 4, 64), (9, 3, 64), (10, 2, 64), (8, 2, 128), (10, 2, 16)])
 @pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.bfloat16, 2e-2)])
 @pytest.mark.parametrize("use_kernel", [False, True])
 def test_shared_prefix_equals_plain_attention(heads, kv_heads, dim, dtype, tol, use_kernel):

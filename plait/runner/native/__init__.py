@@ -23,7 +23,7 @@ from functools import lru_cache
 from pathlib import Path
 
 SOURCES = ("paged_attention.c", "elementwise.c", "shared_prefix.c", "small_gemm.c", "q8_gemm.c")
-HEADERS = ("common.h",)
+HEADERS = ("common.h", "bf16_dot.h")
 # -ffast-math lets the loops reassociate sums and call glibc's vector expf. It is given to the compile step only:
 # linking with it adds crtfastmath.o, which would switch the whole process to flush-to-zero when the library loads.
 # -mno-recip: with -ffast-math gcc divides in vector loops by an approximate reciprocal plus a Newton step, whose

@@ -44,38 +44,10 @@ static inline void prefetch_rows(const void *base, int64_t first, int64_t count,
     for (int64_t off = 0; off < bytes; off += 64) __builtin_prefetch(p + off, 0, 3);
 }
 
-#if defined(__AVX512F__) && defined(__AVX512BF16__)
-#include <immintrin.h>
-#define HAVE_BF16_DOT 1
+#include "bf16_dot.h"
 
-/* Lane u of the result = the sum of the 16 lanes of acc[u]: a transpose-and-add tree, ~3 instructions per
- * vector instead of a full horizontal reduction each. */
-static inline __m512 sum16(const __m512 acc[16]) {
-    __m512 pairs[8], quads[4];
-    for (int i = 0; i < 8; ++i)  /* per 128-bit lane: [a, b, a, b] partial sums */
-        pairs[i] = _mm512_add_ps(_mm512_unpacklo_ps(acc[2 * i], acc[2 * i + 1]),
-                                 _mm512_unpackhi_ps(acc[2 * i], acc[2 * i + 1]));
-    for (int i = 0; i < 4; ++i) {  /* per 128-bit lane: [a, b, c, d] partial sums */
-        const __m512d x = _mm512_castps_pd(pairs[2 * i]), y = _mm512_castps_pd(pairs[2 * i + 1]);
-        quads[i] = _mm512_add_ps(_mm512_castpd_ps(_mm512_unpacklo_pd(x, y)),
-                                 _mm512_castpd_ps(_mm512_unpackhi_pd(x, y)));
-    }
-    const __m512 lo = _mm512_add_ps(_mm512_shuffle_f32x4(quads[0], quads[1], 0x88),
-                                    _mm512_shuffle_f32x4(quads[0], quads[1], 0xDD));
-    const __m512 hi = _mm512_add_ps(_mm512_shuffle_f32x4(quads[2], quads[3], 0x88),
-                                    _mm512_shuffle_f32x4(quads[2], quads[3], 0xDD));
-    return _mm512_add_ps(_mm512_shuffle_f32x4(lo, hi, 0x88), _mm512_shuffle_f32x4(lo, hi, 0xDD));
-}
-
-/* bf16 scores for head sizes 64 and 128 with the CPU's bf16 dot-product instruction: q and k stay bf16 (the
- * values the model produced; products are exact, sums fp32), 16 context tokens per reduction. D is a constant
- * after inlining, so the loops over it unroll into registers. */
-__attribute__((always_inline)) static inline __m512 dot_row(const __m512bh *qv, const uint16_t *row, const int D) {
-    __m512 acc = _mm512_setzero_ps();
-    for (int c = 0; c < D / 32; ++c) acc = _mm512_dpbf16_ps(acc, qv[c], (__m512bh)_mm512_loadu_si512(row + 32 * c));
-    return acc;
-}
-
+#ifdef HAVE_BF16_DOT
+/* bf16 scores for head sizes 64 and 128 (dot_row: bf16_dot.h), 16 context tokens per reduction. */
 __attribute__((always_inline)) static inline void scores_bf16(const uint16_t *q, const uint16_t *k_head,
                                                               const int32_t *table, int len, int group, int bs,
                                                               float scale, float *scores, const int D) {
@@ -98,9 +70,6 @@ __attribute__((always_inline)) static inline void scores_bf16(const uint16_t *q,
     }
 }
 
-static inline __m512 bf16x16_to_f32(const uint16_t *p) {
-    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)p)), 16));
-}
 
 /* acc[g] = sum over the context of probs[g, t] * v_t for head sizes 64 and 128: each V row is converted once and
  * feeds as many heads as 16 vector registers hold (4 of size 64, 2 of size 128). */

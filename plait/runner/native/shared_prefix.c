@@ -11,8 +11,11 @@
  *
  * Block size 16 with head size 64 or 128 runs vector loops (GCC/Clang vector extensions, 8 floats: AVX2 or half
  * an AVX-512 register): each K block is transposed to [D][16] fp32 once per tile, so a query row's 16 scores are
- * two vector accumulators and no horizontal sums. Other shapes run the generic fp32 loops. (A bf16 dot-product
- * path, as paged_attention.c has, is left for a CPU with AVX512-BF16 to test it on.)
+ * two vector accumulators and no horizontal sums. Other shapes run the generic fp32 loops. On a CPU with
+ * AVX512-BF16, bf16 caches with those shapes take the bf16 dot-product path instead (as paged_attention.c does):
+ * scores straight from the bf16 q and K rows, the V block widened to fp32 16 values at a time, 16-wide FMAs. The
+ * fp32 loops there reached ~40-70 GFLOP/s, half the speed of the plain kernel's bf16 dot products, which made
+ * sharing slower than not sharing (plait bench: 0.5-0.8x for one layer at 256-4096 shared tokens).
  *
  * Arguments in struct prefix_args (strides in elements); tables/rows are the step's ORIGINAL block-table rows.
  */
@@ -22,7 +25,11 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "bf16_dot.h"
 #include "common.h"
+
+/* Stacked query rows of one task the bf16 path takes (tile x query heads per kv head); larger tiles run fp32. */
+#define MAX_BF16_ROWS 256
 
 /* Mirrored by plait/runner/native/shared_prefix_ops.py (PrefixArgs): keep the two in step. */
 struct prefix_args {
@@ -166,6 +173,47 @@ __attribute__((always_inline)) static inline void block_update(
     }
 }
 
+#ifdef HAVE_BF16_DOT
+/* One shared block (16 keys) for `rows` stacked query rows, bf16 cache, D = 64 or 128: scores with the bf16 dot
+ * product (q_rows[r]: row r's bf16 query, unscaled), then the online-softmax update of the rows' fp32
+ * accumulators with the block's V widened to fp32 once for all rows. */
+__attribute__((always_inline)) static inline void block_bf16(const uint16_t *const *q_rows, int rows,
+                                                             const uint16_t *k_block, const uint16_t *v_block,
+                                                             const int D, float scale, float *s, float *vf,
+                                                             float *mx, float *sum, float *acc) {
+    const __m512 vscale = _mm512_set1_ps(scale);
+    for (int r = 0; r < rows; ++r) {
+        __m512bh qv[4];
+        for (int c = 0; c < D / 32; ++c) qv[c] = (__m512bh)_mm512_loadu_si512(q_rows[r] + 32 * c);
+        __m512 dots[16];
+        for (int u = 0; u < 16; ++u) dots[u] = dot_row(qv, k_block + (int64_t)u * D, D);
+        _mm512_storeu_ps(s + r * 16, _mm512_mul_ps(sum16(dots), vscale));
+    }
+    for (int j = 0; j < 16 * D; j += 16) _mm512_storeu_ps(vf + j, bf16x16_to_f32(v_block + j));
+    const int chunks = D / 16;
+    for (int r = 0; r < rows; ++r) {
+        float *sr = s + r * 16;
+        const __m512 scores = _mm512_loadu_ps(sr);
+        const float top = fmaxf(mx[r], _mm512_reduce_max_ps(scores));
+        const float corr = expf(mx[r] - top);
+        const __m512 probs = exp16(_mm512_sub_ps(scores, _mm512_set1_ps(top)));
+        _mm512_storeu_ps(sr, probs);
+        const float total = _mm512_reduce_add_ps(probs);
+        mx[r] = top;
+        sum[r] = sum[r] * corr + total;
+        float *ar = acc + (int64_t)r * D;
+        __m512 a[8];
+        const __m512 vcorr = _mm512_set1_ps(corr);
+        for (int c = 0; c < chunks; ++c) a[c] = _mm512_mul_ps(vcorr, _mm512_loadu_ps(ar + 16 * c));
+        for (int j = 0; j < 16; ++j) {
+            const __m512 p = _mm512_set1_ps(sr[j]);
+            for (int c = 0; c < chunks; ++c) a[c] = _mm512_fmadd_ps(p, _mm512_loadu_ps(vf + j * D + 16 * c), a[c]);
+        }
+        for (int c = 0; c < chunks; ++c) _mm512_storeu_ps(ar + 16 * c, a[c]);
+    }
+}
+#endif
+
 /* Log-sum-exp of one query head's scores over a suffix of its context: tokens [first, len) of its table. */
 __attribute__((always_inline)) static inline float suffix_lse(
     const float *q_f, const void *k_head, const int32_t *table, int first, int len, const int D, const int bs,
@@ -222,6 +270,19 @@ __attribute__((always_inline)) static inline void run_task(const struct prefix_a
     memset(acc, 0, sizeof(float) * (size_t)rows * D);
     const int32_t *table = a->tables + (int64_t)a->member_rows[first_member] * a->max_blocks;
     const int blocks = a->prefix_blocks[g];
+#ifdef HAVE_BF16_DOT
+    if (bf16 && bs == 16 && (D == 64 || D == 128) && rows <= MAX_BF16_ROWS) {
+        const uint16_t *q_rows[MAX_BF16_ROWS];
+        for (int r = 0; r < rows; ++r)
+            q_rows[r] = (const uint16_t *)a->q + (int64_t)a->members[first_member + r / gq] * a->q_stride
+                        + ((int64_t)h * gq + r % gq) * D;
+        for (int b = 0; b < blocks; ++b) {
+            const int64_t base = (int64_t)table[b] * bs * D;
+            block_bf16(q_rows, rows, (const uint16_t *)k_head + base, (const uint16_t *)v_head + base, D, a->scale,
+                       s, vf, mx, sum, acc);
+        }
+    } else
+#endif
     for (int b = 0; b < blocks; ++b) {
         const int64_t base = (int64_t)table[b] * bs * D;
         const size_t elem = bf16 ? 2 : 4;
