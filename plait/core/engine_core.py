@@ -44,6 +44,7 @@ class EngineStats:
     prompt_tokens: int
     generated_tokens: int
     steps: int
+    forks: int = 0  # n > 1 samples that took their first sibling's prompt KV instead of computing it
     spec: SpecStats | None = None  # speculative decoding's totals, when the engine speculates
 
     @property
@@ -280,4 +281,5 @@ class EngineCore:
             preemptions=self.scheduler.num_preemptions,
             prompt_tokens=self.scheduler.num_prompt_tokens_computed,
             generated_tokens=self.scheduler.num_generated_tokens, steps=self.num_steps,
+            forks=self.scheduler.num_forks,
             spec=None if self.speculator is None else self.speculator.stats)
