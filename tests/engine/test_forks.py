@@ -99,6 +99,19 @@ def test_forks_after_a_prefix_cache_hit(make_engine):
     assert_no_leak(llm)
 
 
+def test_forks_need_no_prefix_cache(make_engine):
+    """Without the prefix cache the siblings would each compute the whole prompt: forked, it is computed once."""
+    prompt = prompts(1, seed=47, lo=45, hi=45)[0]
+    greedy = SamplingParams(n=4, max_tokens=6, temperature=0, ignore_eos=True)
+    results = {}
+    for fork in (True, False):
+        llm = make_engine(block_size=BLOCK, enable_prefix_caching=False, fork_samples=fork, batch_invariant=True)
+        results[fork] = samples(llm.generate([prompt], greedy, use_tqdm=False)[0])
+        assert (llm.stats().prompt_tokens, llm.stats().forks) == ((45, 3) if fork else (4 * 45, 0))
+        assert_no_leak(llm)
+    assert results[True] == results[False] and len(set(map(tuple, results[True]))) == 1
+
+
 def test_forks_survive_preemption_of_parent_and_children(make_engine, tiny_model):
     """Seeded samples give the same tokens when hogs arriving later preempt them (recompute) as alone."""
     from plait.runner.attention import KVCache
