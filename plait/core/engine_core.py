@@ -120,8 +120,8 @@ class EngineCore:
         taken = [c for c in child_ids if c in self.scheduler.requests or c in self._child_to_group]
         if taken:
             raise ValueError(f"request_id {request_id!r} clashes with running request {taken[0]!r}")
-        # Siblings share the first one's prompt blocks through the prefix cache: the scheduler lets a request
-        # whose next prompt block another request is computing wait a step for it (pending prefixes).
+        # Siblings fork from the first one after its prompt (copy-on-write, Scheduler); with fork_samples off they
+        # share its prompt blocks through the prefix cache instead (pending prefixes).
         now = time.monotonic()
         children: list[Request] = []
         for i in range(params.n):
