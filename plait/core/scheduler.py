@@ -19,7 +19,7 @@ import time
 from plait.cache.kv_manager import KVCacheManager
 from plait.config import SchedulerConfig
 from plait.core.request import Request, Status
-from plait.core.sched_output import ModelOutput, NewRequestData, ScheduledChunk, SchedulerOutput
+from plait.core.sched_output import ModelOutput, NewRequestData, SampledToken, ScheduledChunk, SchedulerOutput
 
 
 class Scheduler:
@@ -199,52 +199,62 @@ class Scheduler:
                 seats -= 1
                 free_blocks -= per_fork
                 chunk.fork_ids.append(child.request_id)
-                if child.request_id not in self._seen_by_runner:
-                    self._seen_by_runner.add(child.request_id)
-                    out.new_requests.append(NewRequestData(child.request_id, child.prompt_token_ids, child.params,
-                                                           child.seed))
+                self._introduce(out, child)  # the runner samples its first token this step
 
     def _apply_forks(self, parent: Request | None, chunk: ScheduledChunk, model_out: ModelOutput,
                      changed: list[tuple[Request, int]]) -> None:
-        """After the parent's prompt step: each forked child shares its KV and takes its first token. A child
-        that cannot fork (its parent ended while the step ran) stays waiting and the runner forgets the token it
-        sampled for it."""
-        now = time.monotonic()
+        """After the parent's prompt step (`parent` None: it ended while the step ran): each attached child
+        forks and takes its first token, or, when it cannot, stays waiting as if never attached."""
         for child_id in chunk.fork_ids:
             child = self.requests.get(child_id)
             if child is None:
                 continue  # aborted while the step ran
             tokens = model_out.sampled.get(child_id)
-            prompt_len = len(child.prompt_token_ids)
-            if (parent is None or parent.request_id not in self.requests or not tokens
-                    or self.kv.fork_blocks_needed(prompt_len) > self.kv.num_free_blocks):
-                self._seen_by_runner.discard(child_id)
-                self._finished_for_runner.append(child_id)
-                continue
-            copy = self.kv.fork(parent.request_id, child_id, prompt_len)
-            self.waiting.remove(child)
-            child.status = Status.RUNNING
-            child.num_computed = child.num_cached_prompt = prompt_len
-            child.first_scheduled = now
-            self.running.append(child)
-            self.num_forks += 1
-            token = tokens[0]
-            child.output_token_ids.append(token.token_id)
-            self.num_generated_tokens += 1
-            changed.append((child, 1))
-            stop = ("stop", None) if token.grammar_ended else self._stop(child, token.token_id)
-            if stop is not None:
-                self.finish(child, *stop)  # its blocks are free again: nothing to copy
-            elif copy is not None:
-                self._block_copies.append(copy)
+            if (parent is None or not tokens
+                    or self.kv.fork_blocks_needed(len(child.prompt_token_ids)) > self.kv.num_free_blocks):
+                self._unfork(child_id)
+            else:
+                self._fork(parent, child, tokens[0], changed)
+
+    def _fork(self, parent: Request, child: Request, token: SampledToken,
+              changed: list[tuple[Request, int]]) -> None:
+        """The child shares the parent's prompt KV (its partial last block copied before the next forward) and
+        runs from its first token, sampled from the parent's last logits row."""
+        prompt_len = len(child.prompt_token_ids)
+        copy = self.kv.fork(parent.request_id, child.request_id, prompt_len)
+        self.waiting.remove(child)
+        child.status = Status.RUNNING
+        child.num_computed = child.num_cached_prompt = prompt_len
+        child.first_scheduled = time.monotonic()
+        self.running.append(child)
+        self.num_forks += 1
+        child.output_token_ids.append(token.token_id)
+        self.num_generated_tokens += 1
+        changed.append((child, 1))
+        stop = ("stop", None) if token.grammar_ended else self._stop(child, token.token_id)
+        if stop is not None:
+            self.finish(child, *stop)  # its blocks are free again: nothing to copy
+        elif copy is not None:
+            self._block_copies.append(copy)
+
+    def _unfork(self, child_id: str) -> None:
+        """The child stays waiting: the runner forgets the token it sampled for it (and its generator's draw),
+        and gets the child's sampling data afresh when it is scheduled."""
+        self._seen_by_runner.discard(child_id)
+        self._finished_for_runner.append(child_id)
+
+    def _introduce(self, out: SchedulerOutput, request: Request) -> None:
+        """Hand the runner a request's sampling data the first time it is scheduled or attached as a fork."""
+        if request.request_id not in self._seen_by_runner:
+            self._seen_by_runner.add(request.request_id)
+            out.new_requests.append(NewRequestData(request.request_id, request.prompt_token_ids, request.params,
+                                                   request.seed))
 
     def _emit(self, out: SchedulerOutput, request: Request, num_new: int, drafts: list[int] = ()) -> None:
         """Schedule the request's next `num_new` tokens, the last len(drafts) of them draft tokens."""
         rid = request.request_id
         num_new -= len(drafts)
-        if rid not in self._seen_by_runner:
-            self._seen_by_runner.add(rid)
-            out.new_requests.append(NewRequestData(rid, request.prompt_token_ids, request.params, request.seed))
+        self._introduce(out, request)
         start = request.num_computed
         prompt_len = len(request.prompt_token_ids)
         if start < prompt_len:
