@@ -51,6 +51,24 @@ def test_seeded_samples_identical_with_forks_on_and_off(make_engine, length):
     assert len({tuple(s) for s in results[True][0]}) > 1  # the samples really differ
 
 
+@pytest.mark.parametrize("extra", [
+    dict(presence_penalty=0.8, frequency_penalty=0.5, repetition_penalty=1.3),  # per-sample penalty state
+    dict(structured_outputs={"choice": ["alpha", "beta", "gamma delta"]}),  # each sample's own grammar state
+    dict(min_tokens=3, stop_token_ids=[7, 8, 9], logit_bias={7: 5.0}),
+])
+def test_forks_keep_each_samples_own_sampling_state(make_engine, extra):
+    prompt = prompts(1, seed=48, lo=37, hi=37)[0]
+    params = SamplingParams(n=4, max_tokens=10, temperature=1.0, top_k=50, seed=13, logprobs=1, **extra)
+    results = {}
+    for fork in (True, False):
+        llm = make_engine(block_size=BLOCK, fork_samples=fork, batch_invariant=True)
+        out = llm.generate([prompt], params, use_tqdm=False)[0]
+        results[fork] = [(c.token_ids, c.finish_reason) for c in out.outputs], logprobs(out)
+        assert llm.stats().forks == (3 if fork else 0)
+        assert_no_leak(llm)
+    assert results[True] == results[False]
+
+
 def parent_kv(core, request_id: str, num_tokens: int) -> torch.Tensor:
     """The request's K and V at positions [0, num_tokens), every layer, read through its block table."""
     cache = core.runner.cache
