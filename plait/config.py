@@ -78,6 +78,9 @@ class SchedulerConfig:
     max_num_seqs: int = 128
     max_num_batched_tokens: int = 512
     max_model_len: int | None = None  # None: the model's context length
+    # n > 1: the other samples fork from the first after its prompt (copy-on-write KV, first tokens sampled from
+    # its logits) instead of each computing the prompt's partial last block. Off only to compare (tests).
+    fork_samples: bool = True
 
     def __post_init__(self) -> None:
         if self.max_num_seqs < 1:
@@ -143,6 +146,9 @@ class EngineConfig:
     shared_prefix_attention: bool = True
     # LLM.generate queues a batch grouped by shared prefix (engine/prefix_order.py), not in the caller's order.
     prefix_grouping: bool = True
+    # n > 1: the other samples fork from the first after its prompt, copy-on-write (docs/forks.md); off, each
+    # sample computes the prompt's partial last block itself. Off only to compare.
+    fork_samples: bool = True
     # Speculative decoding, vLLM's dict: {"method": "ngram" | "suffix", "num_speculative_tokens": 4, ...}
     # (plait/spec/config.py; JSON text from the CLI). Greedy outputs stay the same; sampling stays exact.
     speculative_config: Any = None

@@ -6,7 +6,8 @@ For each n, in one run: N questions sampled n times each (`SamplingParams(n=n)`)
 the same length sampled once each, with the same sampling (temperature 1, seeded, EOS ignored, so every sample
 has exactly --output-len tokens) and the prefix cache reset before each pass. The fork pass computes each
 question's prompt once and its samples share those KV blocks (and attend to them together, shared-prefix
-attention); the independent pass computes and holds every prompt. Reported per pass: wall time, generated tok/s
+attention; the other samples fork from the first after its prompt, copy-on-write, unless --no-fork-samples); the
+independent pass computes and holds every prompt. Reported per pass: wall time, generated tok/s
 (all samples), tok/s per sample (how fast each sequence grew), prompt tokens computed, preemptions, and the
 fork / independent ratio of generated tok/s.
 """
@@ -35,6 +36,7 @@ class ForkPass:
     output_tokens: int
     prefill_tokens: int  # prompt tokens the engine computed (prefix-cache hits and shared prompts excluded)
     preemptions: int
+    forks: int = 0  # samples that forked from their first sibling after its prompt (copy-on-write)
 
     @property
     def output_tps(self) -> float:
@@ -75,7 +77,8 @@ def run_pass(llm: Any, workload: Workload, kind: str, n: int, seed: int) -> Fork
     after = llm.stats()
     output_tokens = sum(len(c.token_ids) for o in outs for c in o.outputs)
     return ForkPass(kind, n, len(workload), len(workload) * n, len(workload.prompts[0]), wall, output_tokens,
-                    after.prompt_tokens - before.prompt_tokens, after.preemptions - before.preemptions)
+                    after.prompt_tokens - before.prompt_tokens, after.preemptions - before.preemptions,
+                    after.forks - before.forks)
 
 
 def run_fork(args: argparse.Namespace, llm: Any) -> dict[str, Any]:
@@ -101,7 +104,7 @@ def run_fork(args: argparse.Namespace, llm: Any) -> dict[str, Any]:
         "config": {"workload": "fork", "num_questions": args.num_questions, "samples": samples,
                    "input_len": args.input_len, "output_len": args.output_len, "seed": args.seed,
                    "sampling": {"temperature": 1.0, "seed": args.seed, "ignore_eos": True},
-                   "max_num_seqs": llm.config.max_num_seqs,
+                   "max_num_seqs": llm.config.max_num_seqs, "fork_samples": llm.config.fork_samples,
                    "max_num_batched_tokens": llm.config.token_budget(offline=True),
                    "kv_blocks": llm.engine.scheduler.kv.num_blocks, "block_size": llm.engine.scheduler.kv.block_size},
         "machine": report.machine_info(engine_dtype_name(llm)),

@@ -10,6 +10,9 @@ Contract for the scheduler:
 - `free(req)` drops the request's references; shared blocks live on while other users hold them.
 - `hold_prefix(tokens)` pins the cached full blocks of a prefix until `release_hold` (plait/cache/holds.py);
   `reset_prefix_cache` drops every hold.
+- `fork(parent, child, num_tokens)` gives a child (another sample of the same prompt) the parent's full blocks
+  and a fresh block for the partial last one, returning that (source, destination) pair for the runner to copy
+  (copy-on-write: the child then writes only into blocks of its own).
 - `announce(req, tokens, match)` after admission marks the full prompt blocks the request is about to compute as
   pending; a later `match_prefix` whose next block is pending names its owner, so the scheduler can let that
   request wait one step instead of computing the same prefix twice (BatchLLM-style sharing within a batch).
@@ -185,6 +188,36 @@ class KVCacheManager:
             table.keys.append(key)
             if self._pending.get(key) == request_id:
                 del self._pending[key]  # computed: waiters now hit the cache
+
+    def fork_blocks_needed(self, num_tokens: int) -> int:
+        """Free blocks a fork at `num_tokens` takes: one for the copy of a partial last block, else none."""
+        return 1 if num_tokens % self.block_size else 0
+
+    def fork(self, parent_id: str, child_id: str, num_tokens: int) -> tuple[int, int] | None:
+        """Give `child_id` (no table yet) the KV of the parent's first `num_tokens` tokens: its full blocks are
+        shared (one more reference each), a partial last block is copied into a fresh block. Returns the
+        (source, destination) block pair the runner must copy before the child's next forward, or None when
+        `num_tokens` ends on a block boundary. The caller checks `fork_blocks_needed` against the free blocks."""
+        parent = self._tables[parent_id]
+        if child_id in self._tables:
+            raise ValueError(f"request {child_id!r} already has KV blocks; only a fresh request can be forked")
+        full, partial = divmod(num_tokens, self.block_size)
+        if len(parent.blocks) < full + (1 if partial else 0):
+            raise ValueError(f"request {parent_id!r} holds {len(parent.blocks)} blocks, fewer than {num_tokens} "
+                             f"tokens need")
+        if partial and self.pool.num_free < 1:
+            raise RuntimeError("no free block for a fork's partial block: check fork_blocks_needed first")
+        child = _Table(epoch=parent.epoch, keys=list(parent.keys[:full]))
+        for block in parent.blocks[:full]:
+            self.pool.touch(block)
+            child.blocks.append(block)
+        copy = None
+        if partial:
+            (fresh,) = self.pool.allocate(1)
+            child.blocks.append(fresh)
+            copy = (parent.blocks[full], fresh)
+        self._tables[child_id] = child
+        return copy
 
     def free(self, request_id: str) -> None:
         table = self._tables.pop(request_id, None)

@@ -44,6 +44,7 @@ class EngineStats:
     prompt_tokens: int
     generated_tokens: int
     steps: int
+    forks: int = 0  # n > 1 samples that took their first sibling's prompt KV instead of computing it
     spec: SpecStats | None = None  # speculative decoding's totals, when the engine speculates
 
     @property
@@ -119,8 +120,8 @@ class EngineCore:
         taken = [c for c in child_ids if c in self.scheduler.requests or c in self._child_to_group]
         if taken:
             raise ValueError(f"request_id {request_id!r} clashes with running request {taken[0]!r}")
-        # Siblings share the first one's prompt blocks through the prefix cache: the scheduler lets a request
-        # whose next prompt block another request is computing wait a step for it (pending prefixes).
+        # Siblings fork from the first one after its prompt (copy-on-write, Scheduler); with fork_samples off they
+        # share its prompt blocks through the prefix cache instead (pending prefixes).
         now = time.monotonic()
         children: list[Request] = []
         for i in range(params.n):
@@ -280,4 +281,5 @@ class EngineCore:
             preemptions=self.scheduler.num_preemptions,
             prompt_tokens=self.scheduler.num_prompt_tokens_computed,
             generated_tokens=self.scheduler.num_generated_tokens, steps=self.num_steps,
+            forks=self.scheduler.num_forks,
             spec=None if self.speculator is None else self.speculator.stats)

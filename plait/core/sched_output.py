@@ -31,6 +31,9 @@ class ScheduledChunk:
     # Speculative decoding: the last `num_draft` of token_ids are drafts; the runner verifies them against the
     # target's own choices and samples after the accepted run (so `sample` is True).
     num_draft: int = 0
+    # Other samples of the same prompt that fork from this request once this chunk completes its prompt: each
+    # samples its first token from this chunk's last logits row with its own sampling state (see Scheduler).
+    fork_ids: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -39,6 +42,9 @@ class SchedulerOutput:
     new_requests: list[NewRequestData] = field(default_factory=list)
     finished_ids: list[str] = field(default_factory=list)  # runner may drop their state
     num_preempted: int = 0
+    # (source, destination) KV blocks the runner copies before this step's forward: the partial last prompt block
+    # of each fork made by the previous step's update (copy-on-write).
+    block_copies: list[tuple[int, int]] = field(default_factory=list)
 
     @property
     def num_tokens(self) -> int:

@@ -45,6 +45,9 @@ def add_engine_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--no-prefix-grouping", action="store_true",
                    help="queue an offline batch in the given order (by default prompts sharing a prefix are "
                         "queued together, so each shared prefix is computed once)")
+    g.add_argument("--no-fork-samples", action="store_true",
+                   help="n > 1: every sample computes the prompt's partial last block itself (by default the "
+                        "others fork from the first after its prompt, copy-on-write: docs/forks.md)")
     g.add_argument("--speculative-config", default=None, metavar="JSON",
                    help='speculative decoding, vLLM\'s dict as JSON, e.g. \'{"method": "ngram", '
                         '"num_speculative_tokens": 4}\' (methods: ngram, suffix; docs/speculative_decoding.md)')
@@ -64,6 +67,7 @@ def engine_kwargs(args: argparse.Namespace) -> dict:
                   batch_invariant=getattr(args, "batch_invariant", False),
                   shared_prefix_attention=not getattr(args, "no_shared_prefix_attention", False),
                   prefix_grouping=not getattr(args, "no_prefix_grouping", False),
+                  fork_samples=not getattr(args, "no_fork_samples", False),
                   speculative_config=getattr(args, "speculative_config", None),
                   tune_malloc=True)  # plait's commands own their process (see EngineConfig.tune_malloc)
     if getattr(args, "config", None):

@@ -112,8 +112,8 @@ def build_engine(config: EngineConfig, model_config: ModelConfig | None = None,
 
     eos = sorted(set(model_config.eos_token_ids) | set(getattr(tokenizer, "eos_token_ids", []) or []))
     kv = KVCacheManager(num_blocks, config.block_size, config.enable_prefix_caching)
-    scheduler = Scheduler(SchedulerConfig(config.max_num_seqs, config.token_budget(offline), max_model_len),
-                          kv, max_model_len)
+    scheduler = Scheduler(SchedulerConfig(config.max_num_seqs, config.token_budget(offline), max_model_len,
+                                          fork_samples=config.fork_samples), kv, max_model_len)
     kernels = None
     if config.native_kernels and device.type == "cpu" and dtype in (torch.bfloat16, torch.float32):
         from plait.runner.native import load_kernels

@@ -69,6 +69,12 @@ class KVCache:
         self.tensor = torch.empty(num_layers, 2, num_kv_heads, num_blocks * block_size, head_dim,
                                   dtype=dtype, device=device)
 
+    def copy_blocks(self, pairs: list[tuple[int, int]]) -> None:
+        """Copy whole blocks' K and V, source -> destination, in every layer (forks' copy-on-write)."""
+        bs = self.block_size
+        for src, dst in pairs:
+            self.tensor[:, :, :, dst * bs: (dst + 1) * bs] = self.tensor[:, :, :, src * bs: (src + 1) * bs]
+
     @staticmethod
     def bytes_per_block(num_layers: int, block_size: int, num_kv_heads: int, head_dim: int,
                         dtype: torch.dtype) -> int:

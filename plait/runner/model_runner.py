@@ -86,6 +86,10 @@ class ModelRunner:
                 self.structured.drop(rid)
         for new in sched.new_requests:
             self._register(new)
+        if sched.block_copies:  # forks' partial blocks, before anything writes into them (copy-on-write)
+            self.cache.copy_blocks(sched.block_copies)
+            if self.drafter is not None and self.drafter.cache is not self.cache:
+                self.drafter.cache.copy_blocks(sched.block_copies)
         out = ModelOutput()
         if not sched.chunks:
             return out
@@ -108,6 +112,10 @@ class ModelRunner:
                 last = offset + len(chunk.token_ids) - 1
                 sampled_chunks.append((chunk, len(sample_rows)))
                 sample_rows.extend(range(last - chunk.num_draft, last + 1))
+                for child in chunk.fork_ids:  # forked samples draw their first token from the same position
+                    sampled_chunks.append((ScheduledChunk(child, chunk.token_ids, chunk.start, [], True),
+                                           len(sample_rows)))
+                    sample_rows.append(last)
             if chunk.prompt_logprobs:
                 self._prompt_logprobs(out, chunk, hidden[offset: offset + len(chunk.token_ids)])
         if not sample_rows:

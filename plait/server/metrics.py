@@ -55,6 +55,7 @@ class _EngineCollector(Collector):
             ("plait:prompt_tokens", "Prompt tokens computed (prefill).", s.prompt_tokens),
             ("plait:generation_tokens", "Tokens generated.", s.generated_tokens),
             ("plait:engine_steps", "Engine steps (forward passes).", s.steps),
+            ("plait:num_forks", "n > 1 samples forked from a sibling's prompt KV.", s.forks),
         ]
         if s.spec is not None:  # vLLM's spec_decode names
             counters += [

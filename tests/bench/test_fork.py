@@ -41,9 +41,10 @@ def test_fork_bench_end_to_end_on_tiny_model(make_engine, tmp_path, capsys):
     for p in passes:
         assert p["output_tokens"] == p["num_samples"] * 4
         assert p["per_sample_tps"] == pytest.approx(p["output_tps"] / p["num_samples"])
-    # Each question's full prompt blocks are computed once for all its samples (each sibling computes only the
-    # 2 tokens of the partial last block); independent prompts are computed whole, each.
-    assert passes[2]["prefill_tokens"] == 2 * 18 + 2 * 2 * 2 and passes[3]["prefill_tokens"] == 6 * 18
+    # Each question's prompt is computed once for all its samples (the siblings fork after it, copying its
+    # partial last block); independent prompts are computed whole, each.
+    assert passes[2]["prefill_tokens"] == 2 * 18 and passes[3]["prefill_tokens"] == 6 * 18
+    assert [p["forks"] for p in passes] == [0, 0, 2 * 2, 0] and saved["config"]["fork_samples"] is True
     assert set(saved["ratio_output_tps"]) == {"1", "3"}
     assert "fork / indep" in capsys.readouterr().out
     assert llm.engine.scheduler.kv.all_blocks_free()

@@ -97,3 +97,74 @@ def test_release_too_often_raises():
     pool.release(b)
     with pytest.raises(RuntimeError):
         pool.release(b)
+
+
+@pytest.mark.parametrize("free_parent_first", [True, False])
+@pytest.mark.parametrize("block_size", [1, 4, 5])
+def test_fork_at_every_offset_shares_full_blocks_and_copies_the_partial_one(block_size, free_parent_first):
+    for num_tokens in range(1, 3 * block_size + 1):  # k * block_size + r for every r, k = 0..2
+        kv = KVCacheManager(num_blocks=16, block_size=block_size)
+        prompt = list(range(100, 100 + num_tokens))
+        assert kv.allocate("parent", 0, num_tokens)
+        kv.commit("parent", prompt, num_tokens)
+        parent_table = list(kv.block_table("parent"))
+        refs_before = list(kv.pool.ref_counts)
+        full, partial = divmod(num_tokens, block_size)
+        assert kv.fork_blocks_needed(num_tokens) == (1 if partial else 0)
+        free_before = kv.num_free_blocks
+
+        copy = kv.fork("parent", "child", num_tokens)
+
+        child_table = kv.block_table("child")
+        assert kv.block_table("parent") == parent_table  # the parent's table is untouched
+        assert child_table[:full] == parent_table[:full]
+        for block in parent_table[:full]:
+            assert kv.pool.ref_counts[block] == refs_before[block] + 1
+        if partial:
+            fresh = child_table[full]
+            assert fresh not in parent_table and len(child_table) == full + 1
+            assert copy == (parent_table[full], fresh)
+            assert kv.pool.ref_counts[fresh] == 1 and kv.pool.ref_counts[parent_table[full]] == 1
+            assert kv.num_free_blocks == free_before - 1
+        else:
+            assert copy is None and len(child_table) == full and kv.num_free_blocks == free_before
+        first, second = ("parent", "child") if free_parent_first else ("child", "parent")
+        kv.free(first)
+        assert kv.block_table(second) == (parent_table if second == "parent" else child_table)
+        assert all(kv.pool.ref_counts[b] == 1 for b in kv.block_table(second))
+        kv.free(second)
+        assert kv.all_blocks_free(), num_tokens
+
+
+def test_forked_child_extends_into_its_own_blocks_and_commits_like_its_parent():
+    kv = KVCacheManager(num_blocks=16, block_size=4)
+    prompt = list(range(100, 110))  # 2 full blocks + 2 tokens
+    assert kv.allocate("parent", 0, 10)
+    kv.commit("parent", prompt, 10)
+    kv.fork("parent", "child", 10)
+    parent_blocks = set(kv.block_table("parent"))
+    assert kv.allocate("child", 10, 4)  # its block 2 (the copy) fills up, then a new block 3
+    assert not set(kv.block_table("child")[2:]) & parent_blocks
+    kv.commit("child", prompt + [7, 8, 9, 10], 14)
+    # the child's full blocks, shared and own, are the prefix cache's: a later prompt hits all three
+    assert kv.match_prefix(prompt + [7, 8, 9, 10, 11]).blocks == kv.block_table("child")[:3]
+    kv.free("parent")
+    kv.free("child")
+    assert kv.all_blocks_free()
+
+
+def test_fork_refuses_a_child_with_blocks_a_short_parent_or_no_free_block():
+    kv = KVCacheManager(num_blocks=3, block_size=4)
+    assert kv.allocate("parent", 0, 6)  # 2 blocks
+    assert kv.allocate("other", 0, 1)  # the last free block
+    with pytest.raises(ValueError, match="already has KV blocks"):
+        kv.fork("parent", "other", 6)
+    with pytest.raises(ValueError, match="fewer than"):
+        kv.fork("parent", "child", 9)
+    with pytest.raises(RuntimeError, match="fork_blocks_needed"):
+        kv.fork("parent", "child", 6)
+    assert kv.block_table("child") == [] and kv.pool.ref_counts == [1, 1, 1]
+    assert kv.fork("parent", "child", 4) is None  # a whole block: shared, nothing to copy
+    for rid in ("parent", "other", "child"):
+        kv.free(rid)
+    assert kv.all_blocks_free()

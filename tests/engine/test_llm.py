@@ -98,8 +98,9 @@ def test_n_samples_share_prompt_and_differ(make_engine):
                                                                          seed=1), use_tqdm=False)[0]
     assert [c.index for c in out.outputs] == [0, 1, 2, 3]
     assert len({tuple(c.token_ids) for c in out.outputs}) > 1
-    # siblings 1..3 reused the 7 full prompt blocks sibling 0 computed
-    assert llm.stats().prefix_cache_hits == 3 * 28
+    # siblings 1..3 forked from sibling 0 after its prompt: 30 prompt tokens computed once, no cache lookups
+    stats = llm.stats()
+    assert (stats.forks, stats.prompt_tokens, stats.prefix_cache_hits) == (3, 30, 0)
     assert_no_leak(llm)
 
 
@@ -310,8 +311,8 @@ def test_n_with_prompt_logprobs_computes_the_prompt_once(make_engine):
     p = prompts(1, seed=34, lo=40, hi=40)[0]
     params = SamplingParams(n=4, max_tokens=4, temperature=1.0, seed=1, prompt_logprobs=1, ignore_eos=True)
     out = llm.generate([p], params, use_tqdm=False)[0]
-    # Sample 0 computes all 40 prompt tokens with their logprobs; the others reuse its 2 full blocks.
-    assert llm.stats().prompt_tokens == 40 + 3 * 8
+    # Sample 0 computes all 40 prompt tokens with their logprobs; the others fork from it after its prompt.
+    assert (llm.stats().prompt_tokens, llm.stats().forks) == (40, 3)
     one = llm.generate([p], SamplingParams(max_tokens=1, prompt_logprobs=1), use_tqdm=False)[0]
     assert len(out.prompt_logprobs) == 40
     for a, b in zip(out.prompt_logprobs[1:], one.prompt_logprobs[1:]):

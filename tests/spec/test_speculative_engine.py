@@ -179,6 +179,32 @@ def test_model_drafters_keep_greedy_outputs(tokenizer, copy_model, spec):
     assert stats.spec.num_draft_tokens > 0 and stats.spec.num_accepted_tokens > 0
 
 
+@pytest.mark.parametrize("spec", [{"method": "early_exit", "exit_layer": 1},
+                                  {"method": "draft_model", "model": "tiny-draft"}])
+def test_forked_samples_keep_outputs_and_drafts_of_forks_off(tokenizer, copy_model, spec):
+    """n > 1 samples fork after the prompt; draft_model's own cache gets the same copy of the partial last block as
+    the target's, so every sample drafts exactly what it drafts when it computes the prompt itself (forks off)."""
+    cfg, weights = copy_model
+    draft = (tiny_config("llama", num_layers=1), {k: v for k, v in weights.items() if "layers.1." not in k})
+    batch = [p + [11, 12, 13] for p in prompts(4, seed=17)]  # lengths off block boundaries: partial last blocks
+    params = SamplingParams(n=4, max_tokens=16, temperature=0.8, top_k=50, seed=3, ignore_eos=True, logprobs=1)
+
+    def run_once(fork_samples):
+        config = dict(dtype="float32", kv_cache_memory=4 << 20, batch_invariant=True, fork_samples=fork_samples,
+                      speculative_config={**spec, **ALWAYS})
+        llm = LLM(_prebuilt=build_engine(EngineConfig(**config), cfg, weights, tokenizer, draft=draft), **config)
+        outs = llm.generate([list(p) for p in batch], params, use_tqdm=False)
+        assert llm.engine.scheduler.kv.all_blocks_free()
+        return [signature(o) for o in outs], llm.stats()
+
+    (forked, stats), (plain, plain_stats) = run_once(True), run_once(False)
+    assert forked == plain
+    assert stats.forks == 3 * len(batch) and plain_stats.forks == 0
+    assert stats.spec.num_accepted_tokens > 0
+    assert (stats.spec.num_draft_tokens, stats.spec.num_accepted_tokens) == (
+        plain_stats.spec.num_draft_tokens, plain_stats.spec.num_accepted_tokens)
+
+
 def test_model_drafter_settings_are_checked(tokenizer, copy_model):
     cfg, weights = copy_model
     with pytest.raises(ValueError, match="exit_layer"):
