@@ -30,6 +30,8 @@
 
 /* Stacked query rows of one task the bf16 path takes (tile x query heads per kv head); larger tiles run fp32. */
 #define MAX_BF16_ROWS 256
+/* Shared blocks per online-softmax update on the bf16 path (the scores and V scratch hold this many blocks). */
+#define SPAN 4
 
 /* Mirrored by plait/runner/native/shared_prefix_ops.py (PrefixArgs): keep the two in step. */
 struct prefix_args {
@@ -174,38 +176,48 @@ __attribute__((always_inline)) static inline void block_update(
 }
 
 #ifdef HAVE_BF16_DOT
-/* One shared block (16 keys) for `rows` stacked query rows, bf16 cache, D = 64 or 128: scores with the bf16 dot
- * product (q_rows[r]: row r's bf16 query, unscaled), then the online-softmax update of the rows' fp32
- * accumulators with the block's V widened to fp32 once for all rows. */
-__attribute__((always_inline)) static inline void block_bf16(const uint16_t *const *q_rows, int rows,
-                                                             const uint16_t *k_block, const uint16_t *v_block,
-                                                             const int D, float scale, float *s, float *vf,
-                                                             float *mx, float *sum, float *acc) {
+/* Up to SPAN shared blocks (16 keys each) for `rows` stacked query rows, bf16 cache, D = 64 or 128: scores with
+ * the bf16 dot product (q_rows[r]: row r's bf16 query, unscaled), then one online-softmax update of the rows'
+ * fp32 accumulators with the blocks' V widened to fp32 once for all rows. Several blocks per update: the per-row
+ * reductions, rescaling and accumulator loads/stores are paid once per SPAN blocks, not once per block. */
+__attribute__((always_inline)) static inline void span_bf16(const uint16_t *const *q_rows, int rows,
+                                                            const uint16_t *const *k_blocks,
+                                                            const uint16_t *const *v_blocks, int nblk, const int D,
+                                                            float scale, float *s, float *vf, float *mx, float *sum,
+                                                            float *acc) {
     const __m512 vscale = _mm512_set1_ps(scale);
+    const int width = nblk * 16;
     for (int r = 0; r < rows; ++r) {
         __m512bh qv[4];
         for (int c = 0; c < D / 32; ++c) qv[c] = (__m512bh)_mm512_loadu_si512(q_rows[r] + 32 * c);
-        __m512 dots[16];
-        for (int u = 0; u < 16; ++u) dots[u] = dot_row(qv, k_block + (int64_t)u * D, D);
-        _mm512_storeu_ps(s + r * 16, _mm512_mul_ps(sum16(dots), vscale));
+        for (int b = 0; b < nblk; ++b) {
+            __m512 dots[16];
+            for (int u = 0; u < 16; ++u) dots[u] = dot_row(qv, k_blocks[b] + (int64_t)u * D, D);
+            _mm512_storeu_ps(s + r * SPAN * 16 + b * 16, _mm512_mul_ps(sum16(dots), vscale));
+        }
     }
-    for (int j = 0; j < 16 * D; j += 16) _mm512_storeu_ps(vf + j, bf16x16_to_f32(v_block + j));
+    for (int b = 0; b < nblk; ++b)
+        for (int j = 0; j < 16 * D; j += 16) _mm512_storeu_ps(vf + b * 16 * D + j, bf16x16_to_f32(v_blocks[b] + j));
     const int chunks = D / 16;
     for (int r = 0; r < rows; ++r) {
-        float *sr = s + r * 16;
-        const __m512 scores = _mm512_loadu_ps(sr);
-        const float top = fmaxf(mx[r], _mm512_reduce_max_ps(scores));
+        float *sr = s + r * SPAN * 16;
+        __m512 top_v = _mm512_loadu_ps(sr);
+        for (int b = 1; b < nblk; ++b) top_v = _mm512_max_ps(top_v, _mm512_loadu_ps(sr + 16 * b));
+        const float top = fmaxf(mx[r], _mm512_reduce_max_ps(top_v));
         const float corr = expf(mx[r] - top);
-        const __m512 probs = exp16(_mm512_sub_ps(scores, _mm512_set1_ps(top)));
-        _mm512_storeu_ps(sr, probs);
-        const float total = _mm512_reduce_add_ps(probs);
+        __m512 total = _mm512_setzero_ps();
+        for (int b = 0; b < nblk; ++b) {
+            const __m512 probs = exp16(_mm512_sub_ps(_mm512_loadu_ps(sr + 16 * b), _mm512_set1_ps(top)));
+            _mm512_storeu_ps(sr + 16 * b, probs);
+            total = _mm512_add_ps(total, probs);
+        }
         mx[r] = top;
-        sum[r] = sum[r] * corr + total;
+        sum[r] = sum[r] * corr + _mm512_reduce_add_ps(total);
         float *ar = acc + (int64_t)r * D;
         __m512 a[8];
         const __m512 vcorr = _mm512_set1_ps(corr);
         for (int c = 0; c < chunks; ++c) a[c] = _mm512_mul_ps(vcorr, _mm512_loadu_ps(ar + 16 * c));
-        for (int j = 0; j < 16; ++j) {
+        for (int j = 0; j < width; ++j) {
             const __m512 p = _mm512_set1_ps(sr[j]);
             for (int c = 0; c < chunks; ++c) a[c] = _mm512_fmadd_ps(p, _mm512_loadu_ps(vf + j * D + 16 * c), a[c]);
         }
@@ -252,8 +264,8 @@ __attribute__((always_inline)) static inline void run_task(const struct prefix_a
                                                                           : a->group_starts[g + 1];
     const int members = end_member - first_member, rows = members * gq;
     float *q_f = work, *acc = q_f + (size_t)rows_max * D, *s = acc + (size_t)rows_max * D;
-    float *mx = s + (size_t)rows_max * bs, *sum = mx + rows_max, *kt = sum + rows_max;
-    float *vf = kt + (size_t)bs * D, *corr = vf + (size_t)bs * D;
+    float *mx = s + (size_t)rows_max * bs * SPAN, *sum = mx + rows_max, *kt = sum + rows_max;
+    float *vf = kt + (size_t)bs * D, *corr = vf + (size_t)bs * D * SPAN;
     const void *k_head = (const char *)a->k_cache + h * a->head_stride * (bf16 ? 2 : 4);
     const void *v_head = (const char *)a->v_cache + h * a->head_stride * (bf16 ? 2 : 4);
     for (int m = 0; m < members; ++m) {
@@ -276,10 +288,15 @@ __attribute__((always_inline)) static inline void run_task(const struct prefix_a
         for (int r = 0; r < rows; ++r)
             q_rows[r] = (const uint16_t *)a->q + (int64_t)a->members[first_member + r / gq] * a->q_stride
                         + ((int64_t)h * gq + r % gq) * D;
-        for (int b = 0; b < blocks; ++b) {
-            const int64_t base = (int64_t)table[b] * bs * D;
-            block_bf16(q_rows, rows, (const uint16_t *)k_head + base, (const uint16_t *)v_head + base, D, a->scale,
-                       s, vf, mx, sum, acc);
+        for (int b0 = 0; b0 < blocks; b0 += SPAN) {
+            const int nblk = blocks - b0 < SPAN ? blocks - b0 : SPAN;
+            const uint16_t *kb[SPAN], *vb[SPAN];
+            for (int b = 0; b < nblk; ++b) {
+                const int64_t base = (int64_t)table[b0 + b] * bs * D;
+                kb[b] = (const uint16_t *)k_head + base;
+                vb[b] = (const uint16_t *)v_head + base;
+            }
+            span_bf16(q_rows, rows, kb, vb, nblk, D, a->scale, s, vf, mx, sum, acc);
         }
     } else
 #endif
@@ -327,8 +344,8 @@ __attribute__((always_inline)) static inline int shared_prefix(const struct pref
 #pragma omp parallel
     {
         const unsigned fp_mode = flush_subnormals();
-        const size_t floats = (size_t)rows_max * D * 2 + (size_t)rows_max * bs + (size_t)rows_max * 3
-                              + (size_t)bs * D * 2 + (size_t)D;
+        const size_t floats = (size_t)rows_max * D * 2 + (size_t)rows_max * bs * SPAN + (size_t)rows_max * 3
+                              + (size_t)bs * D * (1 + SPAN) + (size_t)D;
         float *work = malloc(sizeof(float) * floats);
         if (!work) {
 #pragma omp atomic write
