@@ -143,7 +143,8 @@ class EngineConfig:
     # default: it costs batch-1 speed (docs/batch_invariance.md).
     batch_invariant: bool = False
     # Decodes that share leading KV blocks attend to them together, reading that KV once (runner/shared_prefix.py).
-    shared_prefix_attention: bool = True
+    # None: where it pays (runner/shared_prefix.py's shared_prefix_pays: not for bf16 on a CPU with AVX512-BF16).
+    shared_prefix_attention: bool | None = None
     # LLM.generate queues a batch grouped by shared prefix (engine/prefix_order.py), not in the caller's order.
     prefix_grouping: bool = True
     # n > 1: the other samples fork from the first after its prompt, copy-on-write (docs/forks.md); off, each

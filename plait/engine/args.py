@@ -41,7 +41,10 @@ def add_engine_args(parser: argparse.ArgumentParser) -> None:
                         "use with the machine's C compiler; also PLAIT_NATIVE_KERNELS=0)")
     g.add_argument("--no-shared-prefix-attention", action="store_true",
                    help="decodes sharing leading KV blocks each read them alone (by default they attend to the "
-                        "shared blocks together, reading that KV once: Hydragen)")
+                        "shared blocks together, reading that KV once: Hydragen; except in bf16 on a CPU with "
+                        "AVX512-BF16, where it measured slower)")
+    g.add_argument("--shared-prefix-attention", action="store_true",
+                   help="always attend to shared leading KV blocks together, also where the default leaves it off")
     g.add_argument("--no-prefix-grouping", action="store_true",
                    help="queue an offline batch in the given order (by default prompts sharing a prefix are "
                         "queued together, so each shared prefix is computed once)")
@@ -65,7 +68,8 @@ def engine_kwargs(args: argparse.Namespace) -> dict:
                   q8_weights=not getattr(args, "no_q8_weights", False),
                   native_kernels=not getattr(args, "no_native_kernels", False),
                   batch_invariant=getattr(args, "batch_invariant", False),
-                  shared_prefix_attention=not getattr(args, "no_shared_prefix_attention", False),
+                  shared_prefix_attention=(False if getattr(args, "no_shared_prefix_attention", False) else
+                                           True if getattr(args, "shared_prefix_attention", False) else None),
                   prefix_grouping=not getattr(args, "no_prefix_grouping", False),
                   fork_samples=not getattr(args, "no_fork_samples", False),
                   speculative_config=getattr(args, "speculative_config", None),

@@ -16,6 +16,7 @@ from plait.models import build_model
 from plait.runner.attention import KVCache
 from plait.runner.cpu_memory import keep_freed_memory
 from plait.runner.model_runner import ModelRunner
+from plait.runner.shared_prefix import shared_prefix_pays
 from plait.runner.invariance import check_batch_invariant
 from plait.runner.weight_transforms import TransformContext, WeightTransform, apply_transforms, default_transforms
 from plait.sampling.structured_compiler import GrammarCompiler
@@ -130,7 +131,10 @@ def build_engine(config: EngineConfig, model_config: ModelConfig | None = None,
     # (Gemma 3's local layers) run without it.
     runner = ModelRunner(model, cache, eos, device, kernels=kernels,
                          grammars=GrammarCompiler(tokenizer, model_config.vocab_size, eos) if tokenizer else None,
-                         shared_prefix_attention=(config.shared_prefix_attention and not config.batch_invariant
+                         shared_prefix_attention=((shared_prefix_pays(dtype, kernels)
+                                                   if config.shared_prefix_attention is None
+                                                   else config.shared_prefix_attention)
+                                                  and not config.batch_invariant
                                                   and model_config.sliding_window is None))
     speculator = None
     if config.speculative_config is not None:

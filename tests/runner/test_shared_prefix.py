@@ -106,3 +106,23 @@ def test_engine_greedy_identical_with_and_without(make_engine, native_kernels):
         results.append([[c.token_ids for c in o.outputs] for o in outs])
         assert llm.engine.scheduler.kv.all_blocks_free()
     assert results[0] == results[1]
+
+
+def test_default_is_on_except_bf16_on_a_cpu_with_the_bf16_dot_product(make_engine):
+    from types import SimpleNamespace
+
+    from plait.cli import build_parser, engine_kwargs
+    from plait.runner.shared_prefix import shared_prefix_pays
+
+    with_dot, without_dot = SimpleNamespace(has_bf16_dot=True), SimpleNamespace(has_bf16_dot=False)
+    assert not shared_prefix_pays(torch.bfloat16, with_dot)
+    assert shared_prefix_pays(torch.bfloat16, without_dot) and shared_prefix_pays(torch.float32, with_dot)
+    assert shared_prefix_pays(torch.bfloat16, None)  # the PyTorch path
+    for flags, want in (([], None), (["--no-shared-prefix-attention"], False), (["--shared-prefix-attention"], True)):
+        args = build_parser().parse_args(["generate", "hi", *flags])
+        assert engine_kwargs(args)["shared_prefix_attention"] is want
+    # The engine resolves None by the rule; an explicit setting wins.
+    expected = shared_prefix_pays(torch.bfloat16, kernels)
+    assert make_engine(dtype="bfloat16").engine.runner.shared_prefix_attention == expected
+    assert make_engine(dtype="bfloat16", shared_prefix_attention=True).engine.runner.shared_prefix_attention
+    assert make_engine(dtype="float32").engine.runner.shared_prefix_attention

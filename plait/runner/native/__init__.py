@@ -70,6 +70,8 @@ class Kernels:
     small_linear_f32: ctypes._CFuncPtr | None = None
     # fp32 linear over Q8_0 int8 blocks (q8_gemm.c); returns -1 where the CPU lacks AVX2 + FMA
     q8_linear_f32: ctypes._CFuncPtr | None = None
+    # The attention kernels compute bf16 scores with the CPU's bf16 dot-product instruction (AVX512-BF16).
+    has_bf16_dot: bool = False
 
 
 class KernelBuildError(RuntimeError):
@@ -156,7 +158,9 @@ def _bind(lib: ctypes.CDLL) -> Kernels:
     small.argtypes, small.restype = [p, p, p, p, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64], ctypes.c_int
     q8 = lib.plait_q8_linear_f32
     q8.argtypes, q8.restype = [p, p, p, p, p, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64], ctypes.c_int
-    return Kernels(**bound, small_linear_f32=small, q8_linear_f32=q8)
+    has_bf16_dot = lib.plait_has_bf16_dot
+    has_bf16_dot.argtypes, has_bf16_dot.restype = [], ctypes.c_int
+    return Kernels(**bound, small_linear_f32=small, q8_linear_f32=q8, has_bf16_dot=bool(has_bf16_dot()))
 
 
 @lru_cache(maxsize=1)

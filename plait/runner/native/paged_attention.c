@@ -262,3 +262,13 @@ static int paged_attention(const struct attention_args *a, int bf16) {
 int plait_paged_attention_bf16(const struct attention_args *a) { return paged_attention(a, 1); }
 
 int plait_paged_attention_f32(const struct attention_args *a) { return paged_attention(a, 0); }
+
+/* 1 where this build computes bf16 scores with the bf16 dot-product instruction (the Python side picks defaults
+ * by it: runner/shared_prefix.py's shared_prefix_pays). */
+int plait_has_bf16_dot(void) {
+#ifdef HAVE_BF16_DOT
+    return 1;
+#else
+    return 0;
+#endif
+}
