@@ -36,7 +36,10 @@ def test_json_schema_outputs_validate(llm):
     validator = jsonschema_rs.validator_for(PERSON)
     question = [{"role": "user", "content": "Describe a fictional person as JSON with name, age, city, hobbies "
                                             "and pet."}]
-    params = [SamplingParams(max_tokens=200, temperature=0.0 if i == 0 else 0.8, seed=i,
+    # max_tokens covers the schema's longest output (200 characters of strings, up to 4 byte tokens each, plus the
+    # structure), so ending on "length" means the grammar failed to close the object, never an unlucky sample: a
+    # seeded sample at 0.8 may well fill its strings with emoji, one byte token at a time.
+    params = [SamplingParams(max_tokens=1000, temperature=0.0 if i == 0 else 0.8, seed=i,
                              structured_outputs={"json": PERSON}) for i in range(32)]
     outs = llm.chat([question] * len(params), params, use_tqdm=False)
     for out in outs:
