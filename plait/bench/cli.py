@@ -54,6 +54,9 @@ def add_bench_parser(subparsers: Any) -> argparse.ArgumentParser:
     add_sweep_parser(sub)
     add_roofline_parser(sub)
     add_lm_head_parser(sub)
+    from plait.bench.shared_prefix_attention import add_shared_prefix_parser
+
+    add_shared_prefix_parser(sub)
     from plait.distributed.pd.bench import add_pd_parser
 
     add_pd_parser(sub)
@@ -84,7 +87,7 @@ def run_bench(args: argparse.Namespace) -> int:
         from plait.bench.weight_update import run_weight_update
 
         run_weight_update(args)
-    elif args.bench_command in ("sweep", "roofline", "report", "lm-head", "pd"):
+    elif args.bench_command in ("sweep", "roofline", "report", "lm-head", "pd", "shared-prefix"):
         return args.func(args)
     elif args.bench_command == "serve":
         from plait.bench.serve import run_serve_bench

@@ -118,14 +118,16 @@ def _tail(path: Path, lines: int = 30) -> str:
 
 
 def batched_bench_command(model: str | Path, input_len: int, output_len: int, parallel: int, threads: int = 2,
-                          binary: str | Path = "llama-batched-bench") -> list[str]:
-    """One `llama-batched-bench` case: `parallel` sequences, each an `input_len` prompt (not shared) then
-    `output_len` generated tokens. The KV size is exactly what that needs (a case that does not fit is skipped
-    silently by the tool)."""
-    ctx = parallel * (input_len + output_len)
+                          binary: str | Path = "llama-batched-bench", shared_prompt: bool = False) -> list[str]:
+    """One `llama-batched-bench` case: `parallel` sequences, each an `input_len` prompt then `output_len` generated
+    tokens. The prompts are distinct unless `shared_prompt`: then one prompt is computed once and every sequence
+    continues it from one unified KV cache (`-pps -kvu`, llama.cpp's own way to share a prefix). The KV size is
+    exactly what the case needs (a case that does not fit is skipped silently by the tool)."""
+    ctx = input_len + parallel * output_len if shared_prompt else parallel * (input_len + output_len)
     return [str(binary), "-m", str(model), "-c", str(ctx), "-b", "2048", "-ub", "512",
             "-npp", str(input_len), "-ntg", str(output_len), "-npl", str(parallel),
-            "-t", str(threads), "-tb", str(threads), "--output-format", "md"]
+            "-t", str(threads), "-tb", str(threads), "--output-format", "md",
+            *(["-pps", "-kvu"] if shared_prompt else [])]
 
 
 def parse_batched_bench(text: str) -> list[dict[str, float]]:
@@ -142,9 +144,9 @@ def parse_batched_bench(text: str) -> list[dict[str, float]]:
 
 
 def run_batched_bench(paths: Paths, model: str | Path, input_len: int, output_len: int, parallel: int,
-                      threads: int = 2) -> dict[str, float]:
+                      threads: int = 2, shared_prompt: bool = False) -> dict[str, float]:
     """Run one case and return its row; LlamaCppUnavailable if the tool fails or prints no row."""
-    cmd = batched_bench_command(model, input_len, output_len, parallel, threads, paths.batched_bench)
+    cmd = batched_bench_command(model, input_len, output_len, parallel, threads, paths.batched_bench, shared_prompt)
     done = subprocess.run(cmd, capture_output=True, text=True)
     rows = parse_batched_bench(done.stdout + "\n" + done.stderr)
     if done.returncode != 0 or not rows:

@@ -1,7 +1,9 @@
 """Shared-prefix attention on and off, in one run: decode-phase throughput and KV bytes read per decode step.
 
-    python -m plait.bench.shared_prefix_attention --prefix-lens 256,1024,4096 --prompts 64 --question-len 32 \
-        --output-len 64 [-o results/shared-prefix-attention.json]
+    plait bench shared-prefix --prefix-lens 256,1024,4096 --prompts 64 --question-len 32 --output-len 64 \
+        [--baseline llama.cpp] [--plot results/shared_prefix_decode.png] [-o results/shared-prefix-attention.json]
+
+(or `python -m plait.bench.shared_prefix_attention` with the same arguments)
 
 One group of `--prompts` prompts behind one `--prefix-len` system prompt (bench/workloads.py's shared-prefix
 workload), greedy, EOS ignored, for each prefix length with `shared_prefix_attention` on and off (same engine
@@ -9,6 +11,11 @@ settings otherwise, prefix cache on). The decode phase is every step that comput
 tokens over its time is what shared-prefix attention changes; the wall time includes the prefill too. The KV bytes
 attention reads per decode step are counted from the step's block tables: without sharing, every sequence reads its
 whole context; with it, each group's shared blocks once plus every sequence's own suffix.
+
+`--baseline llama.cpp` runs `llama-batched-bench` on the same GGUF with its prompt shared (`-pps -kvu`: the prompt
+computed once, every sequence continuing it from one unified KV cache) for a prompt of prefix + question tokens,
+`--prompts` sequences and `--output-len` tokens each, and reports its decode speed (S_TG). Its sequences share
+their question too, a slight advantage to it. `--plot` draws decode tok/s against prefix length for the three.
 """
 
 from __future__ import annotations
@@ -120,18 +127,82 @@ def layer_times(prefix_len: int, num_seqs: int, repeats: int = 20, heads: int = 
     return best
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--prefix-lens", default="256,1024,4096")
-    p.add_argument("--prompts", type=int, default=64)
-    p.add_argument("--question-len", type=int, default=32)
-    p.add_argument("--output-len", type=int, default=64)
+def add_shared_prefix_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--prefix-lens", default="256,1024,4096", help="comma-separated shared-prefix lengths")
+    p.add_argument("--prompts", type=int, default=64, help="prompts behind the one shared prefix")
+    p.add_argument("--question-len", type=int, default=32, help="tokens of each prompt's own after the prefix")
+    p.add_argument("--output-len", type=int, default=64, help="greedy tokens per prompt (EOS ignored)")
     p.add_argument("--model", default=None)
     p.add_argument("--dtype", default="auto")
+    p.add_argument("--threads", type=int, default=None, help="torch / llama.cpp threads (default: torch's)")
+    p.add_argument("--baseline", choices=("none", "llama.cpp"), default="none",
+                   help="llama.cpp: llama-batched-bench with a shared prompt on the same GGUF, decode tok/s")
+    p.add_argument("--plot", default=None, help="PNG: decode tok/s vs prefix length, on / off / baseline")
     p.add_argument("--output", "-o", default=None)
     p.add_argument("--layer-only", action="store_true",
                    help="time one attention layer of a decode step per prefix length instead of the whole engine")
-    args = p.parse_args(argv)
+
+
+def add_shared_prefix_parser(sub: Any) -> None:
+    p = sub.add_parser("shared-prefix", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                       help="shared-prefix attention on vs off: decode tok/s and KV read per step, vs llama.cpp",
+                       description=__doc__.splitlines()[0])
+    add_shared_prefix_args(p)
+    p.set_defaults(func=run_shared_prefix_bench)
+
+
+def llamacpp_decode(model: Any, prefix_lens: list[int], args: argparse.Namespace) -> dict[int, dict[str, float]]:
+    """prefix length -> llama-batched-bench's row with a shared prompt; {} (after saying why) when it cannot run."""
+    import torch
+
+    from plait.bench.llamacpp import LlamaCppUnavailable, ensure_llamacpp, run_batched_bench
+    from plait.loading.sources import resolve_model
+
+    path = resolve_model(model)
+    rows: dict[int, dict[str, float]] = {}
+    try:
+        if path.suffix != ".gguf":
+            raise LlamaCppUnavailable(f"{path} is not a GGUF file")
+        paths = ensure_llamacpp()
+        for prefix_len in prefix_lens:
+            rows[prefix_len] = run_batched_bench(paths, path, prefix_len + args.question_len, args.output_len,
+                                                 args.prompts, args.threads or torch.get_num_threads(),
+                                                 shared_prompt=True)
+            print(f"prefix {prefix_len:5d} llama.cpp (shared prompt) decode {rows[prefix_len]['s_tg']:7.1f} tok/s",
+                  flush=True)
+    except LlamaCppUnavailable as exc:
+        print(f"llama.cpp baseline skipped: {exc}", file=sys.stderr)
+    return rows
+
+
+def plot_decode(runs: list[DecodeRun], llamacpp: dict[int, dict[str, float]], path: str, title: str) -> None:
+    """Decode-phase tok/s against shared-prefix length: plait with shared-prefix attention on and off, llama.cpp."""
+    from plait.bench.plots_scaling import pyplot
+
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    for shared, label in ((True, "plait, shared-prefix attention on"), (False, "plait, off")):
+        points = sorted((r.prefix_len, r.decode_tps) for r in runs if r.shared == shared)
+        ax.plot(*zip(*points), marker="o", label=label)
+    if llamacpp:
+        points = sorted((p, row["s_tg"]) for p, row in llamacpp.items())
+        ax.plot(*zip(*points), marker="s", label="llama.cpp (batched-bench, shared prompt)")
+    lens = sorted({r.prefix_len for r in runs})
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(lens)
+    ax.set_xticklabels([str(x) for x in lens])
+    ax.set_xlabel("shared prefix length (tokens)")
+    ax.set_ylabel("decode-phase output tok/s")
+    ax.set_ylim(bottom=0)
+    ax.grid(True, alpha=0.3)
+    ax.set_title(title, fontsize="small")
+    ax.legend(fontsize="small")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def run_shared_prefix_bench(args: argparse.Namespace) -> int:
     if args.layer_only:
         for prefix_len in (int(x) for x in args.prefix_lens.split(",")):
             best = layer_times(prefix_len, args.prompts)
@@ -143,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
     from plait.engine.llm import LLM
 
     prefix_lens = [int(x) for x in args.prefix_lens.split(",")]
-    llm = LLM(args.model, dtype=args.dtype, max_num_seqs=max(args.prompts, 1),
+    llm = LLM(args.model, dtype=args.dtype, max_num_seqs=max(args.prompts, 1), num_threads=args.threads,
               max_model_len=max(prefix_lens) + args.question_len + args.output_len + 16)
     runner = llm.engine.runner
     runs = []
@@ -159,11 +230,24 @@ def main(argv: list[str] | None = None) -> int:
         on, off = runs[-2], runs[-1]
         print(f"prefix {prefix_len:5d}: decode speed-up {on.decode_tps / off.decode_tps:.2f}x, wall "
               f"{off.wall_s / on.wall_s:.2f}x, same tokens: {on.outputs_digest == off.outputs_digest}", flush=True)
+    dtype = str(llm._built.dtype).removeprefix("torch.")
+    llamacpp = llamacpp_decode(args.model, prefix_lens, args) if args.baseline == "llama.cpp" else {}
     if args.output:
         with open(args.output, "w") as f:
-            json.dump({"command": sys.argv, "runs": [asdict(r) | {"decode_tps": r.decode_tps} for r in runs]}, f,
-                      indent=1)
+            json.dump({"command": sys.argv, "dtype": dtype, "prompts": args.prompts,
+                       "question_len": args.question_len, "output_len": args.output_len,
+                       "runs": [asdict(r) | {"decode_tps": r.decode_tps} for r in runs],
+                       "llama.cpp": {str(k): v for k, v in llamacpp.items()}}, f, indent=1)
+    if args.plot:
+        plot_decode(runs, llamacpp, args.plot, f"{args.prompts} sequences behind one prefix, +{args.question_len} "
+                                                f"own tokens, {args.output_len} generated; plait {dtype}")
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    add_shared_prefix_args(p)
+    return run_shared_prefix_bench(p.parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -32,6 +32,13 @@ def test_batched_bench_command():
     assert "-pps" not in cmd
 
 
+def test_batched_bench_command_with_a_shared_prompt():
+    cmd = batched_bench_command("/m/model.gguf", 1056, 64, 64, shared_prompt=True)
+    args = dict(zip(cmd[1::2], cmd[2::2]))
+    assert args["-c"] == str(1056 + 64 * 64)  # the prompt once in one unified cache, then every sequence's output
+    assert "-pps" in cmd and "-kvu" in cmd
+
+
 def test_server_command_is_loopback_with_one_slot_per_client():
     cmd = server_command("/m/model.gguf", 8123, parallel=32, ctx=server_context_size(32, 128, 128), threads=2,
                          binary="/bin/llama-server")
