@@ -175,7 +175,9 @@ def swap_weights(built, update: PreparedUpdate) -> float:
     """Engine thread, between steps: new weights in, transforms re-applied, prefix cache reset. Returns seconds."""
     start = time.perf_counter()
     model = built.core.runner.model
-    transforms = _revert(built, model)
+    # A partial update unpacks only the modules it writes (reading a prepacked weight back is a GEMM per module).
+    only = _modules_written(model, update.weights) if update.partial else None
+    transforms = _revert(built, model, only)
     changed = None  # every parameter
     if update.partial:
         changed = write_partial(model, update.weights)
@@ -188,14 +190,20 @@ def swap_weights(built, update: PreparedUpdate) -> float:
     return time.perf_counter() - start
 
 
-def _revert(built, model) -> list | None:
-    """Undo the load-time transforms (the `invariant` branch's ordered, reversible list). Without that list,
-    only a model with no transforms applied can be updated."""
+def _modules_written(model, weights: dict) -> set[str]:
+    """Qualified names of the modules whose parameters a partial update writes (tied ones included)."""
+    slots = model.checkpoint_slots()
+    return {slot.param.rpartition(".")[0] for name in weights for slot in slots[name]}
+
+
+def _revert(built, model, only: set[str] | None = None) -> list | None:
+    """Undo the load-time transforms (the `invariant` branch's ordered, reversible list), for every module or at
+    least those named in `only`. Without that list, only a model with no transforms applied can be updated."""
     applied = getattr(built, "weight_transforms", None)
     if applied is not None:
         from plait.runner.weight_transforms import revert_transforms
 
-        revert_transforms(model, applied)
+        revert_transforms(model, applied, only)
         return applied
     from plait.runner.packed_linear import PackedLinear
 

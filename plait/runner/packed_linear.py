@@ -61,22 +61,25 @@ def can_pack(dtype: torch.dtype, device: torch.device, batch_invariant: bool = F
 
 
 def pack_linears(model: nn.Module, batch_invariant: bool = False) -> int:
-    """Swap every Linear of `model` for a PackedLinear; returns how many were swapped."""
-    swapped = 0
+    """Swap every Linear of `model` for a PackedLinear; returns how many PackedLinears the model then has (some
+    may have stayed packed through a partial `unpack_linears`)."""
+    packed = 0
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):
             if isinstance(child, Linear):
                 setattr(parent, name, PackedLinear(child, batch_invariant))
-                swapped += 1
-    return swapped
+            packed += isinstance(getattr(parent, name), PackedLinear)
+    return packed
 
 
-def unpack_linears(model: nn.Module) -> int:
-    """Undo `pack_linears`: every PackedLinear becomes the plain Linear it was; returns how many."""
+def unpack_linears(model: nn.Module, only: set[str] | None = None) -> int:
+    """Undo `pack_linears`: every PackedLinear (or those named in `only`, qualified module names, for an update of
+    a few weights: reading a packed weight back costs a GEMM) becomes the plain Linear it was; returns how many."""
     restored = 0
-    for parent in list(model.modules()):
+    for parent_name, parent in list(model.named_modules()):
         for name, child in list(parent.named_children()):
-            if isinstance(child, PackedLinear):
+            qualified = f"{parent_name}.{name}" if parent_name else name
+            if isinstance(child, PackedLinear) and (only is None or qualified in only):
                 setattr(parent, name, child.unpack())
                 restored += 1
     return restored

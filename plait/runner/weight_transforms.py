@@ -48,7 +48,9 @@ class WeightTransform:
     def apply(self, model: nn.Module, ctx: TransformContext) -> int:
         raise NotImplementedError
 
-    def revert(self, model: nn.Module) -> int:
+    def revert(self, model: nn.Module, only: set[str] | None = None) -> int:
+        """Undo `apply`. `only`: the qualified names of the modules whose weights are about to change (None: all);
+        a transform may leave the others as they are, provided `apply` then accepts the model as it left it."""
         raise NotImplementedError
 
 
@@ -73,7 +75,7 @@ class Q8Weights(WeightTransform):
 
         return wrap_q8_linears(model, load_kernels())
 
-    def revert(self, model: nn.Module) -> int:
+    def revert(self, model: nn.Module, only: set[str] | None = None) -> int:
         from plait.runner.q8_linear import unwrap_q8_linears
 
         return unwrap_q8_linears(model)
@@ -90,8 +92,8 @@ class PackWeights(WeightTransform):
     def apply(self, model: nn.Module, ctx: TransformContext) -> int:
         return pack_linears(model, ctx.batch_invariant)
 
-    def revert(self, model: nn.Module) -> int:
-        return unpack_linears(model)
+    def revert(self, model: nn.Module, only: set[str] | None = None) -> int:
+        return unpack_linears(model, only)
 
 
 class Q8HeadWeights(WeightTransform):
@@ -119,7 +121,7 @@ class Q8HeadWeights(WeightTransform):
 
         return attach_q8_head(model, load_q8_head(ctx.source), load_kernels().q8_linear_f32, self.max_rows)
 
-    def revert(self, model: nn.Module) -> int:
+    def revert(self, model: nn.Module, only: set[str] | None = None) -> int:
         from plait.runner.q8_linear import detach_q8_head
 
         return detach_q8_head(model)
@@ -160,7 +162,7 @@ class Q4Weights(WeightTransform):
         self.wrapped = wrapped_q4(model)
         return count
 
-    def revert(self, model: nn.Module) -> int:
+    def revert(self, model: nn.Module, only: set[str] | None = None) -> int:
         self.previous = {n: m for n, m in model.named_modules() if isinstance(m, Q4Linear)}
         return detach_q4(model)
 
@@ -185,7 +187,7 @@ class SmallBatchWeights(WeightTransform):
 
         return wrap_linears(model, load_kernels())
 
-    def revert(self, model: nn.Module) -> int:
+    def revert(self, model: nn.Module, only: set[str] | None = None) -> int:
         from plait.runner.small_linear import unwrap_linears
 
         return unwrap_linears(model)
@@ -218,7 +220,8 @@ def apply_transforms(model: nn.Module, transforms: list[WeightTransform],
     return applied
 
 
-def revert_transforms(model: nn.Module, applied: list[WeightTransform]) -> None:
-    """Undo `apply_transforms`, last first: the model holds plain modules with the weights it was loaded with."""
+def revert_transforms(model: nn.Module, applied: list[WeightTransform], only: set[str] | None = None) -> None:
+    """Undo `apply_transforms`, last first: the model holds plain modules with the weights it was loaded with (with
+    `only`, at least the modules it names; see WeightTransform.revert)."""
     for transform in reversed(applied):
-        transform.revert(model)
+        transform.revert(model, only)

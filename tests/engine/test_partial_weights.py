@@ -44,6 +44,39 @@ def test_partial_update_equals_a_fresh_engine_on_the_merged_weights(make_engine,
     assert llm.engine.scheduler.kv.all_blocks_free()
 
 
+def test_partial_update_of_prepacked_weights_repacks_only_what_it_writes(make_engine, tokenizer, tiny_model, w2):
+    from plait.config import EngineConfig
+    from plait.engine.builder import build_engine
+    from plait.engine.llm import LLM
+    from plait.runner.packed_linear import PackedLinear
+
+    llm = make_engine(dtype="bfloat16")
+    model = llm.engine.runner.model
+    before = {n: m for n, m in model.named_modules() if isinstance(m, PackedLinear)}
+    if not before:
+        pytest.skip("no oneDNN bf16 prepacking on this machine")
+    part = some_of(w2)
+    llm.update_weights(part, "p1", partial=True)
+    after = {n: m for n, m in model.named_modules() if isinstance(m, PackedLinear)}
+    assert after.keys() == before.keys()  # everything packed again
+    # Reading a packed weight back is a GEMM: only the written modules were unpacked and packed again.
+    assert sorted(n for n in after if after[n] is not before[n]) == [
+        "layers.0.qkv_proj", "layers.1.gate_up_proj", "layers.1.o_proj"]
+    config = dict(dtype="bfloat16", kv_cache_memory=4 << 20)
+    fresh = LLM(_prebuilt=build_engine(EngineConfig(**config), tiny_model[0], dict(tiny_model[1], **part),
+                                       tokenizer), **config)
+    batch = prompts(4, seed=11, lo=20, hi=40)
+    assert ids(llm.generate(batch, GREEDY, use_tqdm=False)) == ids(fresh.generate(batch, GREEDY, use_tqdm=False))
+    assert all(torch.equal(after[n].unpack().weight, m.unpack().weight) for n, m in fresh_packed(fresh).items())
+    assert llm.engine.scheduler.kv.all_blocks_free()
+
+
+def fresh_packed(llm):
+    from plait.runner.packed_linear import PackedLinear
+
+    return {n: m for n, m in llm.engine.runner.model.named_modules() if isinstance(m, PackedLinear)}
+
+
 def test_partial_update_refuses_unknown_names_and_shapes_and_keeps_serving(make_engine, w2):
     llm = make_engine()
     batch = prompts(2, seed=12)
