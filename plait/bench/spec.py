@@ -3,7 +3,10 @@
 One engine is built with the speculative config; the "off" passes set `SamplingParams(speculative=False)`, so both
 modes share the weights, the KV pool and the process, and alternate (off, on, off, on ...) to spread noise. Each
 workload runs at every concurrency: 1 (prompts one at a time), and N prompts in one `generate` call. Greedy, up to
---output-len tokens, stopping at EOS (a copy task ends when the copy does).
+--output-len tokens, stopping at EOS (a copy task ends when the copy does). `--samples N --temperature T` draws N
+seeded samples of each prompt instead (the suffix drafter's ground: siblings draft for each other); sampled outputs
+then agree on and off in distribution, not token for token (the rejection rule consumes the random stream
+differently), so the identical column means little there.
 
 Reported per (workload, concurrency): output tok/s off and on and their ratio, the acceptance rate (accepted /
 drafted), tokens per target forward of a drafting request (1 + accepted / verifications), a prompt-lookup replay
@@ -32,6 +35,10 @@ def add_spec_bench_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--output-len", type=int, default=128, help="max tokens per request (greedy, stops at EOS)")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--repeats", type=int, default=1, help="alternating off/on passes per case")
+    g.add_argument("--samples", type=int, default=1,
+                   help="samples per prompt (SamplingParams.n); above 1 they are drawn at --temperature with a seed, "
+                        "and a sibling's text can draft for the others (the suffix drafter's ground)")
+    g.add_argument("--temperature", type=float, default=0.0, help="0 = greedy; needed above 0 when --samples > 1")
     g.add_argument("--output", "-o", default=None, help="JSON results path")
 
 
@@ -56,7 +63,7 @@ def _timed(llm: Any, prompts: list[list[int]], params: SamplingParams, one_at_a_
         outs = llm.generate(prompts, params, use_tqdm=False)
     wall = time.perf_counter() - start
     after = llm.stats().spec
-    tokens = [list(o.outputs[0].token_ids) for o in outs]
+    tokens = [list(c.token_ids) for o in outs for c in o.outputs]  # every sample of every prompt
     return {"wall_s": wall, "output_tokens": sum(map(len, tokens)), "tokens": tokens,
             "verifications": after.num_drafts - drafts, "drafted": after.num_draft_tokens - drafted,
             "accepted": after.num_accepted_tokens - accepted}
@@ -70,6 +77,10 @@ def run_spec_bench(args: argparse.Namespace) -> dict[str, Any]:
     kwargs = engine_kwargs(args)
     kwargs["speculative_config"] = kwargs.get("speculative_config") or DEFAULT_SPEC
     levels = _int_list(args.concurrency, "concurrency")
+    if args.samples < 1:
+        raise ValueError(f"--samples must be >= 1, got {args.samples}")
+    if args.samples > 1 and args.temperature <= 0:
+        raise ValueError("--samples > 1 needs --temperature > 0 (greedy samples of one prompt are all the same)")
     workloads = [w.strip() for w in args.workloads.split(",") if w.strip()]
     llm = LLM(**kwargs)
     print(f"speculative config: {llm.config.speculative_config}")
@@ -83,16 +94,20 @@ def run_spec_bench(args: argparse.Namespace) -> dict[str, Any]:
             runs: dict[bool, list[dict[str, Any]]] = {False: [], True: []}
             for _ in range(args.repeats):
                 for on in (False, True):
-                    params = SamplingParams(max_tokens=args.output_len, temperature=0, speculative=on)
+                    params = SamplingParams(max_tokens=args.output_len, temperature=args.temperature,
+                                            n=args.samples, seed=args.seed if args.temperature > 0 else None,
+                                            speculative=on)
                     runs[on].append(_timed(llm, batch, params, one_at_a_time=level == 1))
             off_tps = report.median([r["output_tokens"] / r["wall_s"] for r in runs[False]])
             on_tps = report.median([r["output_tokens"] / r["wall_s"] for r in runs[True]])
             on = runs[True][-1]
             off_tokens = runs[False][-1]["tokens"]
-            replay = sum(ngram_replay(p, t) * len(t) for p, t in zip(batch, off_tokens)) / max(
+            sample_prompts = [p for p in batch for _ in range(args.samples)]
+            replay = sum(ngram_replay(p, t) * len(t) for p, t in zip(sample_prompts, off_tokens)) / max(
                 1, sum(len(t) for t in off_tokens))
             identical = sum(a == b for a, b in zip(off_tokens, on["tokens"]))
-            case = {"workload": name, "concurrency": level, "num_prompts": len(batch),
+            case = {"workload": name, "concurrency": level, "num_prompts": len(batch), "samples": args.samples,
+                    "temperature": args.temperature,
                     "off_tps": off_tps, "on_tps": on_tps, "ratio": on_tps / off_tps,
                     "acceptance_rate": on["accepted"] / on["drafted"] if on["drafted"] else 0.0,
                     "tokens_per_forward": 1 + on["accepted"] / on["verifications"] if on["verifications"] else 1.0,
@@ -103,7 +118,7 @@ def run_spec_bench(args: argparse.Namespace) -> dict[str, Any]:
             cases.append(case)
             rows.append([name, level, report.fmt(off_tps), report.fmt(on_tps), report.fmt(case["ratio"], 2) + "x",
                          report.fmt(case["acceptance_rate"], 2), report.fmt(case["tokens_per_forward"], 2),
-                         report.fmt(replay, 2), f"{identical}/{len(batch)}"])
+                         report.fmt(replay, 2), f"{identical}/{len(off_tokens)}"])
             print(f"  {name} @ {level}: off {off_tps:.1f} tok/s, on {on_tps:.1f} tok/s", flush=True)
     print(report.table(["workload", "concurrency", "off tok/s", "on tok/s", "on/off", "accept rate",
                         "tok/forward", "replay tok/step", "identical"], rows))

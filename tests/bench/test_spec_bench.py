@@ -29,3 +29,13 @@ def test_bad_concurrency_is_a_clear_error():
         _int_list("1,x", "concurrency")
     with pytest.raises(ValueError, match="--concurrency"):
         _int_list("0", "concurrency")
+
+
+def test_samples_need_a_temperature():
+    from plait.bench.spec import run_spec_bench
+    from plait.cli import build_parser
+
+    args = build_parser().parse_args(["bench", "spec", "--samples", "4"])
+    assert args.samples == 4 and args.temperature == 0.0
+    with pytest.raises(ValueError, match="--temperature"):
+        run_spec_bench(args)
