@@ -40,6 +40,10 @@ class BuiltEngine:
     load_seconds: float
     generation_defaults: dict
     weight_transforms: list[WeightTransform] = field(default_factory=list)  # applied, in order
+    head_source: str | None = None  # the GGUF whose LM-head blocks the head holds (TransformContext.head_source)
+    # Every transform this engine may use; a weight update re-applies those that apply then (one that did not at
+    # load, or after an earlier update, may apply again: the Q8 head after an update from a GGUF file).
+    transform_candidates: list[WeightTransform] = field(default_factory=list)
 
 
 def pick_device(name: str) -> torch.device:
@@ -99,7 +103,7 @@ def build_engine(config: EngineConfig, model_config: ModelConfig | None = None,
     transforms = default_transforms(config.packed_weights or config.batch_invariant, config.native_q4,
                                     exact_q8=config.q8_weights)
     applied = apply_transforms(model, transforms, TransformContext(dtype, device, source, config.batch_invariant,
-                                                                   config.native_kernels))
+                                                                   config.native_kernels, head_source=source))
 
     per_block = KVCache.bytes_per_block(model_config.num_layers, config.block_size, model_config.num_kv_heads,
                                         model_config.head_dim, dtype)
@@ -142,8 +146,9 @@ def build_engine(config: EngineConfig, model_config: ModelConfig | None = None,
         runner.drafter = build_drafter(config.speculative_config, model, cache, kernels, dtype, device,
                                        max_model_len, draft)
     core = EngineCore(scheduler, runner, tokenizer, eos, model_config.vocab_size, speculator)
+    gguf = source if source is not None and source.endswith(".gguf") else None
     return BuiltEngine(core, tokenizer, model_config, config, dtype, device, time.perf_counter() - start,
-                       generation_defaults, applied)
+                       generation_defaults, applied, gguf, transforms)
 
 
 def describe(built: BuiltEngine) -> str:

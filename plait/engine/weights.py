@@ -181,8 +181,11 @@ def swap_weights(built, update: PreparedUpdate) -> float:
     changed = None  # every parameter
     if update.partial:
         changed = write_partial(model, update.weights)
+        if any(name.startswith("lm_head.") for name in changed):  # (a tied head changes with the embedding)
+            built.head_source = None
     else:
         model.load_weights(update.weights)
+        built.head_source = update.source if update.source is not None and update.source.endswith(".gguf") else None
     model.to(built.device)
     _reapply(built, model, transforms, changed, update.source)
     built.core.reset_prefix_cache()
@@ -225,8 +228,9 @@ def _reapply(built, model, applied: list | None, changed: frozenset[str] | None 
     gguf = source if source is not None and source.endswith(".gguf") else None
     ctx = TransformContext(built.dtype, built.device, gguf, getattr(built.config, "batch_invariant", False),
                            getattr(built.config, "native_kernels", False), requantize=gguf is None,
-                           changed=changed)
-    built.weight_transforms = apply_transforms(model, list(applied), ctx)
+                           changed=changed, head_source=getattr(built, "head_source", None))
+    candidates = getattr(built, "transform_candidates", None) or applied
+    built.weight_transforms = apply_transforms(model, list(candidates), ctx)
 
 
 class WeightUpdater:

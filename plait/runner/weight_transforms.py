@@ -34,6 +34,9 @@ class TransformContext:
     native_kernels: bool = False  # plait's C kernels may be used (EngineConfig.native_kernels)
     requantize: bool = False  # re-applying after a weight update: quantize the new weights, not the file's
     changed: frozenset[str] | None = None  # with requantize: the parameters the update changed (None: all)
+    # The GGUF whose LM-head blocks the model's head still holds (at load: `source`; after an update that left the
+    # head alone: the file it came from; None once the head may differ from every file).
+    head_source: str | None = None
 
 
 class WeightTransform:
@@ -100,14 +103,15 @@ class Q8HeadWeights(WeightTransform):
     """A bf16 engine on a GGUF whose LM head is Q8_0 (both shipped models): steps of at most 2 rows read the head's
     int8 blocks (runner/q8_linear.py, Q8HeadLinear), half the bytes of bf16; larger steps keep oneDNN's bf16 GEMM.
     Applied after packing (it wraps the packed head). Its logits depend on the step's size, so not under
-    batch-invariant numerics; after a weight update it applies only when the update is a GGUF file."""
+    batch-invariant numerics; after a weight update it applies while the head is still a GGUF file's: an update
+    from a GGUF file, or a partial update that did not write the head."""
 
     name = "q8_head"
     max_rows = 2  # measured (plait bench lm-head, AVX-512 EPYC): the int8 kernel wins at 1-2 rows, oneDNN from 4
 
     def applies(self, ctx: TransformContext) -> bool:
         if (ctx.batch_invariant or ctx.dtype != torch.bfloat16 or ctx.device.type != "cpu" or not ctx.native_kernels
-                or ctx.source is None or not ctx.source.endswith(".gguf")):
+                or ctx.head_source is None or not ctx.head_source.endswith(".gguf")):
             return False
         from plait.runner.native import load_kernels
         from plait.runner.q8_linear import kernel_usable
@@ -119,7 +123,7 @@ class Q8HeadWeights(WeightTransform):
         from plait.runner.native import load_kernels
         from plait.runner.q8_linear import attach_q8_head
 
-        return attach_q8_head(model, load_q8_head(ctx.source), load_kernels().q8_linear_f32, self.max_rows)
+        return attach_q8_head(model, load_q8_head(ctx.head_source), load_kernels().q8_linear_f32, self.max_rows)
 
     def revert(self, model: nn.Module, only: set[str] | None = None) -> int:
         from plait.runner.q8_linear import detach_q8_head

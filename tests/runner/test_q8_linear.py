@@ -134,10 +134,22 @@ def test_bf16_engine_reads_the_gguf_q8_head_at_steps_of_few_rows_only(tmp_path):
     out = llm.generate([[5, 6, 7]], SamplingParams(max_tokens=4, temperature=0, ignore_eos=True), use_tqdm=False)
     assert len(out[0].outputs[0].token_ids) == 4
 
-    # A file update brings its own blocks; a state dict's head is dense only (the file's blocks are old weights).
+    # A file update brings its own blocks; a partial update that leaves the head alone keeps them; a state dict's
+    # head, or a partial update that writes it, is dense only (the file's blocks may be old weights).
     llm.update_weights(str(path), "file")
     assert isinstance(llm.engine.runner.model.lm_head, Q8HeadLinear)
-    llm.update_weights(dict(load_model(str(path), dtype=torch.bfloat16).weights), "state-dict")
+    weights = dict(load_model(str(path), dtype=torch.bfloat16).weights)
+    model = llm.engine.runner.model
+    writes_head = {name for name, slots in model.checkpoint_slots().items()
+                   if any(slot.param == "lm_head.weight" for slot in slots)}
+    layer = {n: w for n, w in weights.items() if ".layers.0." in n}
+    llm.update_weights(layer, "partial", partial=True)
+    assert isinstance(llm.engine.runner.model.lm_head, Q8HeadLinear)
+    llm.update_weights({n: weights[n] for n in writes_head}, "partial-head", partial=True)
+    assert not isinstance(llm.engine.runner.model.lm_head, Q8HeadLinear)
+    llm.update_weights(str(path), "file-again")
+    assert isinstance(llm.engine.runner.model.lm_head, Q8HeadLinear)
+    llm.update_weights(weights, "state-dict")
     assert not isinstance(llm.engine.runner.model.lm_head, Q8HeadLinear)
     assert llm.engine.scheduler.kv.all_blocks_free()
 
