@@ -90,6 +90,52 @@ def ensure_llamacpp(version: str = LLAMA_CPP_PYTHON_VERSION, log: TextIO = sys.s
     return paths
 
 
+def ensure_quantize(paths: Paths, log: TextIO = sys.stderr) -> Path:
+    """`llama-quantize`, built in the same tree if missing (an incremental build: the libraries exist already)."""
+    binary = paths.server.parent / "llama-quantize"
+    if binary.is_file():
+        return binary
+    build_log = paths.root / "build-quantize.log"
+    print(f"building llama-quantize in {paths.root}; log: {build_log}", file=log, flush=True)
+    with open(paths.root / ".lock", "w") as lock, open(build_log, "w") as out:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not binary.is_file():
+            cmd = ["cmake", "--build", str(paths.root / "build"), "--config", "Release", "-j", "2",
+                   "--target", "llama-quantize"]
+            if subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT).returncode != 0 or not binary.is_file():
+                raise LlamaCppUnavailable(f"building llama-quantize failed:\n{_tail(build_log)}")
+    return binary
+
+
+# llama.cpp formats the baseline may convert the given GGUF to ("file": the file as given). Converting a 4-bit file
+# to BF16 or Q8_0 keeps its values (dequantized; Q8_0 requantized), so every format runs the same weights.
+BASELINE_FORMATS = ("file", "bf16", "q8_0")
+
+
+def convert_format(paths: Paths, model: str | Path, fmt: str, threads: int = 2, log: TextIO = sys.stderr) -> Path:
+    """`model` in llama.cpp format `fmt` (one of BASELINE_FORMATS), converted once with `llama-quantize
+    --allow-requantize` into the llama.cpp cache; "file" returns `model` itself. Raises LlamaCppUnavailable."""
+    if fmt not in BASELINE_FORMATS:
+        raise ValueError(f"llama.cpp format must be one of {', '.join(BASELINE_FORMATS)}, got {fmt!r}")
+    model = Path(model)
+    if fmt == "file":
+        return model
+    out = paths.root / "models" / f"{model.stem}.{fmt}.gguf"
+    if out.is_file() and out.stat().st_mtime >= model.stat().st_mtime:
+        return out
+    binary = ensure_quantize(paths, log)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    partial = out.with_suffix(".part")
+    print(f"converting {model.name} to {fmt.upper()} for the llama.cpp baseline ...", file=log, flush=True)
+    done = subprocess.run([str(binary), "--allow-requantize", str(model), str(partial), fmt.upper(), str(threads)],
+                          capture_output=True, text=True)
+    if done.returncode != 0 or not partial.is_file():
+        tail = "\n".join((done.stdout + done.stderr).splitlines()[-10:])
+        raise LlamaCppUnavailable(f"llama-quantize to {fmt.upper()} failed (exit {done.returncode}):\n{tail}")
+    partial.replace(out)
+    return out
+
+
 def _fetch_source(version: str, dest: Path, log: TextIO) -> None:
     """pip-download the sdist and keep only its vendor/llama.cpp tree, as `dest`."""
     print(f"downloading llama-cpp-python {version} sdist for its llama.cpp source ...", file=log, flush=True)

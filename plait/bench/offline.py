@@ -43,6 +43,10 @@ def add_offline_args(p: argparse.ArgumentParser) -> None:
                    help="static batch size for HF generate (default: --max-num-seqs, at most 64)")
     b.add_argument("--hf-num-prompts", type=int, default=None,
                    help="HF runs the first this-many prompts only, to stay affordable (default: min(N, 64))")
+    b.add_argument("--llamacpp-formats", default="file,bf16,q8_0",
+                   help="llama.cpp formats to try, comma-separated from file (the GGUF as given), bf16, q8_0 (the "
+                        "same weights converted once with llama-quantize); one pass of each picks the fastest, "
+                        "which is the baseline")
 
 
 def add_run_args(p: argparse.ArgumentParser, baselines: tuple[str, ...] = ("hf",)) -> None:
@@ -146,9 +150,35 @@ def prepare_llamacpp(args: argparse.Namespace, llm: Any, workload: Workload) -> 
         print(f"llama.cpp baseline skipped: {exc}", file=sys.stderr)
         return None
     n = len(workload)
-    return {"paths": paths, "model": str(model), "version": paths.version, "threads": torch.get_num_threads(),
+    case = {"paths": paths, "model": str(model), "version": paths.version, "threads": torch.get_num_threads(),
             "input_len": round(workload.prompt_tokens / n), "output_len": round(workload.output_tokens / n),
-            "parallel": min(llm.config.max_num_seqs, n), "rows": []}
+            "parallel": min(llm.config.max_num_seqs, n), "rows": [], "format": "file", "format_probe": []}
+    return pick_llamacpp_format(case, getattr(args, "llamacpp_formats", "file"))
+
+
+def pick_llamacpp_format(case: dict[str, Any], formats: str) -> dict[str, Any]:
+    """Convert the GGUF to each of `formats` and keep the fastest for this workload (one probe pass each), so the
+    baseline is llama.cpp's best configuration, not a convenient one. A format that cannot be made is skipped."""
+    from plait.bench.llamacpp import LlamaCppUnavailable, convert_format
+
+    names = [f.strip().lower() for f in formats.split(",") if f.strip()]
+    if names == ["file"] or not names:
+        return case
+    source, best = case["model"], None
+    for name in names:
+        try:
+            path = convert_format(case["paths"], source, name, case["threads"])
+            probe = run_llamacpp(dict(case, model=str(path), rows=[]))
+        except LlamaCppUnavailable as exc:
+            print(f"llama.cpp format {name} skipped: {exc}", file=sys.stderr)
+            continue
+        case["format_probe"].append({"format": name, "model": str(path), "output_tps": probe.output_tps})
+        print(f"llama.cpp probe: {name} {probe.output_tps:.1f} output tok/s", file=sys.stderr, flush=True)
+        if best is None or probe.output_tps > best[1]:
+            best = (name, probe.output_tps, str(path))
+    if best is not None:
+        case["format"], case["model"] = best[0], best[2]
+    return case
 
 
 def run_llamacpp(case: dict[str, Any]) -> Throughput:
@@ -260,7 +290,9 @@ def summarize(args: argparse.Namespace, llm: Any, workload: Workload, plait_runs
         result["llama.cpp"] = {
             "runs": [r.to_dict() for r in llamacpp_runs], "median": _medians(llamacpp_runs),
             "num_prompts": llamacpp["parallel"], "tool": "llama-batched-bench", "version": llamacpp["version"],
-            "model": llamacpp["model"], "threads": llamacpp["threads"], "parallel": llamacpp["parallel"],
+            "model": llamacpp["model"], "format": llamacpp.get("format", "file"),
+            "format_probe": llamacpp.get("format_probe", []),
+            "threads": llamacpp["threads"], "parallel": llamacpp["parallel"],
             "input_len": llamacpp["input_len"], "output_len": llamacpp["output_len"],
             "batched_bench_rows": llamacpp["rows"],
             "output_tps_definition": "B*TG / T: generated tokens over the whole time, prefill included (vLLM's "
@@ -283,8 +315,8 @@ def format_result(result: dict[str, Any]) -> str:
     if "hf" in result:
         engines.append((f"hf (batch {result['hf']['batch_size']})", "hf", result["hf"]["num_prompts"]))
     if "llama.cpp" in result:
-        engines.append((f"llama.cpp (B {result['llama.cpp']['parallel']})", "llama.cpp",
-                        result["llama.cpp"]["num_prompts"]))
+        lc = result["llama.cpp"]
+        engines.append((f"llama.cpp {lc.get('format', 'file')} (B {lc['parallel']})", "llama.cpp", lc["num_prompts"]))
     for name, key, n in engines:
         data = result[key]
         runs = data["runs"]
@@ -316,4 +348,8 @@ def format_result(result: dict[str, Any]) -> str:
         lines.append(f"note: llama.cpp {lc['version']} = llama-batched-bench, {lc['parallel']} sequences of "
                      f"{lc['input_len']} + {lc['output_len']} tokens in one wave, {lc['threads']} threads, on "
                      f"{lc['model']}; its output tok/s = B*TG / T, prefill included (vLLM's offline definition)")
+        if lc.get("format_probe"):
+            probes = ", ".join(f"{p['format']} {p['output_tps']:.1f}" for p in lc["format_probe"])
+            lines.append(f"llama.cpp format: {lc['format']}, the fastest of one probe pass each ({probes} output "
+                         f"tok/s)")
     return "\n".join(lines)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from plait.bench import llamacpp
@@ -124,3 +126,32 @@ def test_paths_type():
     p = paths_for()
     assert isinstance(p, Paths) and p.version == llamacpp.LLAMA_CPP_PYTHON_VERSION
     assert p.server.name == "llama-server" and p.batched_bench.name == "llama-batched-bench"
+
+
+def test_the_baseline_is_the_fastest_format_that_can_be_made(monkeypatch, capsys):
+    from plait.bench import offline
+    from plait.bench.report import Throughput
+
+    def convert(paths, model, fmt, threads):
+        if fmt == "q8_0":
+            raise llamacpp.LlamaCppUnavailable("no llama-quantize")
+        return Path(f"/cache/model.{fmt}.gguf")
+
+    speed = {"/x.gguf": 100.0, "/cache/model.file.gguf": 100.0, "/cache/model.bf16.gguf": 250.0}
+    monkeypatch.setattr(llamacpp, "convert_format", convert)
+    monkeypatch.setattr(offline, "run_llamacpp",
+                        lambda case: Throughput(1.0, 8, int(speed[case["model"]]), 1, prefill_tokens=8))
+    case = {"paths": None, "model": "/x.gguf", "threads": 2, "rows": [], "format": "file", "format_probe": []}
+    picked = offline.pick_llamacpp_format(case, "file,bf16,q8_0")
+    assert picked["format"] == "bf16" and picked["model"] == "/cache/model.bf16.gguf"
+    assert [p["format"] for p in picked["format_probe"]] == ["file", "bf16"]
+    assert "llama.cpp format q8_0 skipped: no llama-quantize" in capsys.readouterr().err
+    untouched = dict(case, format_probe=[])
+    assert offline.pick_llamacpp_format(untouched, "file") is untouched  # nothing to compare: no probe pass
+
+
+def test_convert_format_checks_its_format(tmp_path):
+    paths = paths_for(cache=tmp_path)
+    assert llamacpp.convert_format(paths, "/m/model.gguf", "file") == Path("/m/model.gguf")
+    with pytest.raises(ValueError, match="format"):
+        llamacpp.convert_format(paths, "/m/model.gguf", "q4_k")
