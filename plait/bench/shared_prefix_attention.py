@@ -177,7 +177,7 @@ def llamacpp_decode(model: Any, prefix_lens: list[int], args: argparse.Namespace
 
 def plot_decode(runs: list[DecodeRun], llamacpp: dict[int, dict[str, float]], path: str, title: str) -> None:
     """Decode-phase tok/s against shared-prefix length: plait with shared-prefix attention on and off, llama.cpp."""
-    from plait.bench.plots_scaling import pyplot
+    from plait.bench.plots_scaling import _x_axis, pyplot
 
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
@@ -187,14 +187,9 @@ def plot_decode(runs: list[DecodeRun], llamacpp: dict[int, dict[str, float]], pa
     if llamacpp:
         points = sorted((p, row["s_tg"]) for p, row in llamacpp.items())
         ax.plot(*zip(*points), marker="s", label="llama.cpp (batched-bench, shared prompt)")
-    lens = sorted({r.prefix_len for r in runs})
-    ax.set_xscale("log", base=2)
-    ax.set_xticks(lens)
-    ax.set_xticklabels([str(x) for x in lens])
-    ax.set_xlabel("shared prefix length (tokens)")
+    _x_axis(ax, [r.prefix_len for r in runs], "shared prefix length (tokens)")
     ax.set_ylabel("decode-phase output tok/s")
     ax.set_ylim(bottom=0)
-    ax.grid(True, alpha=0.3)
     ax.set_title(title, fontsize="small")
     ax.legend(fontsize="small")
     fig.tight_layout()

@@ -31,7 +31,7 @@ from plait.distributed.ray_env import require_ray
 from plait.distributed.replica import (EngineFactory, replica_config, start_replicas, stop_replicas,
                                        validator)
 from plait.engine.async_llm import EngineDeadError, QueueFullError
-from plait.engine.prompts import encode_prompt
+from plait.engine.engine_facts import EngineFacts
 from plait.engine.scoring import score_request
 from plait.outputs import RequestOutput, ScoreOutput
 from plait.params import SamplingParams
@@ -60,7 +60,7 @@ class ReplicaState:
     stats: EngineStats | None = None
 
 
-class RayRouter:
+class RayRouter(EngineFacts):
     """`RayRouter(model=None, data_parallel_size=N, max_waiting_requests=None, **engine_config)`."""
 
     def __init__(self, model: str | None = None, *, data_parallel_size: int, num_cpus_per_replica: int = 1,
@@ -116,27 +116,11 @@ class RayRouter:
     def data_parallel_size(self) -> int:
         return len(self.replicas)
 
-    @property
-    def max_model_len(self) -> int:
-        return self.engine.scheduler.max_model_len
-
-    @property
-    def max_seq_tokens(self) -> int:
-        kv = self.engine.scheduler.kv
-        return min(self.max_model_len, kv.num_blocks * kv.block_size)
-
-    @property
-    def vocab_size(self) -> int:
-        return self.engine.vocab_size
-
     def reset_prefix_cache(self) -> None:
         """Every replica forgets its cached prefixes (and the router its view of them)."""
         for replica in self.replicas:
             replica.reset_prefix_cache.remote()
         self.policy.forget_all()
-
-    def encode(self, prompt: Any) -> tuple[str | None, list[int]]:
-        return encode_prompt(self.tokenizer, prompt)
 
     def generate(self, prompt: Any, sampling_params: SamplingParams | None = None,
                  request_id: str | None = None, output_kind: str = "delta") -> AsyncIterator[RequestOutput]:

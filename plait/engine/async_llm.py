@@ -21,7 +21,7 @@ from typing import Any, AsyncIterator
 from plait.config import EngineConfig
 from plait.engine.builder import build_engine, describe
 from plait.engine.prefix_hold import PrefixHandle, hold_prefix_async
-from plait.engine.prompts import encode_prompt
+from plait.engine.engine_facts import EngineFacts
 from plait.core.engine_core import check_sample_index
 from plait.core.engine_output import EngineOutput, SampleDelta
 from plait.engine.output_processor import OUTPUT_KINDS, RequestState
@@ -55,7 +55,7 @@ class _Stream:
     done: bool = False  # finished, failed or aborted: nothing more will come
 
 
-class AsyncLLM:
+class AsyncLLM(EngineFacts):
     """The engine in a background thread, for asyncio callers; implements `plait.engine.protocol.EngineClient`."""
 
     def __init__(self, model: str | None = None, *, max_waiting_requests: int | None = None, verbose: bool = False,
@@ -96,22 +96,6 @@ class AsyncLLM:
         """Requests submitted but not yet finished (waiting + running + not yet picked up).
         `max_waiting_requests` bounds this number."""
         return len(self._streams)
-
-    @property
-    def max_model_len(self) -> int:
-        return self.engine.scheduler.max_model_len
-
-    @property
-    def max_seq_tokens(self) -> int:
-        kv = self.engine.scheduler.kv
-        return min(self.max_model_len, kv.num_blocks * kv.block_size)
-
-    @property
-    def vocab_size(self) -> int:
-        return self.engine.vocab_size
-
-    def encode(self, prompt: Any) -> tuple[str | None, list[int]]:
-        return encode_prompt(self.tokenizer, prompt)
 
     def generate(self, prompt: Any, sampling_params: SamplingParams | None = None,
                  request_id: str | None = None, output_kind: str = "delta") -> AsyncIterator[RequestOutput]:

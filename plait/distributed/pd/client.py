@@ -29,8 +29,8 @@ from plait.distributed.kv_transfer.connector import InProcessConnector, KVConnec
 from plait.distributed.pd.merge import aborted, to_engine_output
 from plait.distributed.pd.worker import DecodeWorker, ImportInfo, PrefillWorker, TransferInfo
 from plait.engine.async_llm import EngineDeadError, QueueFullError
+from plait.engine.engine_facts import EngineFacts
 from plait.engine.output_processor import OUTPUT_KINDS, RequestState
-from plait.engine.prompts import encode_prompt
 from plait.outputs import RequestOutput
 from plait.params import MAX_SEED, SamplingParams
 
@@ -72,7 +72,7 @@ class LocalHandle:
         getattr(self.worker, method)(*args)
 
 
-class PDBase:
+class PDBase(EngineFacts):
     """The orchestration; subclasses provide the handles, the tokenizer, `engine` (a validator) and stats."""
 
     prefill: Any  # handles with stream(method, *args) and call(method, *args)
@@ -100,22 +100,6 @@ class PDBase:
     @property
     def num_pending(self) -> int:
         return len(self._pending)
-
-    @property
-    def max_model_len(self) -> int:
-        return self.engine.scheduler.max_model_len
-
-    @property
-    def max_seq_tokens(self) -> int:
-        kv = self.engine.scheduler.kv
-        return min(self.max_model_len, kv.num_blocks * kv.block_size)
-
-    @property
-    def vocab_size(self) -> int:
-        return self.engine.vocab_size
-
-    def encode(self, prompt: Any) -> tuple[str | None, list[int]]:
-        return encode_prompt(self.tokenizer, prompt)
 
     def generate(self, prompt: Any, sampling_params: SamplingParams | None = None,
                  request_id: str | None = None, output_kind: str = "delta") -> AsyncIterator[RequestOutput]:

@@ -53,12 +53,26 @@ class _Aborts:
         return key in self._keys
 
 
-class PrefillWorker:
+class _Worker:
+    """What both workers do alike: one engine, one connector, and aborts that may overtake their request."""
+
     def __init__(self, llm: Any, connector: KVConnector) -> None:
         self.llm = llm
         self.connector = connector
         self._aborted = _Aborts()
 
+    def abort(self, key: str) -> None:
+        self._aborted.add(key)
+        self.llm.abort_nowait(key)
+
+    def drop(self, key: str) -> None:
+        self.connector.drop(key)
+
+    def pending_transfers(self) -> int:
+        return self.connector.pending()
+
+
+class PrefillWorker(_Worker):
     async def prefill(self, key: str, token_ids: list[int], params: SamplingParams,
                       send: bool = True) -> AsyncIterator[RequestOutput | TransferInfo]:
         """Yield the request's final output (one token), then, when `send` and it did not stop, a TransferInfo
@@ -79,27 +93,15 @@ class PrefillWorker:
         await asyncio.to_thread(self.connector.send, key, payload)
         yield TransferInfo(payload.num_tokens, payload.nbytes, loop.time() - started)
 
-    def abort(self, key: str) -> None:
-        self._aborted.add(key)
-        self.llm.abort_nowait(key)
-
-    def drop(self, key: str) -> None:
-        self.connector.drop(key)
-
-    def pending_transfers(self) -> int:
-        return self.connector.pending()
-
     def all_blocks_free(self) -> bool:
         """Tests: no KV block is held (read from outside the engine thread: call it when idle)."""
         return self.llm.engine.scheduler.kv.all_blocks_free()
 
 
-class DecodeWorker:
+class DecodeWorker(_Worker):
     def __init__(self, llm: Any, connector: KVConnector) -> None:
-        self.llm = llm
-        self.connector = connector
+        super().__init__(llm, connector)
         self.importer = KVImporter(llm.engine)
-        self._aborted = _Aborts()
 
     async def decode(self, key: str, token_ids: list[int], params: SamplingParams, timeout: float,
                      receive: bool = True) -> AsyncIterator[RequestOutput | ImportInfo]:
@@ -132,16 +134,6 @@ class DecodeWorker:
             self.llm.call_in_engine(self.importer.release, hold_id)
         except RuntimeError:  # the engine is gone, and its pool with it
             pass
-
-    def abort(self, key: str) -> None:
-        self._aborted.add(key)
-        self.llm.abort_nowait(key)
-
-    def drop(self, key: str) -> None:
-        self.connector.drop(key)
-
-    def pending_transfers(self) -> int:
-        return self.connector.pending()
 
     def all_blocks_free(self) -> bool:
         """Tests: no KV block is held, imports included (call it when idle)."""
