@@ -123,6 +123,11 @@ class EngineConfig:
     max_num_batched_tokens: int | None = None
     max_model_len: int | None = None
     enable_prefix_caching: bool = True
+    # Which free KV block a new one comes from (plait/cache/block_pool.py). "reuse": freed blocks before blocks
+    # never used, with the prefix cache keeping as many freed blocks as requests hold (at least 1/8 of the pool),
+    # so resident memory follows use. "fill": never-used blocks first, freed KV stays cached longest, and the
+    # whole pool ends up resident.
+    kv_pool_policy: str = "reuse"
     num_threads: int | None = None  # torch intra-op threads on CPU; None keeps torch's default
     packed_weights: bool = True  # CPU bf16: prepack linear weights for oneDNN (bit-identical, faster)
     # CPU bf16 with a Q4_0/Q4_1 GGUF: steps of few tokens run the file's 4-bit weights (runner/q4_linear.py).
@@ -159,6 +164,8 @@ class EngineConfig:
             raise ValueError(f"dtype must be one of auto, float32, bfloat16, float16; got {self.dtype!r}")
         if self.block_size < 1:
             raise ValueError(f"block_size must be >= 1, got {self.block_size}")
+        if self.kv_pool_policy not in ("reuse", "fill"):
+            raise ValueError(f"kv_pool_policy must be one of reuse, fill; got {self.kv_pool_policy!r}")
         self.kv_cache_memory = parse_memory(self.kv_cache_memory)
         if self.kv_cache_memory is not None and self.kv_cache_memory <= 0:
             raise ValueError(f"kv_cache_memory must be > 0 bytes, got {self.kv_cache_memory}")

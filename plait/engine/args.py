@@ -25,6 +25,11 @@ def add_engine_args(parser: argparse.ArgumentParser) -> None:
                         "offline benchmarks, 512 for serve and chat, which favour steady streaming)")
     g.add_argument("--max-model-len", type=int, default=None, help="context length cap")
     g.add_argument("--no-prefix-caching", action="store_true", help="disable the automatic prefix cache")
+    g.add_argument("--kv-pool-policy", default=d.kv_pool_policy, choices=["reuse", "fill"],
+                   help="reuse: new KV goes into freed blocks before never-used ones, the prefix cache keeping "
+                        "as many freed blocks as requests hold (at least 1/8 of the pool), so resident memory "
+                        "follows use; fill: never-used blocks first, freed KV stays cached longest and the whole "
+                        "pool becomes resident")
     g.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
     g.add_argument("--no-native-q4", action="store_true",
                    help="always use dense weights (by default, CPU bf16 steps of <= 8 tokens read a Q4_0/Q4_1 "
@@ -63,7 +68,8 @@ def engine_kwargs(args: argparse.Namespace) -> dict:
     kwargs = dict(model=args.model, dtype=args.dtype, device=args.device, kv_cache_memory=args.kv_cache_memory,
                   block_size=args.block_size, max_num_seqs=args.max_num_seqs,
                   max_num_batched_tokens=args.max_num_batched_tokens, max_model_len=args.max_model_len,
-                  enable_prefix_caching=not args.no_prefix_caching, num_threads=args.threads,
+                  enable_prefix_caching=not args.no_prefix_caching,
+                  kv_pool_policy=getattr(args, "kv_pool_policy", "reuse"), num_threads=args.threads,
                   native_q4=not getattr(args, "no_native_q4", False),
                   q8_weights=not getattr(args, "no_q8_weights", False),
                   native_kernels=not getattr(args, "no_native_kernels", False),

@@ -14,7 +14,7 @@ from plait.core.engine_core import EngineCore
 from plait.core.scheduler import Scheduler
 from plait.models import build_model
 from plait.runner.attention import KVCache
-from plait.runner.cpu_memory import keep_freed_memory
+from plait.runner.cpu_memory import keep_freed_memory, release_freed_memory
 from plait.runner.model_runner import ModelRunner
 from plait.runner.shared_prefix import shared_prefix_pays
 from plait.runner.invariance import check_batch_invariant
@@ -94,6 +94,7 @@ def build_engine(config: EngineConfig, model_config: ModelConfig | None = None,
         model_config, weights, tokenizer = loaded.config, loaded.weights, loaded.tokenizer
         generation_defaults = loaded.generation_defaults
         source = loaded.source
+        del loaded  # `weights` must be the last reference to the loaded tensors: they go once the model has them
 
     max_model_len = min(config.max_model_len or model_config.max_position, model_config.max_position)
     model = build_model(model_config, dtype)
@@ -116,7 +117,7 @@ def build_engine(config: EngineConfig, model_config: ModelConfig | None = None,
                     model_config.head_dim, dtype, device)
 
     eos = sorted(set(model_config.eos_token_ids) | set(getattr(tokenizer, "eos_token_ids", []) or []))
-    kv = KVCacheManager(num_blocks, config.block_size, config.enable_prefix_caching)
+    kv = KVCacheManager(num_blocks, config.block_size, config.enable_prefix_caching, config.kv_pool_policy)
     scheduler = Scheduler(SchedulerConfig(config.max_num_seqs, config.token_budget(offline), max_model_len,
                                           fork_samples=config.fork_samples), kv, max_model_len)
     kernels = None
@@ -146,6 +147,7 @@ def build_engine(config: EngineConfig, model_config: ModelConfig | None = None,
         runner.drafter = build_drafter(config.speculative_config, model, cache, kernels, dtype, device,
                                        max_model_len, draft)
     core = EngineCore(scheduler, runner, tokenizer, eos, model_config.vocab_size, speculator)
+    release_freed_memory()  # loading's transients (dequantized and repacked copies) are gone for good
     gguf = source if source is not None and source.endswith(".gguf") else None
     return BuiltEngine(core, tokenizer, model_config, config, dtype, device, time.perf_counter() - start,
                        generation_defaults, applied, gguf, transforms)

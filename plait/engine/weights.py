@@ -28,6 +28,7 @@ import torch
 
 from plait.engine.partial_weights import check_partial, write_partial
 from plait.engine.weight_buckets import WeightBuckets
+from plait.runner.cpu_memory import release_freed_memory
 
 Version = Union[str, int]
 MODES = ("abort", "drain", "continue")
@@ -190,6 +191,8 @@ def swap_weights(built, update: PreparedUpdate) -> float:
     _reapply(built, model, transforms, changed, update.source)
     built.core.reset_prefix_cache()
     update.weights = {}  # the model holds them now
+    if not update.partial:
+        release_freed_memory()  # the old weights and the transforms' transients (a partial update's are small)
     return time.perf_counter() - start
 
 

@@ -15,7 +15,7 @@ def compute(kv, request_id, tokens):
 
 
 def test_held_prefix_survives_pressure_that_evicts_an_unheld_one():
-    kv = KVCacheManager(num_blocks=12, block_size=4)
+    kv = KVCacheManager(num_blocks=12, block_size=4, pool_policy="fill")  # LRU over the whole pool
     held, unheld = list(range(100, 116)), list(range(200, 216))  # 4 full blocks each
     compute(kv, "h", held)
     compute(kv, "u", unheld)
@@ -50,7 +50,7 @@ def test_partial_hold_pins_the_cached_run_and_the_last_full_block_counts():
 
 
 def test_bounds_raise_and_pin_nothing():
-    kv = KVCacheManager(num_blocks=8, block_size=2)  # holds may pin 4 blocks
+    kv = KVCacheManager(num_blocks=8, block_size=2, pool_policy="fill")  # holds may pin 4 blocks
     with pytest.raises(ValueError, match="at least one full KV block"):
         kv.hold_prefix([1])
     with pytest.raises(ValueError, match="at most 4 of the pool's 8 blocks"):

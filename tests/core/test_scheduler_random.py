@@ -37,7 +37,7 @@ def check_refcounts(s: Scheduler) -> None:
     for block, pins in kv.holds._pins.items():
         holders[block] += pins
     assert holders == kv.pool.ref_counts
-    assert set(kv.pool._free) == {b for b, n in enumerate(holders) if n == 0}
+    assert kv.pool.free_blocks() == {b for b, n in enumerate(holders) if n == 0}
 
 
 def verify(tokens: list[int], drafts: list[int]) -> list[int]:
