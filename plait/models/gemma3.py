@@ -100,6 +100,9 @@ class Gemma3ForCausalLM(nn.Module):
         # Uninitialised: load_weights overwrites every value (a 262k x 640 random init would cost seconds).
         self.embed_tokens = nn.Parameter(torch.empty(cfg.vocab_size, cfg.hidden_size, dtype=dtype),
                                          requires_grad=False)
+        # A weight transform may read the table another way (runner/q8_embedding.py: from the LM head's Q8_0
+        # blocks, when tied); None: F.embedding over embed_tokens.
+        self.embed_lookup: nn.Module | None = None
         # The reference multiplies by sqrt(hidden) rounded to the weights' dtype (25.25 in bf16 for 640).
         self.register_buffer("embed_scale", torch.tensor(cfg.hidden_size ** 0.5, dtype=dtype), persistent=False)
         self.layers = nn.ModuleList(Gemma3DecoderLayer(cfg, i, dtype) for i in range(cfg.num_layers))
@@ -114,7 +117,8 @@ class Gemma3ForCausalLM(nn.Module):
                 num_layers: int | None = None) -> torch.Tensor:
         """Hidden states [T, hidden] after the final norm. `num_layers`: run only the first layers, then the final
         norm (early-exit drafting: spec/early_exit.py)."""
-        x = F.embedding(input_ids, self.embed_tokens) * self.embed_scale
+        x = F.embedding(input_ids, self.embed_tokens) if self.embed_lookup is None else self.embed_lookup(input_ids)
+        x = x * self.embed_scale
         tables = {kind: rotary.tables(positions, x.dtype) for kind, rotary in self.rotary.items()}
         residual = None
         for layer in self.layers[:num_layers]:

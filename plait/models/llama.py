@@ -91,6 +91,9 @@ class LlamaForCausalLM(nn.Module):
         # would cost a second of start-up for numbers load_weights overwrites anyway.
         self.embed_tokens = nn.Parameter(torch.empty(cfg.vocab_size, cfg.hidden_size, dtype=dtype),
                                          requires_grad=False)
+        # A weight transform may read the table another way (runner/q8_embedding.py: from the LM head's Q8_0
+        # blocks, when tied); None: F.embedding over embed_tokens.
+        self.embed_lookup: nn.Module | None = None
         self.layers = nn.ModuleList(DecoderLayer(cfg, i, dtype) for i in range(cfg.num_layers))
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, dtype)
         self.lm_head = Linear(cfg.hidden_size, cfg.vocab_size, dtype=dtype)
@@ -100,7 +103,7 @@ class LlamaForCausalLM(nn.Module):
                 num_layers: int | None = None) -> torch.Tensor:
         """Hidden states [T, hidden] after the final norm. `num_layers`: run only the first layers, then the final
         norm (early-exit drafting: spec/early_exit.py)."""
-        x = F.embedding(input_ids, self.embed_tokens)
+        x = F.embedding(input_ids, self.embed_tokens) if self.embed_lookup is None else self.embed_lookup(input_ids)
         cos, sin = self.rotary.tables(positions, x.dtype)
         residual = None
         for layer in self.layers[:num_layers]:

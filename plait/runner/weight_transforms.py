@@ -102,8 +102,9 @@ class PackWeights(WeightTransform):
 class Q8HeadWeights(WeightTransform):
     """A bf16 engine on a GGUF whose LM head is Q8_0 (both shipped models): steps of at most 2 rows read the head's
     int8 blocks (runner/q8_linear.py, Q8HeadLinear), half the bytes of bf16; larger steps keep oneDNN's bf16 GEMM.
-    Applied after packing (it wraps the packed head). Its logits depend on the step's size, so not under
-    batch-invariant numerics; after a weight update it applies while the head is still a GGUF file's: an update
+    Applied after packing (it wraps the packed head). A tied embedding then reads its rows from the same blocks
+    (runner/q8_embedding.py), so the bf16 table is not kept beside them. Its logits depend on the step's size, so
+    not under batch-invariant numerics; after a weight update it applies while the head is still a GGUF file's: an update
     from a GGUF file, or a partial update that did not write the head."""
 
     name = "q8_head"
@@ -121,14 +122,23 @@ class Q8HeadWeights(WeightTransform):
     def apply(self, model: nn.Module, ctx: TransformContext) -> int:
         from plait.loading.gguf_file import load_q8_head
         from plait.runner.native import load_kernels
-        from plait.runner.q8_linear import attach_q8_head
+        from plait.runner.q8_embedding import attach_q8_embedding
+        from plait.runner.q8_linear import Q8HeadLinear, attach_q8_head
 
-        return attach_q8_head(model, load_q8_head(ctx.head_source), load_kernels().q8_linear_f32, self.max_rows)
+        if isinstance(model.lm_head, Q8HeadLinear):  # kept through a partial update that wrote neither matrix
+            return 1 + (getattr(model, "embed_lookup", None) is not None)
+        if not attach_q8_head(model, load_q8_head(ctx.head_source), load_kernels().q8_linear_f32, self.max_rows):
+            return 0
+        # A tied embedding is the same matrix: read its rows from the head's blocks and drop the bf16 table.
+        return 1 + attach_q8_embedding(model, model.lm_head.q8_values, model.lm_head.q8_scales)
 
     def revert(self, model: nn.Module, only: set[str] | None = None) -> int:
+        from plait.runner.q8_embedding import detach_q8_embedding
         from plait.runner.q8_linear import detach_q8_head
 
-        return detach_q8_head(model)
+        if only is not None and not only & {"lm_head", ""}:  # "": the root module, which owns embed_tokens
+            return 0
+        return detach_q8_embedding(model) + detach_q8_head(model)
 
 
 class Q4Weights(WeightTransform):

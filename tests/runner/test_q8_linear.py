@@ -113,18 +113,19 @@ def _gguf_fixtures():
 
 
 @needs_kernel
-def test_bf16_engine_reads_the_gguf_q8_head_at_steps_of_few_rows_only(tmp_path):
+@pytest.mark.parametrize("tied", [False, True])
+def test_bf16_engine_reads_the_gguf_q8_head_at_steps_of_few_rows_only(tmp_path, tied):
     from plait import LLM, SamplingParams
     from plait.loading import load_model
     from plait.runner.q8_linear import Q8HeadLinear
 
     fixtures = _gguf_fixtures()
     path = tmp_path / "tiny.gguf"
-    expected = fixtures.write_tiny_gguf(path, qtype=fixtures.Q.Q8_0)
+    expected = fixtures.write_tiny_gguf(path, qtype=fixtures.Q.Q8_0, tied=tied)
     llm = LLM(str(path), dtype="bfloat16", kv_cache_memory=1 << 20)
     head = llm.engine.runner.model.lm_head
     assert isinstance(head, Q8HeadLinear) and head.max_rows == 2
-    exact = torch.from_numpy(expected["lm_head.weight"])  # the file's Q8_0 values, exactly, in fp32
+    exact = torch.from_numpy(expected["lm_head.weight" if not tied else "model.embed_tokens.weight"])  # exact, fp32
     x = torch.randn(3, exact.shape[1]).bfloat16()
     with torch.inference_mode():
         few, many = head(x[:2]), head(x)
@@ -133,24 +134,36 @@ def test_bf16_engine_reads_the_gguf_q8_head_at_steps_of_few_rows_only(tmp_path):
         assert torch.equal(many, head.dense(x))  # 3 rows: oneDNN's bf16 GEMM on the dense head
     out = llm.generate([[5, 6, 7]], SamplingParams(max_tokens=4, temperature=0, ignore_eos=True), use_tqdm=False)
     assert len(out[0].outputs[0].token_ids) == 4
+    # A tied embedding reads the same blocks (runner/q8_embedding.py): no bf16 table beside them. An untied one is
+    # another matrix and keeps its table.
+    model = llm.engine.runner.model
+    assert (model.embed_lookup is not None) == tied and (model.embed_tokens.numel() == 0) == tied
+    if tied:
+        assert torch.equal(model.embed_lookup(torch.tensor([0, 5, 7])), exact[[0, 5, 7]].bfloat16())
+
+    def q8_matrices() -> tuple[bool, bool]:
+        model = llm.engine.runner.model
+        return isinstance(model.lm_head, Q8HeadLinear), model.embed_lookup is not None
 
     # A file update brings its own blocks; a partial update that leaves the head alone keeps them; a state dict's
     # head, or a partial update that writes it, is dense only (the file's blocks may be old weights).
     llm.update_weights(str(path), "file")
-    assert isinstance(llm.engine.runner.model.lm_head, Q8HeadLinear)
+    assert q8_matrices() == (True, tied)
     weights = dict(load_model(str(path), dtype=torch.bfloat16).weights)
     model = llm.engine.runner.model
     writes_head = {name for name, slots in model.checkpoint_slots().items()
                    if any(slot.param == "lm_head.weight" for slot in slots)}
     layer = {n: w for n, w in weights.items() if ".layers.0." in n}
+    head_module = model.lm_head
     llm.update_weights(layer, "partial", partial=True)
-    assert isinstance(llm.engine.runner.model.lm_head, Q8HeadLinear)
+    assert q8_matrices() == (True, tied) and llm.engine.runner.model.lm_head is head_module  # left as it was
     llm.update_weights({n: weights[n] for n in writes_head}, "partial-head", partial=True)
-    assert not isinstance(llm.engine.runner.model.lm_head, Q8HeadLinear)
+    assert q8_matrices() == (False, False)
+    assert torch.equal(llm.engine.runner.model.embed_tokens, weights["model.embed_tokens.weight"])
     llm.update_weights(str(path), "file-again")
-    assert isinstance(llm.engine.runner.model.lm_head, Q8HeadLinear)
+    assert q8_matrices() == (True, tied)
     llm.update_weights(weights, "state-dict")
-    assert not isinstance(llm.engine.runner.model.lm_head, Q8HeadLinear)
+    assert q8_matrices() == (False, False)
     assert llm.engine.scheduler.kv.all_blocks_free()
 
     # Its logits depend on the step's size, so batch-invariant numerics and --no-q8-weights keep the dense head.
