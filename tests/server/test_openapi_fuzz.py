@@ -7,7 +7,9 @@ types the document declares, and 2xx bodies must match the declared response sch
 Generation is cheap by construction: the engine's context is short, and a `map_body` hook lowers *valid* but
 expensive values (large `max_tokens`/`n`, long prompt/message lists) to small ones. Invalid values (wrong types,
 negatives, empty lists, missing fields) are never touched: they are the point of the fuzz. Examples are
-derandomized with a fixed seed and no example database, so the run is the same on every machine.
+derandomized with a fixed seed and no example database. That does not make the examples independent of test
+order: Hypothesis also mixes in string and number constants from the local modules already imported (plait.*),
+so a run after tests/bench draws different requests than a run alone. Every check must hold for any example.
 """
 
 from __future__ import annotations
@@ -34,6 +36,13 @@ MAX_TOKENS = 4  # generated tokens per choice, at most (valid larger values are 
 MAX_N = 2  # choices per prompt, at most
 MAX_ITEMS = 3  # prompts in a prompt list / messages in a chat, at most
 MAX_EXAMPLES = 60  # per operation and mode
+MAX_MODEL_LEN = 64  # the engine's context: a request without max_tokens generates up to this many tokens
+# schemathesis' ASGI transport stops reading an event stream after `max-stream-events` events (default 20),
+# cancels the app and hands back a truncated body without `data: [DONE]`. A valid stream here is far longer: up
+# to MAX_ITEMS prompts whose max_tokens may be absent (16) or null (the rest of the context). At most one event
+# per generated token of each choice, plus chat's role chunk, the usage (or error) chunk and [DONE]: with this cap
+# every stream is read whole, and its end checked.
+MAX_STREAM_EVENTS = MAX_ITEMS * MAX_N * MAX_MODEL_LEN + 3
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
 
 
@@ -67,10 +76,11 @@ def api_schema(tokenizer, tiny_model):
     """The schema as the app serves it, loaded over ASGI (calls go in-process, no socket)."""
     cfg, weights = tiny_model
     # A short context keeps chat's default max_tokens ("what still fits") and every prompt small.
-    config = dict(dtype="float32", kv_cache_memory=4 << 20, max_model_len=64)
+    config = dict(dtype="float32", kv_cache_memory=4 << 20, max_model_len=MAX_MODEL_LEN)
     engine = AsyncLLM(_prebuilt=build_engine(EngineConfig(**config), cfg, weights, tokenizer), **config)
     try:
-        schema = schemathesis.openapi.from_asgi("/openapi.json", build_app(engine, MODEL))
+        run_config = schemathesis.Config.from_dict({"max-stream-events": MAX_STREAM_EVENTS})
+        schema = schemathesis.openapi.from_asgi("/openapi.json", build_app(engine, MODEL), config=run_config)
         schema.hook("map_body")(cap_body)
         yield schema
     finally:
@@ -97,6 +107,8 @@ def test_openapi_fuzz(api_schema, label, mode):
         response = case.call()
         case.validate_response(response, checks=CHECKS)
         if response.headers.get("content-type", [""])[0].startswith("text/event-stream"):
+            # A stream the transport cut short has lost its end: say so, rather than blame the server's framing.
+            assert not response.stream_cut_short, "the test transport cut this stream; raise MAX_STREAM_EVENTS"
             assert_sse_framing(response.text)
 
     check()
@@ -119,3 +131,20 @@ def test_sse_stream_matches_declared_schema(api_schema, label, body):
     operation = api_schema.find_operation_by_label(label)
     case = operation.Case(body=body, media_type="application/json")
     case.call_and_validate(checks=CHECKS)
+
+
+def test_longest_stream_is_read_to_its_end(api_schema):
+    """The longest stream the fuzz can ask for (every prompt, every choice, the whole context) arrives whole,
+    ending in [DONE]. With schemathesis' default cap of 20 events the transport cut such a stream short, and
+    test_openapi_fuzz failed on the missing [DONE] whenever the examples (which depend on the modules earlier
+    tests imported) included one."""
+    operation = api_schema.find_operation_by_label("POST /v1/completions")
+    body = {"prompt": ["0"] * MAX_ITEMS, "n": MAX_N, "max_tokens": None, "ignore_eos": True, "stream": True}
+    case = operation.Case(body=body, media_type="application/json")
+    response = case.call()
+    case.validate_response(response, checks=CHECKS)
+    assert not response.stream_cut_short
+    assert_sse_framing(response.text)
+    events = [e for e in response.text.split("\n\n") if e]
+    assert len(events) > 20  # longer than schemathesis' default cap, or this test proves nothing
+    assert len(events) <= MAX_STREAM_EVENTS, len(events)
