@@ -82,8 +82,6 @@ def build_engine(config: EngineConfig, model_config: ModelConfig | None = None,
     if config.num_threads:
         torch.set_num_threads(config.num_threads)
     device = pick_device(config.device)
-    if device.type == "cpu" and config.tune_malloc:
-        keep_freed_memory()
     generation_defaults: dict = {}
     dtype = pick_dtype(config.dtype, device)
     source = None
@@ -148,6 +146,10 @@ def build_engine(config: EngineConfig, model_config: ModelConfig | None = None,
                                        max_model_len, draft)
     core = EngineCore(scheduler, runner, tokenizer, eos, model_config.vocab_size, speculator)
     release_freed_memory()  # loading's transients (dequantized and repacked copies) are gone for good
+    if device.type == "cpu" and config.tune_malloc:
+        # Only now: loading under the raised thresholds would put its large transients in the heap, where they
+        # stay resident between live weights (measured 833 against 619 MiB after loading the default model).
+        keep_freed_memory()
     gguf = source if source is not None and source.endswith(".gguf") else None
     return BuiltEngine(core, tokenizer, model_config, config, dtype, device, time.perf_counter() - start,
                        generation_defaults, applied, gguf, transforms)
