@@ -78,3 +78,14 @@ def test_rpc_counts_identical_completions_once():
                Sample(2, "y = 4", "4", 3, math.log(0.5)), Sample(3, "z = 4", "4", 3, math.log(0.5))]
     tally, _ = rpc_tally(samples, pruning=False)
     assert tally.weights == {"3": pytest.approx(0.6), "4": pytest.approx(1.0)}
+
+
+
+def test_rpc_pruning_survives_a_very_sharp_component():
+    # Few distinct values with many repeats (short answers: one text per answer) drive one component's shape to
+    # its bound; z ** k then overflowed in the Weibull log-density. Values and counts from a real add1 question.
+    counts = {0.118: 14, 0.216: 12, 0.126: 8, 0.072: 8, 0.053: 6, 0.055: 5, 0.103: 5, 0.023: 3, 0.038: 2, 0.007: 1}
+    confidences = [c for c, k in counts.items() for _ in range(k)]
+    keep = prune(confidences)  # raised OverflowError before
+    mean = sum(confidences) / len(confidences)
+    assert len(keep) == 64 and all(k for k, c in zip(keep, confidences) if c >= mean)  # never above the mean
