@@ -127,7 +127,8 @@ class ParticleFilter(Strategy):
 
     def describe(self) -> str:
         reward = getattr(self.reward, "__name__", "reward") if self.reward else "logprob"
-        return f"pf:n={self.n},reward={reward}"
+        temperature = "" if self.temperature == 1.0 else f",temperature={self.temperature:g}"
+        return f"pf:n={self.n},reward={reward}{temperature}"
 
 
 def softmax(xs: list[float]) -> list[float]:
