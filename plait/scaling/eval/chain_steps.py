@@ -24,7 +24,7 @@ from typing import Callable
 
 from plait.scaling.answers import answer_is, answers_match
 
-_EQUATION = re.compile(r"(-?\d+)\s*\+\s*(-?\d+)\s*=\s*(-?\d+)")
+_EQUATION = re.compile(r"(-?\d+(?:\s*\+\s*-?\d+)+)\s*=\s*(-?\d+)")  # "a + b (+ c ...) = r"
 _ANSWER_LINE = re.compile(r"answer is", re.IGNORECASE)
 STOP = [".", "Q:"]  # the answer line ends at its period; "Q:" catches a model that skips it
 
@@ -60,36 +60,41 @@ def is_finished(text: str, delimiter: str = "\n\n") -> bool:
     return bool(text.strip()) and not text.endswith(delimiter)
 
 
-def expected_steps(nums: list[int]) -> list[tuple[int, int, int]]:
-    """(running sum, next term, new running sum) for each step."""
-    out, total = [], nums[0]
-    for x in nums[1:]:
-        out.append((total, x, total + x))
-        total += x
-    return out
-
-
 def verify_steps(nums: list[int], text: str, extract: Callable[[str], str | None] = answer_is) -> float:
     """The process oracle: a score in [0, 1] for a partial or complete solution.
 
-    Each equation written so far is a check: right when it is the expected step at its position (the running sum
-    plus the question's next term, in either order, with the right result); equations beyond the last step are
-    wrong. A partial solution scores the fraction of right checks, 1.0 before any equation (nothing is wrong yet).
-    A complete one (an answer line, the model moved on to "Q:", or text that does not end at a step boundary)
-    scores 0 when its final answer is wrong, otherwise the fraction of right checks counting the answer as one
-    more: a right answer always beats a wrong one, and a clean derivation beats a sloppy one.
+    Each equation written so far is a check. It is right when its arithmetic is right and it follows the
+    question's terms: every operand is a term of the question not used yet, or the result of an earlier right
+    equation not used yet (a sound derivation, in any order: "3 + 4 = 7" then "7 + 2 = 9", or "4 + 2 = 6" then
+    "6 + 3 = 9", or "3 + 4 + 2 = 9" at once). A wrong equation consumes nothing. A partial solution scores the
+    fraction of right checks, 1.0 before any equation (nothing is wrong yet). A complete one (an answer line, the
+    model moved on to "Q:", or text that does not end at a step boundary) scores 0 when its final answer is
+    wrong, otherwise the fraction of right checks counting the answer as one more: a right answer always beats a
+    wrong one, and a clean derivation beats a sloppy one.
     """
     body, moved_on, _ = text.partition("Q:")
-    expected = expected_steps(nums)
+    pool = list(nums)  # values an equation may still use: unused terms, then unused results
     checks = []
-    for i, (a, b, c) in enumerate((int(a), int(b), int(c)) for a, b, c in _EQUATION.findall(body)):
-        if i >= len(expected):
-            checks.append(False)
-            continue
-        run, term, total = expected[i]
-        checks.append(sorted((a, b)) == sorted((run, term)) and c == total)
+    for match in _EQUATION.finditer(body):
+        operands = [int(x) for x in re.findall(r"-?\d+", match.group(1))]
+        result = int(match.group(2))
+        right = len(operands) >= 2 and sum(operands) == result and _take(pool, operands)
+        if right:
+            pool.append(result)
+        checks.append(right)
     if not (moved_on or _ANSWER_LINE.search(body) or is_finished(text)):
         return sum(checks) / len(checks) if checks else 1.0
     if not answers_match(extract(body), str(sum(nums))):
         return 0.0
     return (sum(checks) + 1) / (len(checks) + 1)
+
+
+def _take(pool: list[int], operands: list[int]) -> bool:
+    """Remove `operands` from `pool` (a multiset) when all are there; otherwise leave it and return False."""
+    left = list(pool)
+    for x in operands:
+        if x not in left:
+            return False
+        left.remove(x)
+    pool[:] = left
+    return True

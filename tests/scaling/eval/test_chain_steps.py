@@ -18,8 +18,13 @@ NUMS = [3, 4, 2]  # 3 + 4 = 7, 7 + 2 = 9
     (" 4 + 3 = 7\n\n", 1.0),                      # operands in either order
     (" 3 + 4 = 8\n\n", 0.0),                      # arithmetic wrong
     (" 3 + 5 = 8\n\n", 0.0),                      # right arithmetic, wrong term: does not follow the question
-    (" 3 + 4 = 7\n\n7 + 3 = 10\n\n", 0.5),        # second step uses the wrong term
+    (" 3 + 4 = 7\n\n7 + 3 = 10\n\n", 0.5),        # second step uses a term already used (there is one 3)
+    (" 3 + 4 = 7\n\n3 + 4 = 7\n\n", 0.5),         # a repeated step: its terms are used up
+    (" 3 + 3 = 6\n\n", 0.0),                      # one 3 in the question, used twice
     (" 3 + 4 = 7\n\n7 + 2 = 9\n\n", 1.0),
+    (" 4 + 2 = 6\n\n6 + 3 = 9\n\n", 1.0),         # any order of a sound derivation
+    (" 3 + 4 + 2 = 9\n\nThe answer is 9.", 1.0),  # all terms at once
+    (" 3 + 4 + 2 = 10\n\n", 0.0),
     (" 3 + 4 = 7\n\n7 + 2 = 9\n\nThe answer is 9.", 1.0),         # complete, clean
     (" 3 + 4 = 7\n\n7 + 2 = 9\n\nThe answer is 9", 1.0),          # best-of-N's text: the stop "." cut off
     (" 3 + 4 = 7\n\n7 + 2 = 9\n\nThe answer is 10.", 0.0),        # wrong final answer: 0 whatever the steps
