@@ -91,10 +91,12 @@ class ParticleFilter(Strategy):
                 p.done, p.finish_reason = True, c.finish_reason
             p.reward = await self._reward(prompt, p)
 
+        steps_run = 0
         for step in range(self.max_steps):
             active = [(i, p) for i, p in enumerate(particles) if not p.done]
             if not active:
                 break
+            steps_run += 1
             await asyncio.gather(*(grow(i, p, step) for i, p in active))
             if step + 1 < self.max_steps and not all(p.done for p in particles):
                 particles = self._resample(particles, rng)
@@ -109,7 +111,8 @@ class ParticleFilter(Strategy):
         return ScalingResult(strategy=self.describe(), answer=samples[best].answer, text=samples[best].text,
                              samples=samples, samples_used=self.n, samples_launched=self.n,
                              prompt_tokens=cost["prompt"], generated_tokens=cost["generated"],
-                             wall_s=time.perf_counter() - started, votes=dict(tally.weights))
+                             wall_s=time.perf_counter() - started, votes=dict(tally.weights),
+                             details={"resamples": self.resamples, "steps": steps_run})
 
     async def _reward(self, question: Any, p: _Particle) -> float:
         if self.reward is not None:
@@ -127,7 +130,8 @@ class ParticleFilter(Strategy):
 
     def describe(self) -> str:
         reward = getattr(self.reward, "__name__", "reward") if self.reward else "logprob"
-        return f"pf:n={self.n},reward={reward}"
+        temperature = "" if self.temperature == 1.0 else f",temperature={self.temperature:g}"
+        return f"pf:n={self.n},reward={reward}{temperature}"
 
 
 def softmax(xs: list[float]) -> list[float]:

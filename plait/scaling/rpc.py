@@ -59,4 +59,4 @@ class RPC(Strategy):
         return finish(self.describe(), draws, scored, tally, started)
 
     def describe(self) -> str:
-        return f"rpc:n={self.n}"
+        return f"rpc:n={self.n}" + ("" if self.pruning else ",pruning=false")  # rows must not share a name

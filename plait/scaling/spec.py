@@ -2,11 +2,15 @@
 
 The same table serves `plait eval --strategy` and the server's `scaling` body field, so names and parameters are
 spelled one way. Unknown names or parameters raise ValueError naming the field and what is allowed.
+
+`reward=<name>` (best-of-N, particle filtering, step search) picks a reward from the caller's `rewards` table:
+`logprob` (the default, the samples' own mean logprob) is always there; `plait eval` adds `oracle`, which reads
+the task's answer key; the server adds nothing, so it refuses any other.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Mapping
 
 from plait.scaling.best_of_n import BestOfN
 from plait.scaling.blend import BlendASC
@@ -19,7 +23,7 @@ from plait.scaling.step_search import StepSearch
 # name -> (class, {accepted key: constructor argument})
 STRATEGIES: dict[str, tuple[type, dict[str, str]]] = {
     "sc": (SelfConsistency, {"n": "n"}),
-    "bon": (BestOfN, {"n": "n"}),
+    "bon": (BestOfN, {"n": "n", "reward": "reward"}),
     "asc": (AdaptiveConsistency, {"max": "max_samples", "max_samples": "max_samples", "threshold": "threshold",
                                   "batch": "batch", "min": "min_samples", "min_samples": "min_samples"}),
     "esc": (EarlyStoppingConsistency, {"w": "window", "window": "window", "max": "max_samples",
@@ -27,7 +31,7 @@ STRATEGIES: dict[str, tuple[type, dict[str, str]]] = {
     "rpc": (RPC, {"n": "n", "pruning": "pruning"}),
     "pf": (ParticleFilter, {"n": "n", "temperature": "temperature", "max_steps": "max_steps",
                             "step_max_tokens": "step_max_tokens", "ess": "ess_threshold",
-                            "ess_threshold": "ess_threshold"}),
+                            "ess_threshold": "ess_threshold", "reward": "reward"}),
     "blend": (BlendASC, {"avg": "budget_per_question", "budget_per_question": "budget_per_question",
                          "max": "max_per_question", "max_per_question": "max_per_question",
                          "round": "round_size", "round_size": "round_size", "stop": "stop_threshold",
@@ -36,7 +40,7 @@ STRATEGIES: dict[str, tuple[type, dict[str, str]]] = {
                             "num_solutions": "num_solutions", "max_expansions": "max_expansions",
                             "expansions": "max_expansions", "tokens": "max_tokens_total",
                             "max_tokens_total": "max_tokens_total", "max_steps": "max_steps",
-                            "step_max_tokens": "step_max_tokens"}),
+                            "step_max_tokens": "step_max_tokens", "reward": "reward"}),
 }
 # Strategies that need a second (small) engine: `plait eval --router-small` builds it; the server has one engine.
 TWO_ENGINES: dict[str, tuple[type, dict[str, str]]] = {
@@ -48,9 +52,11 @@ ALIASES = {"self_consistency": "sc", "best_of_n": "bon", "adaptive_consistency":
            "particle_filter": "pf", "step_search": "search", "astar": "search", "step_router": "route"}
 
 
-def build_strategy(name: str, params: dict[str, Any], field: str = "strategy", two_engines: bool = False):
+def build_strategy(name: str, params: dict[str, Any], field: str = "strategy", two_engines: bool = False,
+                   rewards: Mapping[str, Any] | None = None):
     """`field` names the caller's field in error messages (e.g. 'scaling.strategy' at the server).
-    `two_engines` also accepts strategies that need a second engine (the caller supplies it later)."""
+    `two_engines` also accepts strategies that need a second engine (the caller supplies it later).
+    `rewards`: the named rewards `reward=<name>` may pick, besides `logprob`."""
     table = {**STRATEGIES, **TWO_ENGINES} if two_engines else STRATEGIES
     if not isinstance(name, str):
         raise ValueError(f"{field} must be one of {sorted(table)}, got {name!r}")
@@ -62,11 +68,18 @@ def build_strategy(name: str, params: dict[str, Any], field: str = "strategy", t
     for k, v in params.items():
         if k not in accepted:
             raise ValueError(f"{field}: {key} takes the parameters {sorted(accepted)}, got {k!r}")
-        kwargs[accepted[k]] = v
+        kwargs[accepted[k]] = _reward(v, rewards, field) if k == "reward" else v
     return cls(**kwargs)
 
 
-def parse_strategy(text: str, two_engines: bool = False):
+def _reward(name: Any, rewards: Mapping[str, Any] | None, field: str) -> Any:
+    table = {"logprob": None, **(rewards or {})}
+    if not isinstance(name, str) or name not in table:
+        raise ValueError(f"{field}: reward must be one of {sorted(table)}, got {name!r}")
+    return table[name]
+
+
+def parse_strategy(text: str, two_engines: bool = False, rewards: Mapping[str, Any] | None = None):
     """'asc:max=40,threshold=0.9' -> AdaptiveConsistency(max_samples=40, threshold=0.9). Values are read as int,
     then float, then true/false."""
     name, _, rest = text.partition(":")
@@ -76,7 +89,7 @@ def parse_strategy(text: str, two_engines: bool = False):
         if not eq:
             raise ValueError(f"--strategy {text!r}: expected key=value, got {item!r}")
         params[k.strip()] = _value(v.strip())
-    return build_strategy(name.strip(), params, field="--strategy", two_engines=two_engines)
+    return build_strategy(name.strip(), params, field="--strategy", two_engines=two_engines, rewards=rewards)
 
 
 def _value(v: str) -> Any:

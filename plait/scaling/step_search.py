@@ -190,4 +190,5 @@ class StepSearch(Strategy):
 
     def describe(self) -> str:
         reward = getattr(self.reward, "__name__", "reward") if self.reward else "logprob"
-        return f"search:k={self.k},width={self.width},reward={reward}"
+        tokens = "" if self.max_tokens_total is None else f",tokens={self.max_tokens_total}"
+        return f"search:k={self.k},width={self.width},reward={reward}{tokens}"

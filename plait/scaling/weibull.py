@@ -20,8 +20,10 @@ class Weibull:
 
     def log_pdf(self, x: float) -> float:
         k, lam = self.shape, self.scale
-        z = x / lam
-        return math.log(k / lam) + (k - 1) * math.log(z) - z ** k
+        log_z = math.log(x / lam)
+        # z^k as exp(k ln z), capped: a point far above a sharp component's scale has density ~0 there, and
+        # z ** k itself overflows (k up to 500, z up to 1e6 when confidences span several orders of magnitude)
+        return math.log(k / lam) + (k - 1) * log_z - math.exp(min(k * log_z, 700.0))
 
     @property
     def mean(self) -> float:

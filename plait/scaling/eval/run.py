@@ -39,6 +39,7 @@ class Row:
     budget: int | None = None
     correct: list[bool] = field(default_factory=list)
     per_model: dict = field(default_factory=dict)  # step routing: mean steps and tokens per question, per model
+    details: dict = field(default_factory=dict)  # step-wise strategies: mean per question of numeric details
 
 
 def _row(name: str, task: Task, results: Sequence[ScalingResult], wall_s: float, budget: int | None) -> Row:
@@ -47,7 +48,16 @@ def _row(name: str, task: Task, results: Sequence[ScalingResult], wall_s: float,
     low, high = bootstrap_interval(correct)
     return Row(name, sum(correct) / n, low, high, sum(r.samples_used for r in results) / n,
                sum(r.generated_tokens for r in results) / n, wall_s, len(results),
-               max((r.samples_launched for r in results), default=0), budget, correct, _per_model(results))
+               max((r.samples_launched for r in results), default=0), budget, correct, _per_model(results),
+               _mean_details(results))
+
+
+def _mean_details(results: Sequence[ScalingResult]) -> dict:
+    """Numeric details (particle filtering: resamples, steps; search: expansions) averaged over questions, so a
+    table says how much the mechanism did (a particle filter that never resampled was independent sampling)."""
+    keys = {k for r in results for k, v in r.details.items() if isinstance(v, (int, float))
+            and not isinstance(v, bool)}
+    return {k: sum(r.details.get(k, 0) for r in results) / len(results) for k in sorted(keys)} if results else {}
 
 
 def _per_model(results: Sequence[ScalingResult]) -> dict:
@@ -191,6 +201,8 @@ def format_table(task_name: str, rows: Sequence[Row]) -> str:
             lines.append("    per question: " + ", ".join(
                 f"{model} {r.per_model['steps'].get(model, 0):.1f} steps / {r.per_model['tokens'].get(model, 0):.1f} "
                 f"tokens" for model in r.per_model.get("tokens", {})))
+        if r.details:
+            lines.append("    mean per question: " + ", ".join(f"{k} {v:.2f}" for k, v in r.details.items()))
     return "\n".join(lines)
 
 

@@ -31,6 +31,9 @@ class Task:
     stop: list[str] = field(default_factory=lambda: ["\n"])
     # grade(predicted answer, question) -> correct; default: canonical / math-verify match with the reference
     grade: Callable[[str | None, Question], bool] | None = None
+    # verify(solution text so far, question) -> score in [0, 1]: a process oracle that judges partial solutions
+    # (tasks whose steps are checkable); without one, the eval oracle judges only final answers
+    verify: Callable[[str, Question], float] | None = None
 
     def is_correct(self, answer: str | None, q: Question) -> bool:
         return self.grade(answer, q) if self.grade else answers_match(answer, q.reference)
@@ -78,6 +81,26 @@ def builtin_task(name: str, num_questions: int, seed: int = 0, temperature: floa
     return Task(name, questions, max_tokens=max_tokens, temperature=temperature)
 
 
+# name -> (terms, few-shot examples, max_tokens): chain sums written one running-sum step per paragraph.
+# Calibrated on the default model (docs/scaling.md): 3 terms gives one sample 21%; 4 terms gave 5% (not kept).
+STEP_TASKS: dict[str, tuple[int, int, int]] = {
+    "chain3_steps": (3, 4, 48),
+}
+
+
+def step_task(name: str, num_questions: int, seed: int = 0, temperature: float = 0.8) -> Task:
+    """A chain-sum task whose solutions are steps, with a process oracle (`Task.verify`) for partial solutions."""
+    from plait.scaling.eval import chain_steps
+
+    terms, shots, max_tokens = STEP_TASKS[name]
+    questions = []
+    for i in range(num_questions):
+        prompt, nums = chain_steps.build_prompt(random.Random(f"{name}:{seed}:{i}"), terms, shots)
+        questions.append(Question(prompt, str(sum(nums)), {"terms": nums}))
+    return Task(name, questions, extract="answer_is", max_tokens=max_tokens, temperature=temperature,
+                stop=list(chain_steps.STOP), verify=lambda text, q: chain_steps.verify_steps(q.meta["terms"], text))
+
+
 def reasoning_gym_task(dataset: str, num_questions: int, seed: int = 0, temperature: float = 0.8,
                        max_tokens: int = 64, **config: Any) -> Task:
     try:
@@ -106,13 +129,17 @@ def olmo_task(name: str, num_questions: int, seed: int = 0, temperature: float =
 
 
 def load_task(name: str, num_questions: int, seed: int = 0, temperature: float | None = None) -> Task:
-    """'add1', 'add2', 'sub2', 'mul1', 'chain3', 'gsm8k', 'math500' or 'rg:<reasoning-gym dataset>'."""
+    """'add1', 'add2', 'sub2', 'mul1', 'chain3', 'chain3_steps', 'gsm8k', 'math500' or 'rg:<reasoning-gym
+    dataset>'."""
     kw = {} if temperature is None else {"temperature": temperature}
     if name.startswith("rg:"):
         return reasoning_gym_task(name[3:], num_questions, seed, **kw)
     if name in ("gsm8k", "math500"):
         return olmo_task(name, num_questions, seed, **kw)
+    if name in STEP_TASKS:
+        return step_task(name, num_questions, seed, **kw)
     if name not in BUILTIN:
-        raise ValueError(f"task must be one of {sorted(BUILTIN) + ['gsm8k', 'math500']} or 'rg:<dataset>', "
+        raise ValueError(f"task must be one of {sorted(BUILTIN) + sorted(STEP_TASKS) + ['gsm8k', 'math500']} or "
+                         f"'rg:<dataset>', "
                          f"got {name!r}")
     return builtin_task(name, num_questions, seed, **kw)

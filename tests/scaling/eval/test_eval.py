@@ -99,3 +99,15 @@ def test_reasoning_gym_tasks_use_their_own_scorer():
     assert task.name == "rg:basic_arithmetic" and len(task.questions) == 3
     q = task.questions[0]
     assert task.is_correct(q.reference, q) and not task.is_correct(None, q)
+
+
+def test_rows_average_numeric_details():
+    from plait.scaling.result import ScalingResult
+
+    task = load_task("add1", 2)
+    results = [ScalingResult("pf", q.reference, "", [], 4, 4, 0, 10, 0.0,
+                             details={"resamples": k, "steps": 3, "rule": "x", "done": True})
+               for q, k in zip(task.questions, (1, 2))]
+    row = run._row("pf", task, results, 0.0, 4)
+    assert row.accuracy == 1.0 and row.details == {"resamples": 1.5, "steps": 3.0}  # text and bools left out
+    assert "mean per question: resamples 1.50, steps 3.00" in run.format_table("add1", [row])
