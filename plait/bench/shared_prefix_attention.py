@@ -211,7 +211,10 @@ def run_shared_prefix_bench(args: argparse.Namespace) -> int:
     prefix_lens = [int(x) for x in args.prefix_lens.split(",")]
     llm = LLM(args.model, dtype=args.dtype, max_num_seqs=max(args.prompts, 1), num_threads=args.threads,
               max_model_len=max(prefix_lens) + args.question_len + args.output_len + 16)
+    from plait.runner.shared_prefix import MIN_SHARED_BLOCKS
+
     runner = llm.engine.runner
+    runner.shared_prefix_min_blocks = MIN_SHARED_BLOCKS  # "on" shares every prefix length measured
     runs = []
     for prefix_len in prefix_lens:
         prompts = shared_prefix_workload(llm.tokenizer.vocab_size, llm.tokenizer.all_special_ids, 1, args.prompts,

@@ -46,10 +46,10 @@ def add_engine_args(parser: argparse.ArgumentParser) -> None:
                         "use with the machine's C compiler; also PLAIT_NATIVE_KERNELS=0)")
     g.add_argument("--no-shared-prefix-attention", action="store_true",
                    help="decodes sharing leading KV blocks each read them alone (by default they attend to the "
-                        "shared blocks together, reading that KV once: Hydragen; except in bf16 on a CPU with "
-                        "AVX512-BF16, where it measured slower)")
+                        "shared blocks together, reading that KV once: Hydragen; in bf16 on a CPU with "
+                        "AVX512-BF16 only from 2,048 shared tokens, below which it measured slower)")
     g.add_argument("--shared-prefix-attention", action="store_true",
-                   help="always attend to shared leading KV blocks together, also where the default leaves it off")
+                   help="attend to any shared run of 2 KV blocks or more together, also where the default would not")
     g.add_argument("--no-prefix-grouping", action="store_true",
                    help="queue an offline batch in the given order (by default prompts sharing a prefix are "
                         "queued together, so each shared prefix is computed once)")

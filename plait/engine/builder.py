@@ -16,7 +16,7 @@ from plait.models import build_model
 from plait.runner.attention import KVCache
 from plait.runner.cpu_memory import keep_freed_memory, release_freed_memory
 from plait.runner.model_runner import ModelRunner
-from plait.runner.shared_prefix import shared_prefix_pays
+from plait.runner.shared_prefix import MIN_SHARED_BLOCKS, default_min_shared_blocks
 from plait.runner.invariance import check_batch_invariant
 from plait.runner.weight_transforms import TransformContext, WeightTransform, apply_transforms, default_transforms
 from plait.sampling.structured_compiler import GrammarCompiler
@@ -131,14 +131,15 @@ def build_engine(config: EngineConfig, model_config: ModelConfig | None = None,
         check_batch_invariant(model, dtype, device, kernels)
     # Shared-prefix attention merges partial softmaxes, so a row's rounding depends on who shares its prefix in
     # the step: batch-invariant numerics turn it off. It attends the shared run whole, so windowed models
-    # (Gemma 3's local layers) run without it.
+    # (Gemma 3's local layers) run without it. By default (None) a group needs the shared run where it pays;
+    # True shares any run of 2 blocks or more.
     runner = ModelRunner(model, cache, eos, device, kernels=kernels,
                          grammars=GrammarCompiler(tokenizer, model_config.vocab_size, eos) if tokenizer else None,
-                         shared_prefix_attention=((shared_prefix_pays(dtype, kernels)
-                                                   if config.shared_prefix_attention is None
-                                                   else config.shared_prefix_attention)
+                         shared_prefix_attention=(config.shared_prefix_attention is not False
                                                   and not config.batch_invariant
-                                                  and model_config.sliding_window is None))
+                                                  and model_config.sliding_window is None),
+                         shared_prefix_min_blocks=(default_min_shared_blocks(dtype, kernels, config.block_size)
+                                                   if config.shared_prefix_attention is None else MIN_SHARED_BLOCKS))
     speculator = None
     if config.speculative_config is not None:
         speculator = Speculator(config.speculative_config, max_model_len)

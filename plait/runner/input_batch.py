@@ -8,7 +8,7 @@ import torch
 
 from plait.core.sched_output import ScheduledChunk
 from plait.runner.attention import AttentionMetadata, PrefillSpan
-from plait.runner.shared_prefix import build_plan
+from plait.runner.shared_prefix import MIN_SHARED_BLOCKS, build_plan
 
 
 @dataclass
@@ -22,11 +22,12 @@ class InputBatch:
 
 def build_input_batch(chunks: list[ScheduledChunk], block_size: int, device: torch.device,
                       dtype: torch.dtype = torch.float32, attention_kernel: bool = False,
-                      shared_prefix: bool = False) -> InputBatch:
+                      shared_prefix: bool = False, shared_prefix_min_blocks: int = MIN_SHARED_BLOCKS) -> InputBatch:
     """`dtype` is the model's: the additive attention mask is built in it. With `attention_kernel` the batch
     carries what the C kernel reads (block tables, each token's row and context length) instead of gathered
     slots, masks and prefill spans. With `shared_prefix`, one-token queries that share leading blocks attend to
-    them together (runner/shared_prefix.py): their own context then starts after the shared run."""
+    them together (runner/shared_prefix.py) when they share at least `shared_prefix_min_blocks` blocks: their own
+    context then starts after the shared run."""
     singles = [c for c in chunks if len(c.token_ids) == 1]
     spans = [c for c in chunks if len(c.token_ids) > 1]
     ordered = singles + spans
@@ -49,7 +50,7 @@ def build_input_batch(chunks: list[ScheduledChunk], block_size: int, device: tor
     plan, skip = None, [0] * len(singles)  # skip: tokens of a single query's context its group attends to
     if shared_prefix and len(singles) > 1:
         plan, skip = build_plan([c.block_table for c in singles], [c.start for c in singles], block_size, device,
-                                suffix_slots=not attention_kernel)
+                                suffix_slots=not attention_kernel, min_blocks=shared_prefix_min_blocks)
 
     if attention_kernel:
         rows, lengths = chunk_of_token.to(torch.int32), (pos + 1).to(torch.int32)

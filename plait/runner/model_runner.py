@@ -11,6 +11,7 @@ from plait.params import SamplingParams
 from plait.runner.attention import KVCache, PagedAttention
 from plait.runner.input_batch import build_input_batch
 from plait.runner.native import Kernels
+from plait.runner.shared_prefix import MIN_SHARED_BLOCKS
 from plait.sampling import Sampler, SamplingBatch
 from plait.sampling.sampler import GREEDY_EPS
 from plait.sampling.penalties import PenaltyState
@@ -42,11 +43,14 @@ def _greedy(params: SamplingParams) -> bool:
 class ModelRunner:
     def __init__(self, model: torch.nn.Module, cache: KVCache, eos_token_ids: list[int],
                  device: torch.device | str = "cpu", kernels: Kernels | None = None,
-                 grammars: GrammarCompiler | None = None, shared_prefix_attention: bool = True) -> None:
+                 grammars: GrammarCompiler | None = None, shared_prefix_attention: bool = True,
+                 shared_prefix_min_blocks: int = MIN_SHARED_BLOCKS) -> None:
         """`kernels`: plait's C kernels (CPU only), used for attention when given; `grammars`: compiles
         structured_outputs (requests that ask for one are rejected without it); `shared_prefix_attention`:
-        decodes sharing leading KV blocks attend to them as one group (runner/shared_prefix.py)."""
+        decodes sharing at least `shared_prefix_min_blocks` leading KV blocks attend to them as one group
+        (runner/shared_prefix.py)."""
         self.shared_prefix_attention = shared_prefix_attention
+        self.shared_prefix_min_blocks = shared_prefix_min_blocks
         self.model = model
         self.kernels = kernels
         self.cache = cache
@@ -97,7 +101,8 @@ class ModelRunner:
             out.draft_seconds = self.drafter.draft(sched.chunks, self.device)
         batch = build_input_batch(sched.chunks, self.cache.block_size, self.device, self.cache.tensor.dtype,
                                   attention_kernel=self.kernels is not None,
-                                  shared_prefix=self.shared_prefix_attention)
+                                  shared_prefix=self.shared_prefix_attention,
+                                  shared_prefix_min_blocks=self.shared_prefix_min_blocks)
         attention = PagedAttention(self.cache, batch.attention, *self._heads, kernels=self.kernels)
         hidden = self.model(batch.input_ids, batch.positions, attention)
         if self.drafter is not None:

@@ -28,13 +28,20 @@ MIN_GROUP_SIZE = 2
 MIN_SHARED_BLOCKS = 2
 
 
-def shared_prefix_pays(dtype: torch.dtype, kernels) -> bool:
-    """The default (`shared_prefix_attention=None`): on, except for a bf16 cache on a CPU whose attention kernel
-    computes bf16 scores with the bf16 dot-product instruction. There the plain kernel runs at the same ~65
-    GFLOP/s a core as the shared one and this model's prefix KV (~1 MB a KV head at 4k tokens) stays in cache, so
-    reading it once saves nothing: measured 0.92x decode throughput at 1,024 and 4,096 shared tokens (64
-    sequences, AVX-512 EPYC), against 1.31x at 4,096 in fp32 on the same machine (docs/many_samples.md)."""
-    return not (dtype == torch.bfloat16 and kernels is not None and getattr(kernels, "has_bf16_dot", False))
+# Where the scores come from the bf16 dot-product instruction, the plain kernel runs at nearly the same speed as the
+# shared one and the prefix KV of a small model stays in cache, so sharing only pays from a long shared run. Measured
+# (SmolLM2-135M, 64 sequences, AVX-512 EPYC, `plait bench shared-prefix`, decode phase, on/off): 1.21x at 256
+# shared tokens, 0.76x and 0.82x at 1,024, 1.38x and 1.14x at 4,096 (one layer alone: 0.79x, 1.09x, 1.31x).
+BF16_DOT_MIN_SHARED_TOKENS = 2048
+
+
+def default_min_shared_blocks(dtype: torch.dtype, kernels, block_size: int) -> int:
+    """The shortest shared run (in blocks) a group needs by default (`shared_prefix_attention=None`): 2 blocks,
+    except for a bf16 cache on a CPU whose attention kernel computes bf16 scores with the bf16 dot-product
+    instruction, where it is BF16_DOT_MIN_SHARED_TOKENS (docs/many_samples.md)."""
+    if dtype == torch.bfloat16 and kernels is not None and getattr(kernels, "has_bf16_dot", False):
+        return max(MIN_SHARED_BLOCKS, -(-BF16_DOT_MIN_SHARED_TOKENS // block_size))
+    return MIN_SHARED_BLOCKS
 
 
 def find_groups(tables: list[list[int]], first_blocks: list[int], min_size: int = MIN_GROUP_SIZE,
@@ -95,11 +102,12 @@ class SharedPrefixPlan:
 
 
 def build_plan(tables: list[list[int]], positions: list[int], block_size: int, device: torch.device,
-               suffix_slots: bool = True) -> tuple[SharedPrefixPlan | None, list[int]]:
+               suffix_slots: bool = True, min_blocks: int = MIN_SHARED_BLOCKS) -> tuple[SharedPrefixPlan | None,
+                                                                                     list[int]]:
     """Plan the groups of the one-token queries whose block tables and positions are given (packed order).
     Returns (plan or None, each query's shared prefix length in tokens: 0 outside any group). The C kernel reads
     block tables itself, so it needs no `suffix_slots` (the PyTorch path's gathered suffixes)."""
-    groups = find_groups(tables, [p // block_size for p in positions])
+    groups = find_groups(tables, [p // block_size for p in positions], min_blocks=min_blocks)
     prefix_len = [0] * len(tables)
     if not groups:
         return None, prefix_len

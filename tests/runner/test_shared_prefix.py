@@ -108,21 +108,26 @@ def test_engine_greedy_identical_with_and_without(make_engine, native_kernels):
     assert results[0] == results[1]
 
 
-def test_default_is_on_except_bf16_on_a_cpu_with_the_bf16_dot_product(make_engine):
+def test_default_is_on_with_a_longer_shared_run_for_bf16_on_a_cpu_with_the_bf16_dot_product(make_engine):
     from types import SimpleNamespace
 
     from plait.cli import build_parser, engine_kwargs
-    from plait.runner.shared_prefix import shared_prefix_pays
+    from plait.runner.shared_prefix import MIN_SHARED_BLOCKS, default_min_shared_blocks
 
     with_dot, without_dot = SimpleNamespace(has_bf16_dot=True), SimpleNamespace(has_bf16_dot=False)
-    assert not shared_prefix_pays(torch.bfloat16, with_dot)
-    assert shared_prefix_pays(torch.bfloat16, without_dot) and shared_prefix_pays(torch.float32, with_dot)
-    assert shared_prefix_pays(torch.bfloat16, None)  # the PyTorch path
+    assert default_min_shared_blocks(torch.bfloat16, with_dot, 16) == 128  # 2,048 tokens
+    assert default_min_shared_blocks(torch.bfloat16, with_dot, 5) == 410
+    assert default_min_shared_blocks(torch.bfloat16, without_dot, 16) == MIN_SHARED_BLOCKS
+    assert default_min_shared_blocks(torch.float32, with_dot, 16) == MIN_SHARED_BLOCKS
+    assert default_min_shared_blocks(torch.bfloat16, None, 16) == MIN_SHARED_BLOCKS  # the PyTorch path
     for flags, want in (([], None), (["--no-shared-prefix-attention"], False), (["--shared-prefix-attention"], True)):
         args = build_parser().parse_args(["generate", "hi", *flags])
         assert engine_kwargs(args)["shared_prefix_attention"] is want
-    # The engine resolves None by the rule; an explicit setting wins.
-    expected = shared_prefix_pays(torch.bfloat16, kernels)
-    assert make_engine(dtype="bfloat16").engine.runner.shared_prefix_attention == expected
-    assert make_engine(dtype="bfloat16", shared_prefix_attention=True).engine.runner.shared_prefix_attention
+    # The engine resolves None by the rule; True shares any run of 2 blocks; False turns it off.
+    runner = make_engine(dtype="bfloat16").engine.runner
+    assert runner.shared_prefix_attention
+    assert runner.shared_prefix_min_blocks == default_min_shared_blocks(torch.bfloat16, kernels, 16)
+    forced = make_engine(dtype="bfloat16", shared_prefix_attention=True).engine.runner
+    assert forced.shared_prefix_attention and forced.shared_prefix_min_blocks == MIN_SHARED_BLOCKS
+    assert not make_engine(dtype="bfloat16", shared_prefix_attention=False).engine.runner.shared_prefix_attention
     assert make_engine(dtype="float32").engine.runner.shared_prefix_attention

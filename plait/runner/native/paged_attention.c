@@ -264,7 +264,7 @@ int plait_paged_attention_bf16(const struct attention_args *a) { return paged_at
 int plait_paged_attention_f32(const struct attention_args *a) { return paged_attention(a, 0); }
 
 /* 1 where this build computes bf16 scores with the bf16 dot-product instruction (the Python side picks defaults
- * by it: runner/shared_prefix.py's shared_prefix_pays). */
+ * by it: runner/shared_prefix.py's default_min_shared_blocks). */
 int plait_has_bf16_dot(void) {
 #ifdef HAVE_BF16_DOT
     return 1;
