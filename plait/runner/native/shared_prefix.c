@@ -265,6 +265,16 @@ __attribute__((always_inline)) static inline void span_bf16(const uint16_t *cons
 }
 #endif
 
+/* One score into a running log-sum-exp kept as (max, sum of exp(score - max)). */
+static inline void lse_push(float dot, float *top, float *total) {
+    if (dot > *top) {
+        *total = *total * expf(*top - dot) + 1.0f;
+        *top = dot;
+    } else {
+        *total += expf(dot - *top);
+    }
+}
+
 /* Log-sum-exp of one query head's scores over a suffix of its context: tokens [first, len) of its table. */
 __attribute__((always_inline)) static inline float suffix_lse(
     const float *q_f, const void *k_head, const int32_t *table, int first, int len, const int D, const int bs,
@@ -274,19 +284,15 @@ __attribute__((always_inline)) static inline float suffix_lse(
         const int64_t row = ((int64_t)table[t / bs] * bs + t % bs) * D;
         float dot = 0.0f;
         for (int d = 0; d < D; ++d) dot += q_f[d] * load(k_head, row + d, bf16);
-        if (dot > top) {
-            total = total * expf(top - dot) + 1.0f;
-            top = dot;
-        } else {
-            total += expf(dot - top);
-        }
+        lse_push(dot, &top, &total);
     }
     return top + logf(total);
 }
 
 #ifdef HAVE_BF16_DOT
 /* suffix_lse for a bf16 cache, D = 64 or 128: the scores with the bf16 dot product, as the plain kernel computes
- * them (a scalar fp32 loop here cost as much as the whole shared-prefix pass at a 256-token prefix). */
+ * them, instead of the scalar fp32 loop (one layer, 64 sequences, on/off: 0.76x -> 0.79x at 256 shared tokens,
+ * 1.03x -> 1.09x at 1,024). */
 __attribute__((always_inline)) static inline float suffix_lse_bf16(const uint16_t *q, float scale,
                                                                    const uint16_t *k_head, const int32_t *table,
                                                                    int first, int len, const int D, const int bs) {
@@ -296,12 +302,7 @@ __attribute__((always_inline)) static inline float suffix_lse_bf16(const uint16_
     for (int t = first; t < len; ++t) {
         const uint16_t *row = k_head + ((int64_t)table[t / bs] * bs + t % bs) * D;
         const float dot = _mm512_reduce_add_ps(dot_row(qv, row, D)) * scale;
-        if (dot > top) {
-            total = total * expf(top - dot) + 1.0f;
-            top = dot;
-        } else {
-            total += expf(dot - top);
-        }
+        lse_push(dot, &top, &total);
     }
     return top + logf(total);
 }
