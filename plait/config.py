@@ -148,7 +148,7 @@ class EngineConfig:
     # default: it costs batch-1 speed (docs/batch_invariance.md).
     batch_invariant: bool = False
     # Decodes that share leading KV blocks attend to them together, reading that KV once (runner/shared_prefix.py).
-    # None: from a shared run where it pays (runner/shared_prefix.py's default_min_shared_blocks: 2 blocks; 2,048
+    # None: from a shared run where it pays (runner/shared_prefix.py's default_min_shared_blocks: 2 blocks; 1,024
     # tokens for bf16 on a CPU with AVX512-BF16); True: any shared run of 2 blocks or more.
     shared_prefix_attention: bool | None = None
     # LLM.generate queues a batch grouped by shared prefix (engine/prefix_order.py), not in the caller's order.

@@ -46,6 +46,11 @@ class DecodeRun:
         return self.decode_tokens / self.decode_s if self.decode_s else 0.0
 
 
+def median_run(runs: list[DecodeRun]) -> DecodeRun:
+    """The run with the median decode speed (the lower middle one for an even count)."""
+    return sorted(runs, key=lambda r: r.decode_tps)[(len(runs) - 1) // 2]
+
+
 def kv_tokens_read(scheduler: Any, block_size: int, shared: bool) -> int:
     """Context tokens attention reads in a decode step of the running sequences (their block tables now)."""
     from plait.runner.shared_prefix import find_groups
@@ -137,6 +142,9 @@ def add_shared_prefix_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, default=None, help="torch / llama.cpp threads (default: torch's)")
     p.add_argument("--baseline", choices=("none", "llama.cpp"), default="none",
                    help="llama.cpp: llama-batched-bench with a shared prompt on the same GGUF, decode tok/s")
+    p.add_argument("--repeats", type=int, default=2,
+                   help="measured on/off pairs per prefix length, in alternating order (after one unmeasured pass); "
+                        "medians are reported")
     p.add_argument("--plot", default=None, help="PNG: decode tok/s vs prefix length, on / off / baseline")
     p.add_argument("--output", "-o", default=None)
     p.add_argument("--layer-only", action="store_true",
@@ -215,29 +223,41 @@ def run_shared_prefix_bench(args: argparse.Namespace) -> int:
 
     runner = llm.engine.runner
     runner.shared_prefix_min_blocks = MIN_SHARED_BLOCKS  # "on" shares every prefix length measured
-    runs = []
+    runs, medians = [], []
     for prefix_len in prefix_lens:
         prompts = shared_prefix_workload(llm.tokenizer.vocab_size, llm.tokenizer.all_special_ids, 1, args.prompts,
                                          prefix_len, args.question_len, args.output_len).prompts
-        for shared in (True, False):  # the same engine, switched between runs
-            runner.shared_prefix_attention = shared
-            run = run_one(llm, prompts, args.output_len, shared, prefix_len)
-            runs.append(run)
-            print(f"prefix {prefix_len:5d} shared={'on ' if shared else 'off'} wall {run.wall_s:7.2f} s  decode "
-                  f"{run.decode_tps:7.1f} tok/s  KV read/step {run.kv_mb_per_step:8.1f} MB", flush=True)
-        on, off = runs[-2], runs[-1]
+        # An unmeasured pass first: the first run at a new length writes KV blocks never touched before (page
+        # faults) and would charge them to whichever setting went first (measured: "on" first looked 0.8x at
+        # 1,024 shared tokens, equal once warm).
+        runner.shared_prefix_attention = False
+        run_one(llm, prompts, args.output_len, False, prefix_len)
+        these = []
+        for repeat in range(args.repeats):  # the same engine, switched between runs; the order alternates
+            for shared in ((True, False) if repeat % 2 == 0 else (False, True)):
+                runner.shared_prefix_attention = shared
+                run = run_one(llm, prompts, args.output_len, shared, prefix_len)
+                these.append(run)
+                print(f"prefix {prefix_len:5d} shared={'on ' if shared else 'off'} wall {run.wall_s:7.2f} s  "
+                      f"decode {run.decode_tps:7.1f} tok/s  KV read/step {run.kv_mb_per_step:8.1f} MB", flush=True)
+        runs += these
+        on, off = (median_run([r for r in these if r.shared == shared]) for shared in (True, False))
+        medians += [on, off]
         print(f"prefix {prefix_len:5d}: decode speed-up {on.decode_tps / off.decode_tps:.2f}x, wall "
-              f"{off.wall_s / on.wall_s:.2f}x, same tokens: {on.outputs_digest == off.outputs_digest}", flush=True)
+              f"{off.wall_s / on.wall_s:.2f}x (medians of {args.repeats}), same tokens: "
+              f"{on.outputs_digest == off.outputs_digest}", flush=True)
     dtype = str(llm._built.dtype).removeprefix("torch.")
     llamacpp = llamacpp_decode(args.model, prefix_lens, args) if args.baseline == "llama.cpp" else {}
     if args.output:
         with open(args.output, "w") as f:
             json.dump({"command": sys.argv, "dtype": dtype, "prompts": args.prompts,
                        "question_len": args.question_len, "output_len": args.output_len,
+                       "repeats": args.repeats,
                        "runs": [asdict(r) | {"decode_tps": r.decode_tps} for r in runs],
+                       "medians": [asdict(r) | {"decode_tps": r.decode_tps} for r in medians],
                        "llama.cpp": {str(k): v for k, v in llamacpp.items()}}, f, indent=1)
     if args.plot:
-        plot_decode(runs, llamacpp, args.plot, f"{args.prompts} sequences behind one prefix, +{args.question_len} "
+        plot_decode(medians, llamacpp, args.plot, f"{args.prompts} sequences behind one prefix, +{args.question_len} "
                                                 f"own tokens, {args.output_len} generated; plait {dtype}")
     return 0
 

@@ -47,7 +47,7 @@ def add_engine_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--no-shared-prefix-attention", action="store_true",
                    help="decodes sharing leading KV blocks each read them alone (by default they attend to the "
                         "shared blocks together, reading that KV once: Hydragen; in bf16 on a CPU with "
-                        "AVX512-BF16 only from 2,048 shared tokens, below which it measured slower)")
+                        "AVX512-BF16 only from 1,024 shared tokens, below which it measured slower)")
     g.add_argument("--shared-prefix-attention", action="store_true",
                    help="attend to any shared run of 2 KV blocks or more together, also where the default would not")
     g.add_argument("--no-prefix-grouping", action="store_true",

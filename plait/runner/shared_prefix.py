@@ -29,10 +29,10 @@ MIN_SHARED_BLOCKS = 2
 
 
 # Where the scores come from the bf16 dot-product instruction, the plain kernel runs at nearly the same speed as the
-# shared one and the prefix KV of a small model stays in cache, so sharing only pays from a long shared run. Measured
-# (SmolLM2-135M, 64 sequences, AVX-512 EPYC, `plait bench shared-prefix`, decode phase, on/off): 1.21x at 256
-# shared tokens, 0.76x and 0.82x at 1,024, 1.38x and 1.14x at 4,096 (one layer alone: 0.79x, 1.09x, 1.31x).
-BF16_DOT_MIN_SHARED_TOKENS = 2048
+# shared one and the prefix KV of a small model stays in cache, so sharing only pays from a longer shared run.
+# Measured (SmolLM2-135M, 64 sequences, AVX-512 EPYC, `plait bench shared-prefix --repeats 2`, decode phase,
+# on/off medians): 0.88x at 256 shared tokens, 1.07x at 1,024, 1.40x at 4,096.
+BF16_DOT_MIN_SHARED_TOKENS = 1024
 
 
 def default_min_shared_blocks(dtype: torch.dtype, kernels, block_size: int) -> int:

@@ -2,7 +2,7 @@
 
 import pytest
 
-from plait.bench.shared_prefix_attention import DecodeRun, plot_decode, run_one
+from plait.bench.shared_prefix_attention import DecodeRun, median_run, plot_decode, run_one
 from plait.bench.workloads import shared_prefix_workload
 
 
@@ -34,3 +34,13 @@ def test_cli_registers_the_benchmark():
 
     args = build_parser().parse_args(["bench", "shared-prefix", "--prefix-lens", "64", "--baseline", "llama.cpp"])
     assert args.bench_command == "shared-prefix" and args.prefix_lens == "64" and args.baseline == "llama.cpp"
+
+
+def test_median_run_and_repeats_flag():
+    from plait.cli import build_parser
+
+    runs = [DecodeRun(64, True, 1.0, 1.0, tokens, 1.0, 0) for tokens in (300, 100, 200)]
+    assert median_run(runs).decode_tokens == 200
+    assert median_run(runs[:2]).decode_tokens == 100  # even count: the lower middle
+    args = build_parser().parse_args(["bench", "shared-prefix", "--repeats", "3"])
+    assert args.repeats == 3

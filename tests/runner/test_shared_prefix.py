@@ -115,8 +115,8 @@ def test_default_is_on_with_a_longer_shared_run_for_bf16_on_a_cpu_with_the_bf16_
     from plait.runner.shared_prefix import MIN_SHARED_BLOCKS, default_min_shared_blocks
 
     with_dot, without_dot = SimpleNamespace(has_bf16_dot=True), SimpleNamespace(has_bf16_dot=False)
-    assert default_min_shared_blocks(torch.bfloat16, with_dot, 16) == 128  # 2,048 tokens
-    assert default_min_shared_blocks(torch.bfloat16, with_dot, 5) == 410
+    assert default_min_shared_blocks(torch.bfloat16, with_dot, 16) == 64  # 1,024 tokens
+    assert default_min_shared_blocks(torch.bfloat16, with_dot, 5) == 205
     assert default_min_shared_blocks(torch.bfloat16, without_dot, 16) == MIN_SHARED_BLOCKS
     assert default_min_shared_blocks(torch.float32, with_dot, 16) == MIN_SHARED_BLOCKS
     assert default_min_shared_blocks(torch.bfloat16, None, 16) == MIN_SHARED_BLOCKS  # the PyTorch path
