@@ -31,7 +31,7 @@ MIN_SHARED_BLOCKS = 2
 # Where the scores come from the bf16 dot-product instruction, the plain kernel runs at nearly the same speed as the
 # shared one and the prefix KV of a small model stays in cache, so sharing only pays from a longer shared run.
 # Measured (SmolLM2-135M, 64 sequences, AVX-512 EPYC, `plait bench shared-prefix --repeats 2`, decode phase,
-# on/off medians): 0.88x at 256 shared tokens, 1.07x at 1,024, 1.40x at 4,096.
+# on/off, four pairs over two runs): 0.88-0.93x at 256 shared tokens, 1.03-1.33x at 1,024, 1.13-1.44x at 4,096.
 BF16_DOT_MIN_SHARED_TOKENS = 1024
 
 
