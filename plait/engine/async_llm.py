@@ -126,6 +126,10 @@ class AsyncLLM(EngineFacts):
                 await stream.ready.wait()
                 stream.ready.clear()
                 if stream.error is not None:
+                    # Tokens generated before the failure still reach a delta reader, then the error: the
+                    # engine's last outputs and its death can arrive between two reads.
+                    if output_kind == "delta" and stream.state.has_unsent():
+                        yield stream.state.output(output_kind)
                     raise stream.error
                 if output_kind == "final" and not stream.state.finished:
                     continue

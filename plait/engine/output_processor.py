@@ -113,6 +113,10 @@ class RequestState:
             self.metrics.setdefault("e2e_time", time.monotonic() - self.created)
         return to_finish
 
+    def has_unsent(self) -> bool:
+        """Some sample holds tokens no 'delta' output has handed out yet."""
+        return any(len(s.token_ids) > s.sent_tokens for s in self.samples)
+
     def _logprob_dict(self, entry: RawLogprobs) -> PositionLogprobs:
         decode = self.tokenizer.id_to_token_text
         return {tid: Logprob(lp, rank, decode(tid)) for tid, lp, rank in entry}

@@ -307,3 +307,27 @@ def test_abort_one_sample_keeps_its_siblings(make_engine):
     assert cut.outputs[2].token_ids == full.outputs[2].token_ids
     assert len(cut.outputs[1].token_ids) < 24
     assert engine.engine.scheduler.kv.all_blocks_free()
+
+
+def test_tokens_generated_before_an_engine_failure_reach_a_delta_reader_first(make_engine):
+    """The engine's last outputs and its failure can both arrive between two reads: the reader gets the tokens,
+    then the error (before, the error alone: generated tokens were lost)."""
+    from plait.core.engine_output import EngineOutput, SampleDelta
+    from plait.engine.async_llm import _Stream
+    from plait.engine.output_processor import RequestState
+
+    engine = make_engine(cls=AsyncLLM)
+
+    async def read(kind: str):
+        state = RequestState("r", None, [5, 6], SamplingParams(max_tokens=8), engine.tokenizer)
+        stream = _Stream(asyncio.get_running_loop(), state)
+        state.process(EngineOutput("r", [SampleDelta(0, [11, 12])], finished=False))
+        AsyncLLM._on_error(stream, EngineDeadError("simulated"))
+        got = []
+        with pytest.raises(EngineDeadError):
+            async for out in engine.stream_outputs("r", stream, output_kind=kind):
+                got.append(out.outputs[0].token_ids)
+        return got
+
+    assert asyncio.run(read("delta")) == [[11, 12]]
+    assert asyncio.run(read("final")) == []  # a final reader gets no partial output, only the error
