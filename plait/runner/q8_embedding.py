@@ -4,7 +4,8 @@ With the Q8 head attached (runner/q8_linear.py, Q8HeadLinear) a bf16 engine on a
 three times: the bf16 embedding table, the prepacked bf16 head for large steps, and the head's int8 blocks. When the
 embedding is tied to the head, the table is the blocks' values rounded to bf16, so a lookup can dequantize the few
 rows a step asks for from the blocks instead: the same bits (checked on every row before the table is dropped), and
-the table's memory (54 MiB for SmolLM2-135M, 320 MiB for Gemma 3 270M) goes back to the OS. Reverting rebuilds the
+the table's memory (54 MiB for SmolLM2-135M, 316 MiB for Gemma 3 270M) goes back to the OS. The check costs
+0.14 s of a 1.9 s build for SmolLM2, 0.39 s of 6.3 s for Gemma 3 (2 threads). Reverting rebuilds the
 table exactly.
 """
 
@@ -37,10 +38,15 @@ class Q8Embedding(nn.Module):
     def table(self) -> torch.Tensor:
         """The whole dense table, rebuilt exactly."""
         out = torch.empty(self.values.shape, dtype=self.dtype)
-        for start in range(0, out.shape[0], _CHECK_ROWS):
-            ids = torch.arange(start, min(start + _CHECK_ROWS, out.shape[0]))
-            out[start:start + len(ids)] = self.rows(ids)
+        for ids in _row_chunks(out.shape[0]):
+            out[ids[0]:ids[-1] + 1] = self.rows(ids)
         return out
+
+
+def _row_chunks(rows: int):
+    """Consecutive row ids, _CHECK_ROWS at a time."""
+    for start in range(0, rows, _CHECK_ROWS):
+        yield torch.arange(start, min(start + _CHECK_ROWS, rows))
 
 
 def attach_q8_embedding(model: nn.Module, values: torch.Tensor, scales: torch.Tensor) -> int:
@@ -51,9 +57,8 @@ def attach_q8_embedding(model: nn.Module, values: torch.Tensor, scales: torch.Te
             or tuple(table.shape) != tuple(values.shape)):
         return 0
     lookup = Q8Embedding(values, scales, table.dtype)
-    for start in range(0, table.shape[0], _CHECK_ROWS):
-        ids = torch.arange(start, min(start + _CHECK_ROWS, table.shape[0]))
-        if not torch.equal(lookup.rows(ids), table[start:start + len(ids)]):
+    for ids in _row_chunks(table.shape[0]):
+        if not torch.equal(lookup.rows(ids), table[ids[0]:ids[-1] + 1]):
             return 0  # an untied embedding, or weights no longer the file's
     model.embed_lookup = lookup
     model.embed_tokens.data = torch.empty(0, dtype=table.dtype)  # the only other reference is gone with this
