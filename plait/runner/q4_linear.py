@@ -1,12 +1,20 @@
-"""Module surgery: small batches read the GGUF's own 4-bit weights; larger batches keep the dense bf16 path.
+"""Module surgery: linear layers read the GGUF's own 4-bit weights.
 
-At batch 1 a decode step is bound by reading the weights: 4-bit blocks move a quarter of the bytes of bf16.
-torch's CPU int4 kernel computes (q - 8) * scale + zero per group of 32, which is exactly Q4_1's q * d + m with
-scale = d, zero = m + 8 d (and Q4_0 with zero = 0), so the file's weights are used as stored, with the scales
-rounded to bf16. The kernel is ~2.5x slower than oneDNN bf16 at 64 rows, so steps with more than `max_rows` tokens
-use the dense weights. Consequence: in bf16, a sequence's logits differ slightly depending on whether its step
-ran few or many tokens (fp32 never takes this path), so `batch_invariant=True` leaves this path off
-(docs/batch_invariance.md). Each Q4Linear keeps its dense module, so `detach_q4` undoes the swap exactly.
+At batch 1 a decode step is bound by reading the weights: 4-bit blocks move a quarter of the bytes of bf16. Two
+kernels read them:
+
+* On AVX512-VNNI CPUs, plait's integer kernel (native/q4_vnni.c, runner/q4_vnni.py): activations quantized to
+  int8 per block of 32 as llama.cpp's Q4 x Q8 dot products do, the file's codes and fp16 scales as stored. It
+  reads the weights once per step at any row count and is faster than oneDNN's bf16 GEMM at every step size
+  measured (1 to 512 rows), so it serves every step, and each row's arithmetic is independent of the step:
+  batch-invariant.
+* Elsewhere, torch's CPU int4 kernel, which computes (q - 8) * scale + zero per group of 32: exactly Q4_1's
+  q * d + m with scale = d, zero = m + 8 d (Q4_0: zero = 0), scales rounded to bf16. It rebuilds bf16 weights per
+  group of rows and is ~2.5x slower than oneDNN bf16 at 64 rows, so steps of more than 8 tokens use the dense
+  weights, and a sequence's logits depend slightly on its step's size; `batch_invariant=True` leaves this kernel
+  off (docs/batch_invariance.md).
+
+Each Q4Linear keeps its dense module, so `detach_q4` undoes the swap exactly.
 """
 
 from __future__ import annotations
@@ -16,17 +24,28 @@ import torch
 from torch import nn
 
 from plait.loading.gguf_file import Q4Blocks
+from plait.runner.q4_vnni import pack_q4_vnni, q4_vnni_linear
 
-# Steps of at most this many tokens take the 4-bit kernel.
-DEFAULT_MAX_ROWS = 8
+# Steps of at most this many tokens take torch's int4 kernel; the VNNI kernel takes every step.
+TORCH_INT4_MAX_ROWS = 8
+ALL_ROWS = 1 << 62
 
 
 class Q4Linear(nn.Module):
-    def __init__(self, dense: nn.Module, blocks: Q4Blocks, max_rows: int = DEFAULT_MAX_ROWS) -> None:
+    """`kernel`: the native VNNI entry point (Kernels.q4_vnni_linear_bf16), or None for torch's int4 kernel.
+    `max_rows`: steps with more tokens use the dense module (None: the kernel's own default)."""
+
+    def __init__(self, dense: nn.Module, blocks: Q4Blocks, max_rows: int | None = None, kernel=None) -> None:
         super().__init__()
         self.dense = dense
-        self.max_rows = max_rows
+        self.kernel = kernel
+        self.max_rows = max_rows if max_rows is not None else (ALL_ROWS if kernel else TORCH_INT4_MAX_ROWS)
         self.bias = getattr(dense, "bias", None)
+        self.out_features = blocks.q.shape[0]
+        if kernel is not None:
+            self.packed = pack_q4_vnni(blocks)
+            self.scales_zeros = None
+            return
         self.packed = torch._convert_weight_to_int4pack_for_cpu(torch.from_numpy(blocks.q.astype(np.int32)), 2)
         scales_zeros = torch.stack([torch.from_numpy(blocks.scale).t(), torch.from_numpy(blocks.zero).t()], -1)
         self.scales_zeros = scales_zeros.to(torch.bfloat16).contiguous()  # [in / 32, out, 2]
@@ -34,8 +53,18 @@ class Q4Linear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[0] > self.max_rows:
             return self.dense(x)
+        if self.kernel is not None:
+            out = q4_vnni_linear(self.kernel, x, self.packed, self.out_features)
+            if out is not None:
+                return out if self.bias is None else out + self.bias
+            return self.dense(x)
         out = torch._weight_int4pack_mm_for_cpu(x.contiguous(), self.packed, Q4Blocks.GROUP, self.scales_zeros)
         return out if self.bias is None else out + self.bias
+
+    @property
+    def batch_invariant(self) -> bool:
+        """True when every step takes the same kernel, whose rows do not depend on the step."""
+        return self.kernel is not None and self.max_rows >= ALL_ROWS
 
 
 def fuse(parts: list[Q4Blocks]) -> Q4Blocks:
@@ -54,7 +83,7 @@ def can_use_q4(dtype: torch.dtype, device: torch.device) -> bool:
     return device.type == "cpu" and dtype == torch.bfloat16 and hasattr(torch, "_weight_int4pack_mm_for_cpu")
 
 
-def attach_q4(model: nn.Module, blocks: dict[str, Q4Blocks], max_rows: int = DEFAULT_MAX_ROWS) -> int:
+def attach_q4(model: nn.Module, blocks: dict[str, Q4Blocks], max_rows: int | None = None, kernel=None) -> int:
     """Wrap every linear layer whose checkpoint matrices are all 4-bit; returns how many were wrapped."""
     wrapped = 0
     for i, layer in enumerate(model.layers):
@@ -67,11 +96,11 @@ def attach_q4(model: nn.Module, blocks: dict[str, Q4Blocks], max_rows: int = DEF
             if all(n in blocks for n in names):
                 fused = fuse([blocks[n] for n in names])
                 if shape_supported(fused):
-                    setattr(layer, attr, Q4Linear(getattr(layer, attr), fused, max_rows))
+                    setattr(layer, attr, Q4Linear(getattr(layer, attr), fused, max_rows, kernel))
                     wrapped += 1
     head = blocks.get("lm_head.weight")
     if head is not None and not model.config.tie_word_embeddings and shape_supported(head):
-        model.lm_head = Q4Linear(model.lm_head, blocks["lm_head.weight"], max_rows)
+        model.lm_head = Q4Linear(model.lm_head, blocks["lm_head.weight"], max_rows, kernel)
         wrapped += 1
     return wrapped
 
@@ -92,7 +121,7 @@ def wrapped_q4(model: nn.Module) -> list[str]:
     return [name for name, module in model.named_modules() if isinstance(module, Q4Linear)]
 
 
-def requantize_q4(model: nn.Module, names: list[str], max_rows: int = DEFAULT_MAX_ROWS) -> int:
+def requantize_q4(model: nn.Module, names: list[str], max_rows: int | None = None, kernel=None) -> int:
     """Wrap the named (dense) modules again, with 4-bit blocks quantized from their current weights; returns how
     many. Fused q/k/v and gate/up quantize as one matrix: groups run along the input, so stacking rows commutes
     with quantizing."""
@@ -102,7 +131,7 @@ def requantize_q4(model: nn.Module, names: list[str], max_rows: int = DEFAULT_MA
         parent_name, _, attr = name.rpartition(".")
         parent = model.get_submodule(parent_name)
         dense = getattr(parent, attr)
-        setattr(parent, attr, Q4Linear(dense, quantize_q4(dense_weight(dense)), max_rows))
+        setattr(parent, attr, Q4Linear(dense, quantize_q4(dense_weight(dense)), max_rows, kernel))
     return len(names)
 
 

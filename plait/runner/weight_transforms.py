@@ -142,11 +142,13 @@ class Q8HeadWeights(WeightTransform):
 
 
 class Q4Weights(WeightTransform):
-    """Steps of few tokens read the GGUF's 4-bit blocks (runner/q4_linear.py). Its numerics depend on the step's
-    size, so it never applies under batch-invariant numerics. It remembers which modules it wrapped: re-applied
-    with `requantize` (after a weight update from a state dict, when the file's blocks are the old weights), it
-    wraps the same modules with blocks quantized from their new dense weights (runner/q4_quantize.py); re-applied
-    with a GGUF source (an update from a file), it reads that file's blocks."""
+    """Steps read the GGUF's 4-bit blocks (runner/q4_linear.py): through plait's VNNI kernel at every step size
+    where the CPU has AVX512-VNNI and the native kernels are on (batch-invariant, so also under batch-invariant
+    numerics), otherwise through torch's int4 kernel at steps of few tokens (its numerics depend on the step's
+    size, so never under batch-invariant numerics). It remembers which modules it wrapped: re-applied with
+    `requantize` (after a weight update from a state dict, when the file's blocks are the old weights), it wraps
+    the same modules with blocks quantized from their new dense weights (runner/q4_quantize.py); re-applied with
+    a GGUF source (an update from a file), it reads that file's blocks."""
 
     name = "q4"
 
@@ -154,25 +156,36 @@ class Q4Weights(WeightTransform):
         self.wrapped: list[str] = []
         self.previous: dict[str, Q4Linear] = {}  # between revert and re-apply: reused where weights did not change
 
+    @staticmethod
+    def _kernel(ctx: TransformContext):
+        """The VNNI entry point when this engine may use it, else None."""
+        if not ctx.native_kernels or ctx.dtype != torch.bfloat16 or ctx.device.type != "cpu":
+            return None
+        from plait.runner.native import load_kernels
+
+        kernels = load_kernels()
+        return kernels.q4_vnni_linear_bf16 if kernels is not None else None
+
     def applies(self, ctx: TransformContext) -> bool:
-        if ctx.batch_invariant or not can_use_q4(ctx.dtype, ctx.device):
+        if not can_use_q4(ctx.dtype, ctx.device) or (ctx.batch_invariant and self._kernel(ctx) is None):
             return False
         if ctx.requantize:
             return bool(self.wrapped)
         return ctx.source is not None and ctx.source.endswith(".gguf")
 
     def apply(self, model: nn.Module, ctx: TransformContext) -> int:
+        kernel = self._kernel(ctx)
         if ctx.requantize:
             previous, self.previous = self.previous, {}
             if ctx.changed is None:
-                return requantize_q4(model, self.wrapped)
+                return requantize_q4(model, self.wrapped, kernel=kernel)
             stale = [n for n in self.wrapped if n not in previous or any(p.startswith(n + ".") for p in ctx.changed)]
-            return requantize_q4(model, stale) + rewrap_q4(model, {n: previous[n] for n in self.wrapped
-                                                                  if n not in stale})
+            return requantize_q4(model, stale, kernel=kernel) + rewrap_q4(model, {n: previous[n] for n in self.wrapped
+                                                                                 if n not in stale})
         from plait.loading.gguf_file import load_q4_blocks
 
         self.previous = {}
-        count = attach_q4(model, load_q4_blocks(ctx.source))
+        count = attach_q4(model, load_q4_blocks(ctx.source), kernel=kernel)
         self.wrapped = wrapped_q4(model)
         return count
 

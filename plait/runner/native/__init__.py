@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
-SOURCES = ("paged_attention.c", "elementwise.c", "shared_prefix.c", "small_gemm.c", "q8_gemm.c")
+SOURCES = ("paged_attention.c", "elementwise.c", "shared_prefix.c", "small_gemm.c", "q8_gemm.c", "q4_vnni.c")
 HEADERS = ("common.h", "bf16_dot.h")
 # -ffast-math lets the loops reassociate sums and call glibc's vector expf. It is given to the compile step only:
 # linking with it adds crtfastmath.o, which would switch the whole process to flush-to-zero when the library loads.
@@ -70,6 +70,8 @@ class Kernels:
     small_linear_f32: ctypes._CFuncPtr | None = None
     # fp32 linear over Q8_0 int8 blocks (q8_gemm.c); returns -1 where the CPU lacks AVX2 + FMA
     q8_linear_f32: ctypes._CFuncPtr | None = None
+    # bf16 linear over 4-bit Q4_0/Q4_1 weights in int8 arithmetic (q4_vnni.c); None where the CPU lacks AVX512-VNNI
+    q4_vnni_linear_bf16: ctypes._CFuncPtr | None = None
     # The attention kernels compute bf16 scores with the CPU's bf16 dot-product instruction (AVX512-BF16).
     has_bf16_dot: bool = False
 
@@ -158,9 +160,13 @@ def _bind(lib: ctypes.CDLL) -> Kernels:
     small.argtypes, small.restype = [p, p, p, p, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64], ctypes.c_int
     q8 = lib.plait_q8_linear_f32
     q8.argtypes, q8.restype = [p, p, p, p, p, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64], ctypes.c_int
-    has_bf16_dot = lib.plait_has_bf16_dot
+    q4 = lib.plait_q4_vnni_linear_bf16
+    q4.argtypes, q4.restype = [p, p, p, p, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64], ctypes.c_int
+    has_q4_vnni, has_bf16_dot = lib.plait_has_q4_vnni, lib.plait_has_bf16_dot
+    has_q4_vnni.argtypes, has_q4_vnni.restype = [], ctypes.c_int
     has_bf16_dot.argtypes, has_bf16_dot.restype = [], ctypes.c_int
-    return Kernels(**bound, small_linear_f32=small, q8_linear_f32=q8, has_bf16_dot=bool(has_bf16_dot()))
+    return Kernels(**bound, small_linear_f32=small, q8_linear_f32=q8,
+                   q4_vnni_linear_bf16=q4 if has_q4_vnni() else None, has_bf16_dot=bool(has_bf16_dot()))
 
 
 @lru_cache(maxsize=1)
