@@ -130,7 +130,8 @@ class EngineConfig:
     kv_pool_policy: str = "reuse"
     num_threads: int | None = None  # torch intra-op threads on CPU; None keeps torch's default
     packed_weights: bool = True  # CPU bf16: prepack linear weights for oneDNN (bit-identical, faster)
-    # CPU bf16 with a Q4_0/Q4_1 GGUF: steps of few tokens run the file's 4-bit weights (runner/q4_linear.py).
+    # CPU bf16 with a Q4_0/Q4_1 GGUF: the layers run the file's 4-bit weights (runner/q4_linear.py): every step
+    # through plait's VNNI kernel where the CPU has AVX512-VNNI (batch-invariant), else steps of <= 8 tokens.
     native_q4: bool = True
     # CPU with native kernels and a GGUF whose LM head is Q8_0 (both shipped models): fp32 reads the head's int8
     # blocks at every step (1/4 of the fp32 read; batch-invariant); bf16 at steps of 1-2 rows (half the bf16 read;
@@ -144,8 +145,8 @@ class EngineConfig:
     # in; plait's own commands (generate, chat, serve, bench), which own their process, turn it on.
     tune_malloc: bool = False
     # Bitwise batch-invariant numerics: a request's logits are the same alone, in any batch, after a prefix-cache
-    # hit or a preemption (fp32 linears through oneDNN, no 4-bit path; CPU with the C kernels only). Off by
-    # default: it costs batch-1 speed (docs/batch_invariance.md).
+    # hit or a preemption (fp32 linears through oneDNN; the 4-bit path only through its VNNI kernel; CPU with the
+    # C kernels only). Off by default: it costs batch-1 speed (docs/batch_invariance.md).
     batch_invariant: bool = False
     # Decodes that share leading KV blocks attend to them together, reading that KV once (runner/shared_prefix.py).
     # None: from a shared run where it pays (runner/shared_prefix.py's default_min_shared_blocks: 2 blocks; 1,024

@@ -32,8 +32,9 @@ def add_engine_args(parser: argparse.ArgumentParser) -> None:
                         "pool becomes resident")
     g.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
     g.add_argument("--no-native-q4", action="store_true",
-                   help="always use dense weights (by default, CPU bf16 steps of <= 8 tokens read a Q4_0/Q4_1 "
-                        "GGUF's 4-bit weights directly: faster at batch 1, slightly different bf16 numerics)")
+                   help="always use dense weights (by default, CPU bf16 engines read a Q4_0/Q4_1 GGUF's 4-bit "
+                        "weights directly: every step on AVX512-VNNI CPUs, steps of <= 8 tokens elsewhere; faster, "
+                        "slightly different numerics)")
     g.add_argument("--no-q8-weights", action="store_true",
                    help="read every weight densely (by default a GGUF's Q8_0 LM head is read as its int8 blocks: "
                         "in fp32 at every step, same values, 1/4 of the traffic; in bf16 at steps of 1-2 rows, the "
