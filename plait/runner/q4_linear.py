@@ -51,15 +51,15 @@ class Q4Linear(nn.Module):
         self.scales_zeros = scales_zeros.to(torch.bfloat16).contiguous()  # [in / 32, out, 2]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.shape[0] > self.max_rows:
+        out = self._four_bit(x) if x.shape[0] <= self.max_rows else None
+        if out is None:  # a large step on torch's kernel, or the VNNI kernel could not allocate its buffer
             return self.dense(x)
-        if self.kernel is not None:
-            out = q4_vnni_linear(self.kernel, x, self.packed, self.out_features)
-            if out is not None:
-                return out if self.bias is None else out + self.bias
-            return self.dense(x)
-        out = torch._weight_int4pack_mm_for_cpu(x.contiguous(), self.packed, Q4Blocks.GROUP, self.scales_zeros)
         return out if self.bias is None else out + self.bias
+
+    def _four_bit(self, x: torch.Tensor) -> torch.Tensor | None:
+        if self.kernel is not None:
+            return q4_vnni_linear(self.kernel, x, self.packed, self.out_features)
+        return torch._weight_int4pack_mm_for_cpu(x.contiguous(), self.packed, Q4Blocks.GROUP, self.scales_zeros)
 
     @property
     def batch_invariant(self) -> bool:
@@ -83,7 +83,7 @@ def can_use_q4(dtype: torch.dtype, device: torch.device) -> bool:
     return device.type == "cpu" and dtype == torch.bfloat16 and hasattr(torch, "_weight_int4pack_mm_for_cpu")
 
 
-def attach_q4(model: nn.Module, blocks: dict[str, Q4Blocks], max_rows: int | None = None, kernel=None) -> int:
+def attach_q4(model: nn.Module, blocks: dict[str, Q4Blocks], kernel=None) -> int:
     """Wrap every linear layer whose checkpoint matrices are all 4-bit; returns how many were wrapped."""
     wrapped = 0
     for i, layer in enumerate(model.layers):
@@ -96,11 +96,11 @@ def attach_q4(model: nn.Module, blocks: dict[str, Q4Blocks], max_rows: int | Non
             if all(n in blocks for n in names):
                 fused = fuse([blocks[n] for n in names])
                 if shape_supported(fused):
-                    setattr(layer, attr, Q4Linear(getattr(layer, attr), fused, max_rows, kernel))
+                    setattr(layer, attr, Q4Linear(getattr(layer, attr), fused, kernel=kernel))
                     wrapped += 1
     head = blocks.get("lm_head.weight")
     if head is not None and not model.config.tie_word_embeddings and shape_supported(head):
-        model.lm_head = Q4Linear(model.lm_head, blocks["lm_head.weight"], max_rows, kernel)
+        model.lm_head = Q4Linear(model.lm_head, blocks["lm_head.weight"], kernel=kernel)
         wrapped += 1
     return wrapped
 
@@ -121,7 +121,7 @@ def wrapped_q4(model: nn.Module) -> list[str]:
     return [name for name, module in model.named_modules() if isinstance(module, Q4Linear)]
 
 
-def requantize_q4(model: nn.Module, names: list[str], max_rows: int | None = None, kernel=None) -> int:
+def requantize_q4(model: nn.Module, names: list[str], kernel=None) -> int:
     """Wrap the named (dense) modules again, with 4-bit blocks quantized from their current weights; returns how
     many. Fused q/k/v and gate/up quantize as one matrix: groups run along the input, so stacking rows commutes
     with quantizing."""
@@ -131,7 +131,7 @@ def requantize_q4(model: nn.Module, names: list[str], max_rows: int | None = Non
         parent_name, _, attr = name.rpartition(".")
         parent = model.get_submodule(parent_name)
         dense = getattr(parent, attr)
-        setattr(parent, attr, Q4Linear(dense, quantize_q4(dense_weight(dense)), max_rows, kernel))
+        setattr(parent, attr, Q4Linear(dense, quantize_q4(dense_weight(dense)), kernel=kernel))
     return len(names)
 
 

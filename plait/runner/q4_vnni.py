@@ -36,13 +36,11 @@ def pack_q4_vnni(blocks: Q4Blocks) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(packed).reshape(-1))
 
 
-def q4_vnni_linear(kernel, x: torch.Tensor, packed: torch.Tensor, out_features: int,
-                   bias: torch.Tensor | None = None) -> torch.Tensor | None:
+def q4_vnni_linear(kernel, x: torch.Tensor, packed: torch.Tensor, out_features: int) -> torch.Tensor | None:
     """x [M, K] bf16 -> [M, out_features] bf16, or None if the kernel refused (the caller falls back)."""
     x = x.contiguous()
     out = torch.empty(x.shape[0], out_features, dtype=torch.bfloat16)
     if x.shape[0] == 0:
         return out
-    bias_ptr = bias.data_ptr() if bias is not None else None
-    status = kernel(x.data_ptr(), packed.data_ptr(), bias_ptr, out.data_ptr(), x.shape[0], out_features, x.shape[1])
+    status = kernel(x.data_ptr(), packed.data_ptr(), out.data_ptr(), x.shape[0], out_features, x.shape[1])
     return out if status == 0 else None

@@ -97,8 +97,8 @@ def test_every_row_is_bit_identical_alone_and_in_any_step():
 
 @needs_vnni
 def test_kernel_refuses_shapes_it_does_not_tile_and_the_layer_falls_back_to_dense():
-    assert kernels.q4_vnni_linear_bf16(0, 0, None, 0, 1, 24, 64) == -1  # outputs not a multiple of 16
-    assert kernels.q4_vnni_linear_bf16(0, 0, None, 0, 1, 32, 48) == -1  # inputs not a multiple of 32
+    assert kernels.q4_vnni_linear_bf16(0, 0, 0, 1, 24, 64) == -1  # outputs not a multiple of 16
+    assert kernels.q4_vnni_linear_bf16(0, 0, 0, 1, 32, 48) == -1  # inputs not a multiple of 32
     with pytest.raises(ValueError, match="does not tile"):
         pack_q4_vnni(random_blocks(24, 64))
 

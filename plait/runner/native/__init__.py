@@ -161,7 +161,7 @@ def _bind(lib: ctypes.CDLL) -> Kernels:
     q8 = lib.plait_q8_linear_f32
     q8.argtypes, q8.restype = [p, p, p, p, p, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64], ctypes.c_int
     q4 = lib.plait_q4_vnni_linear_bf16
-    q4.argtypes, q4.restype = [p, p, p, p, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64], ctypes.c_int
+    q4.argtypes, q4.restype = [p, p, p, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64], ctypes.c_int
     has_q4_vnni, has_bf16_dot = lib.plait_has_q4_vnni, lib.plait_has_bf16_dot
     has_q4_vnni.argtypes, has_q4_vnni.restype = [], ctypes.c_int
     has_bf16_dot.argtypes, has_bf16_dot.restype = [], ctypes.c_int

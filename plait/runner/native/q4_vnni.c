@@ -61,8 +61,7 @@ static inline __m256i to_bf16(__m512 v) {
 /* R rows (a compile-time constant after inlining) against one tile of 16 outputs. */
 static inline __attribute__((always_inline)) void tile_rows(const int R, const uint8_t *w, int64_t blocks,
                                                             const int8_t *xq, const float *dx, const float *sx,
-                                                            const int32_t *xsum, int64_t K, const float *bias,
-                                                            uint16_t *y, int64_t N) {
+                                                            const int32_t *xsum, int64_t K, uint16_t *y, int64_t N) {
     __m512 acc[ROW_TILE];
     for (int r = 0; r < R; r++) acc[r] = _mm512_setzero_ps();
     const __m512i nibble = _mm512_set1_epi8(0x0f);
@@ -94,33 +93,30 @@ static inline __attribute__((always_inline)) void tile_rows(const int R, const u
             acc[r] = _mm512_fmadd_ps(zero, _mm512_set1_ps(sx[rb]), acc[r]);
         }
     }
-    const __m512 bv = bias ? _mm512_loadu_ps(bias) : _mm512_setzero_ps();
-    for (int r = 0; r < R; r++)
-        _mm256_storeu_si256((__m256i *)(y + r * N), to_bf16(_mm512_add_ps(acc[r], bv)));
+    for (int r = 0; r < R; r++) _mm256_storeu_si256((__m256i *)(y + r * N), to_bf16(acc[r]));
 }
 
 static void rows_of_tile(int64_t M, const uint8_t *w, int64_t blocks, const int8_t *xq, const float *dx,
-                         const float *sx, const int32_t *xsum, int64_t K, const float *bias, uint16_t *y, int64_t N) {
+                         const float *sx, const int32_t *xsum, int64_t K, uint16_t *y, int64_t N) {
     int64_t m = 0;
     for (; m + ROW_TILE <= M; m += ROW_TILE)
-        tile_rows(ROW_TILE, w, blocks, xq + m * K, dx + m * blocks, sx + m * blocks, xsum + m * blocks, K, bias,
+        tile_rows(ROW_TILE, w, blocks, xq + m * K, dx + m * blocks, sx + m * blocks, xsum + m * blocks, K,
                   y + m * N, N);
     const int64_t rest = M - m;
     xq += m * K, dx += m * blocks, sx += m * blocks, xsum += m * blocks, y += m * N;
     switch (rest) {
-        case 1: tile_rows(1, w, blocks, xq, dx, sx, xsum, K, bias, y, N); break;
-        case 2: tile_rows(2, w, blocks, xq, dx, sx, xsum, K, bias, y, N); break;
-        case 3: tile_rows(3, w, blocks, xq, dx, sx, xsum, K, bias, y, N); break;
-        case 4: tile_rows(4, w, blocks, xq, dx, sx, xsum, K, bias, y, N); break;
-        case 5: tile_rows(5, w, blocks, xq, dx, sx, xsum, K, bias, y, N); break;
-        case 6: tile_rows(6, w, blocks, xq, dx, sx, xsum, K, bias, y, N); break;
-        case 7: tile_rows(7, w, blocks, xq, dx, sx, xsum, K, bias, y, N); break;
+        case 1: tile_rows(1, w, blocks, xq, dx, sx, xsum, K, y, N); break;
+        case 2: tile_rows(2, w, blocks, xq, dx, sx, xsum, K, y, N); break;
+        case 3: tile_rows(3, w, blocks, xq, dx, sx, xsum, K, y, N); break;
+        case 4: tile_rows(4, w, blocks, xq, dx, sx, xsum, K, y, N); break;
+        case 5: tile_rows(5, w, blocks, xq, dx, sx, xsum, K, y, N); break;
+        case 6: tile_rows(6, w, blocks, xq, dx, sx, xsum, K, y, N); break;
+        case 7: tile_rows(7, w, blocks, xq, dx, sx, xsum, K, y, N); break;
         default: break;
     }
 }
 
-int plait_q4_vnni_linear_bf16(const uint16_t *x, const uint8_t *w, const float *bias, uint16_t *y, int64_t M,
-                              int64_t N, int64_t K) {
+int plait_q4_vnni_linear_bf16(const uint16_t *x, const uint8_t *w, uint16_t *y, int64_t M, int64_t N, int64_t K) {
     if (K % QK != 0 || N % TILE_N != 0) return -1;
     const int64_t blocks = K / QK;
     int8_t *xq = malloc((size_t)(M * K) + 3 * (size_t)(M * blocks) * sizeof(float) + 64);
@@ -135,8 +131,7 @@ int plait_q4_vnni_linear_bf16(const uint16_t *x, const uint8_t *w, const float *
                                                     xsum + m * blocks);
 #pragma omp for schedule(static)
         for (int64_t t = 0; t < N / TILE_N; t++)
-            rows_of_tile(M, w + t * blocks * TILE_BYTES, blocks, xq, dx, sx, xsum, K, bias ? bias + t * TILE_N : NULL,
-                         y + t * TILE_N, N);
+            rows_of_tile(M, w + t * blocks * TILE_BYTES, blocks, xq, dx, sx, xsum, K, y + t * TILE_N, N);
     }
     free(xq);
     return 0;
@@ -146,9 +141,8 @@ int plait_has_q4_vnni(void) { return 1; }
 
 #else
 
-int plait_q4_vnni_linear_bf16(const uint16_t *x, const uint8_t *w, const float *bias, uint16_t *y, int64_t M,
-                              int64_t N, int64_t K) {
-    (void)x; (void)w; (void)bias; (void)y; (void)M; (void)N; (void)K;
+int plait_q4_vnni_linear_bf16(const uint16_t *x, const uint8_t *w, uint16_t *y, int64_t M, int64_t N, int64_t K) {
+    (void)x; (void)w; (void)y; (void)M; (void)N; (void)K;
     return -1; /* no AVX512-VNNI: the caller keeps torch's int4 kernel */
 }
 
