@@ -4,10 +4,11 @@ Partial solutions wait in a priority queue ordered by their reward. Each round p
 expands each with `k` sampled next steps (one request with n=k, generation stopping at `step_delimiter`); the
 children are scored by the reward and pushed back. A child that ends at EOS or a caller's stop string, or reaches
 the solution's token cap or `max_steps`, is a complete solution (a step cut by `step_max_tokens` is just a long
-step); it too waits in the queue, and counts as found only when it is popped, i.e. when no open partial solution
-scores higher: that is what makes the search best-first rather than greedy. The search stops after `num_solutions` solutions are popped, or when the
-budget (`max_expansions` expansions, `max_tokens_total` generated tokens) is spent; then the best complete
-solution found so far, or failing that the best partial one, is the answer.
+step); it too waits in the queue, and counts as found only when its reward is strictly above every open partial
+solution's: that is what makes the search best-first rather than greedy. The search stops after `num_solutions`
+solutions are found, when no partial solution is left open, or when the budget (`max_expansions` expansions,
+`max_tokens_total` generated tokens) is spent; then the complete solution with the highest reward (ties: the first
+generated), or failing that the best partial one, is the answer.
 
 The budget is never exceeded: each expansion reserves its tokens (k children x the step's token cap) before it
 starts, and the cap shrinks to what is left. Partial solutions wait without holding KV blocks; when one is resumed,
@@ -77,13 +78,26 @@ class StepSearch(Strategy):
         solution_cap = base.max_tokens or self.step_max_tokens * self.max_steps
         sp = step_params(base, self.step_delimiter)
         _, prompt_ids = engine.encode(prompt)
-        # Ties in score go to the deeper node (nearer completion; breadth-first among equals would never finish),
-        # then to the earlier-pushed one (deterministic).
         order = itertools.count()
-        queue: list[tuple[float, int, int, _Node]] = [(0.0, 0, next(order), _Node())]
-        found: list[_Node] = []  # complete solutions popped from the queue, best first
-        complete: list[_Node] = []  # every complete solution generated
+        queue: list[tuple] = []
+        found: list[_Node] = []  # complete solutions accepted from the head of the queue, in that order
+        complete: list[_Node] = []  # every complete solution generated, in that order
         explored: list[_Node] = []
+
+        def push(node: _Node) -> None:
+            # Best reward first. Among equal rewards partial solutions come before complete ones, so a complete
+            # solution heads the queue only when its reward is strictly above every open partial one's: a
+            # solution that merely ties them (with a 0/1 judge, a wrong one scored 0 among partials scored 0)
+            # never ends the search while the budget can still improve on it. Equal partial solutions go to the
+            # deeper one (nearer completion; breadth-first among equals would never finish), equal complete ones
+            # to the first generated; then push order (deterministic).
+            heapq.heappush(queue, (-node.score, node.done, 0 if node.done else -node.depth, next(order), node))
+
+        def accept() -> None:
+            while queue and queue[0][-1].done and len(found) < self.num_solutions:
+                found.append(heapq.heappop(queue)[-1])
+
+        push(_Node())
         cost = {"prompt": 0, "generated": 0, "launched": 0, "reserved": 0}
         self.expansions = 0
 
@@ -101,23 +115,21 @@ class StepSearch(Strategy):
                 c.score = score
             return children
 
-        while queue and len(found) < self.num_solutions and self.expansions < self.max_expansions:
-            popped: list[_Node] = []
-            while queue and len(popped) < min(self.width, self.max_expansions - self.expansions):
-                *_, node = heapq.heappop(queue)
-                if not node.done:
-                    popped.append(node)
-                    continue
-                found.append(node)  # the best open node is complete: a solution
-                if len(found) >= self.num_solutions:
-                    break
-            if len(found) >= self.num_solutions:
+        while True:
+            accept()
+            if not queue or len(found) >= self.num_solutions or self.expansions >= self.max_expansions:
                 break
+            # Pop up to `width` partial solutions; stop at a complete one: those popped score at least as high,
+            # so it waits until their children are scored.
+            popped: list[_Node] = []
+            while queue and not queue[0][-1].done and len(popped) < min(self.width,
+                                                                         self.max_expansions - self.expansions):
+                popped.append(heapq.heappop(queue)[-1])
             batch: list[tuple[_Node, int, int, int]] = []
             for node in popped:
                 plan = self._plan(node, solution_cap, tokens_left())
                 if plan is None:  # no tokens left for it: it stays open
-                    heapq.heappush(queue, (-node.score, -node.depth, next(order), node))
+                    push(node)
                     continue
                 k, cap = plan
                 cost["reserved"] += k * cap
@@ -129,10 +141,10 @@ class StepSearch(Strategy):
             explored += [n for n, *_ in batch]
             for children in await asyncio.gather(*(expand(*b) for b in batch)):
                 for c in children:
-                    heapq.heappush(queue, (-c.score, -c.depth, next(order), c))
+                    push(c)
                     if c.done:
                         complete.append(c)
-        best = self._best(found, complete, queue, explored)
+        best = self._best(complete, queue, explored)
         return self._result(best, found, complete, extract_fn, cost, started)
 
     def _plan(self, node: _Node, solution_cap: int, left: int | None) -> tuple[int, int] | None:
@@ -158,9 +170,9 @@ class StepSearch(Strategy):
         return node.logprob_sum / len(node.token_ids) if node.token_ids else 0.0  # self-certainty, no extra call
 
     @staticmethod
-    def _best(found: list[_Node], complete: list[_Node], queue: list, explored: list[_Node]) -> _Node | None:
-        if found:
-            return found[0]
+    def _best(complete: list[_Node], queue: list, explored: list[_Node]) -> _Node | None:
+        # The highest reward among every complete solution, found or still queued: a solution found later, or one
+        # generated after the last found one, can score higher than the first found.
         if complete:
             return max(complete, key=lambda n: n.score)  # max keeps the first of equal scores: generation order
         partial = [entry[-1] for entry in sorted(queue)] + [n for n in explored if n.token_ids]
@@ -168,7 +180,7 @@ class StepSearch(Strategy):
 
     def _result(self, best: _Node | None, found: list[_Node], complete: list[_Node], extract_fn: Any,
                 cost: dict, started: float) -> ScalingResult:
-        ordered = found + [n for n in complete if all(n is not f for f in found)]
+        ordered = sorted(complete, key=lambda n: -n.score)  # best first; stable: ties in generation order
         if best is not None and all(best is not n for n in ordered):
             ordered.append(best)  # no complete solution: report the best partial one
         samples = [Sample(index=i, text=n.text, answer=extract_fn(n.text), num_tokens=len(n.token_ids),

@@ -7,6 +7,7 @@ import pytest
 
 from plait import SamplingParams
 from plait.engine.async_llm import AsyncLLM
+from plait.outputs import CompletionOutput, RequestOutput
 from plait.scaling import StepSearch
 from plait.scaling.spec import parse_strategy
 from tests.helpers import wait_kv_free
@@ -50,8 +51,7 @@ def test_complete_solutions_respect_the_solution_cap_and_are_counted(make_engine
     assert r.samples_used == 2 and r.stopped_early
     found = [s for s in r.samples if s.finish_reason != "partial"]
     assert all(s.num_tokens <= 12 for s in found)
-    assert r.text == r.samples[0].text  # the first solution popped is the answer
-    # A popped solution scored at least as high as every solution found later.
+    assert r.text == r.samples[0].text  # the best complete solution is the answer, reported first
     assert r.samples[0].score >= r.samples[1].score
     wait_kv_free(engine)
 
@@ -103,3 +103,81 @@ def test_resumed_partial_solutions_hit_the_prefix_cache(make_engine):
     sent = r.prompt_tokens
     assert hits >= sent - len(engine.encode(PROMPT)[1]) - 4 * search.expansions
     wait_kv_free(engine)
+
+
+# A scripted engine and reward: which solution the search returns, and when it stops, independent of a model.
+class ScriptedEngine:
+    """Writes scripted steps, one token per character: `tree` maps a partial solution's text to the texts of its k
+    next steps. A step ending in "|" (the delimiter) leaves the solution open; any other step ends it (as at EOS)."""
+
+    def __init__(self, tree):
+        self.tree = tree
+
+    def encode(self, prompt):
+        return prompt, [ord(c) for c in prompt]
+
+    async def generate(self, ids, params, output_kind="final"):
+        text = "".join(map(chr, ids))[len("Q:"):]
+        steps = self.tree[text]
+        assert len(steps) == params.n, (text, steps)
+        outputs = []
+        for i, step in enumerate(steps):
+            step = step[:params.max_tokens]
+            ended = step.endswith("|")
+            reason = "stop" if ended or len(step) < params.max_tokens or step.endswith(".") else "length"
+            outputs.append(CompletionOutput(i, step, [ord(c) for c in step], reason, "|" if ended else None,
+                                            cumulative_logprob=-float(len(step))))
+        yield RequestOutput("r", None, list(ids), outputs, finished=True)
+
+
+def scripted(scores):
+    async def reward(question, text):
+        return scores.get(text, 0.0)
+    return reward
+
+
+def search_on(tree, scores, **kw):
+    search = StepSearch(step_delimiter="|", reward=scripted(scores), **{"k": 2, "max_expansions": 10, **kw})
+    r = asyncio.run(search.solve(ScriptedEngine(tree), "Q:", params=SamplingParams(max_tokens=60),
+                                 extract=lambda text: text))
+    return search, r
+
+
+def test_a_complete_solution_that_ties_open_ones_does_not_end_the_search():
+    # "a|x." is wrong (0) and as deep as the open "a|y|" (0): the search goes on and finds the right "a|y|r.".
+    tree = {"": ["a|", "b|"], "a|": ["x.", "y|"], "a|y|": ["r.", "s|"]}
+    search, r = search_on(tree, {"a|y|r.": 1.0})
+    assert r.answer == "a|y|r." and r.samples[0].score == 1.0 and r.stopped_early
+    assert search.expansions == 3
+    # A tie above 0 does not end it either; equal complete solutions go to the first one generated.
+    tree = {"": ["g.", "h|"], "h|": ["i.", "j."]}
+    search, r = search_on(tree, {"g.": 1.0, "h|": 1.0, "h|i.": 1.0})
+    assert r.answer == "g." and search.expansions == 2
+
+
+def test_zero_reward_solutions_never_end_the_search_before_the_budget():
+    tree = {"": ["w.", "a|"]}
+    for depth in range(1, 8):
+        tree["a|" * depth] = ["w.", "a|"]
+    search, r = search_on(tree, {}, max_expansions=4)
+    assert search.expansions == 4 and not r.stopped_early
+    assert r.answer == "w." and all(s.finish_reason == "stop" for s in r.samples)  # complete, first generated
+    # With a token budget it spends every token (7 expansions of 2 x 2 tokens, then 2 x 1) and no more.
+    search, r = search_on(tree, {}, max_expansions=50, max_tokens_total=30, step_max_tokens=2)
+    assert r.generated_tokens == 30 and search.expansions == 8 and not r.stopped_early and r.answer == "w."
+
+
+def test_the_best_of_several_found_solutions_is_the_answer():
+    # "c." (0.5) is found first, "p|d." (0.9) second: the answer is the better one, reported first.
+    tree = {"": ["p|", "c."], "p|": ["d.", "e."]}
+    search, r = search_on(tree, {"c.": 0.5, "p|": 0.4, "p|d.": 0.9, "p|e.": 0.1}, num_solutions=2)
+    assert r.samples_used == 2 and r.stopped_early
+    assert r.answer == "p|d." and r.text == r.samples[0].text
+    assert [s.score for s in r.samples] == [0.9, 0.5, 0.1]
+
+
+def test_a_wider_round_does_not_accept_a_solution_below_a_partial_it_expands():
+    # width=2 pops "p|" (0.7); "c." (0.5) below it waits until "p|"'s children are scored.
+    tree = {"": ["p|", "c.", "q|"], "p|": ["z.", "y.", "x."], "q|": ["u.", "v.", "t."]}
+    search, r = search_on(tree, {"p|": 0.7, "c.": 0.5, "q|": 0.4, "p|z.": 0.9}, k=3, width=2)
+    assert r.answer == "p|z." and search.expansions == 2
