@@ -140,6 +140,9 @@ class EngineConfig:
     # CPU: attention through plait's C kernel (runner/native), compiled on first use with the machine's C
     # compiler; without one, or when off, the PyTorch path runs (same results within float rounding).
     native_kernels: bool = True
+    # CPU bf16 on the VNNI 4-bit path: each Llama decoder layer runs as one native call (runner/fused_layer.py):
+    # the same kernels as the module-by-module path, bit-identical, without ~8 Python round trips per layer.
+    fused_layers: bool = True
     # Raise glibc's mmap/trim thresholds so each step's large temporaries are reused instead of page-faulted
     # afresh (runner/cpu_memory.py). It changes the allocator for the whole process, so a library caller opts
     # in; plait's own commands (generate, chat, serve, bench), which own their process, turn it on.

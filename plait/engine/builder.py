@@ -124,9 +124,12 @@ def build_engine(config: EngineConfig, model_config: ModelConfig | None = None,
 
         kernels = load_kernels()
         if kernels is not None:
+            from plait.runner.fused_layer import use_fused_layers
             from plait.runner.native.modules import use_native_layers
 
             use_native_layers(model, kernels)
+            if config.fused_layers:
+                use_fused_layers(model, kernels)
     if config.batch_invariant:
         check_batch_invariant(model, dtype, device, kernels)
     # Shared-prefix attention merges partial softmaxes, so a row's rounding depends on who shares its prefix in

@@ -55,12 +55,20 @@ class DecoderLayer(nn.Module):
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, dtype)
         self.q_norm = RMSNorm(cfg.head_dim, cfg.rms_norm_eps, dtype) if cfg.qk_norm else None
         self.k_norm = RMSNorm(cfg.head_dim, cfg.rms_norm_eps, dtype) if cfg.qk_norm else None
+        # A runner may set a native version of this whole layer (runner/fused_layer.py): called with the layer and
+        # forward's arguments, it returns forward's result, or None when it cannot serve the call; the modules
+        # below are then run as they are. They stay the reference its results are checked against.
+        self.fused_forward = None
 
     def forward(self, hidden: torch.Tensor, residual: torch.Tensor | None, cos: torch.Tensor, sin: torch.Tensor,
                 attention: Attention) -> tuple[torch.Tensor, torch.Tensor]:
         """hidden: the previous layer's MLP output (the embeddings for the first layer); residual: the residual
         stream before it (None for the first layer). Returns this layer's MLP output and the residual stream; the
         next norm adds them, so each residual add and the norm after it are one op (fused on CPU, runner/native)."""
+        if self.fused_forward is not None:
+            result = self.fused_forward(self, hidden, residual, cos, sin, attention)
+            if result is not None:
+                return result
         T = hidden.shape[0]
         if residual is None:
             h, residual = self.input_layernorm(hidden), hidden

@@ -49,6 +49,15 @@ class PagedAttentionStep:
                                   max_blocks=tables.shape[1], scale=scale)
         self.args_ref = ctypes.byref(self.args)
 
+    def for_fused_layer(self, k_cache: torch.Tensor, v_cache: torch.Tensor):
+        """The argument struct with one layer's cache filled in, for decoder_layer.c, which fills in q/k/v, the
+        output and the head counts itself (no window: the fused layer serves full-attention models only)."""
+        if not (k_cache.is_contiguous() and v_cache.is_contiguous()) or k_cache.dtype != self.dtype:
+            raise ValueError(f"paged_attention: k_cache and v_cache must be contiguous {self.dtype} tensors")
+        a = self.args
+        a.k_cache, a.v_cache, a.head_stride, a.window = k_cache.data_ptr(), v_cache.data_ptr(), k_cache.stride(0), 0
+        return self.args_ref
+
     def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor,
                  v_cache: torch.Tensor, window: int = 0) -> torch.Tensor:
         """q: [T, H, D]; k, v: [T, KV, D] (rows may be strided, heads and dims dense); k_cache/v_cache:

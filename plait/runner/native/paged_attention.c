@@ -15,8 +15,8 @@
  * pool instead of fighting over the cores.
  *
  * The call first writes the step's new K/V rows into their cache slots (what index_copy_ did, without its strided
- * copies), then, after a barrier, attends. Arguments come in one struct (struct attention_args below; strides in
- * elements):
+ * copies), then, after a barrier, attends. Arguments come in one struct (struct attention_args, attention_args.h;
+ * strides in elements):
  *   q               [T, H, D], token t's heads at t * q_stride (q may be a slice of a fused qkv/qk tensor)
  *   k_new, v_new    [T, KV, D], token t's heads at t * k_stride / t * v_stride
  *   slots           [T] int64: the cache slot of each token (slot = block * bs + offset)
@@ -34,6 +34,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "attention_args.h"
 #include "common.h"
 
 /* Ask for the next block while this one is computed: blocks are scattered, so the hardware prefetcher cannot
@@ -189,16 +190,6 @@ __attribute__((always_inline)) static inline void attend_one(
 }
 
 /* Mirrored by plait/runner/native/__init__.py (AttentionArgs): keep the two in step. */
-struct attention_args {
-    const void *q, *k_new, *v_new;
-    void *k_cache, *v_cache, *out;
-    const int64_t *slots;
-    const int32_t *tables, *rows, *lengths;
-    int64_t q_stride, k_stride, v_stride, head_stride;
-    int32_t tokens, heads, kv_heads, head_dim, block_size, max_blocks;
-    float scale;
-    int32_t window;
-};
 
 static void write_new_kv(const struct attention_args *a, size_t elem) {
     const size_t row_bytes = (size_t)a->head_dim * elem;
