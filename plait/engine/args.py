@@ -45,6 +45,9 @@ def add_engine_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--no-native-kernels", action="store_true",
                    help="run attention in PyTorch instead of plait's C kernel (which is compiled on first "
                         "use with the machine's C compiler; also PLAIT_NATIVE_KERNELS=0)")
+    g.add_argument("--no-fused-layers", action="store_true",
+                   help="run each decoder layer module by module (by default, on the VNNI 4-bit path a Llama "
+                        "layer is one native call of the same kernels; bit-identical, fewer round trips)")
     g.add_argument("--no-shared-prefix-attention", action="store_true",
                    help="decodes sharing leading KV blocks each read them alone (by default they attend to the "
                         "shared blocks together, reading that KV once: Hydragen; in bf16 on a CPU with "
@@ -74,6 +77,7 @@ def engine_kwargs(args: argparse.Namespace) -> dict:
                   native_q4=not getattr(args, "no_native_q4", False),
                   q8_weights=not getattr(args, "no_q8_weights", False),
                   native_kernels=not getattr(args, "no_native_kernels", False),
+                  fused_layers=not getattr(args, "no_fused_layers", False),
                   batch_invariant=getattr(args, "batch_invariant", False),
                   shared_prefix_attention=(False if getattr(args, "no_shared_prefix_attention", False) else
                                            True if getattr(args, "shared_prefix_attention", False) else None),
