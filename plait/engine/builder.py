@@ -14,7 +14,7 @@ from plait.core.engine_core import EngineCore
 from plait.core.scheduler import Scheduler
 from plait.models import build_model
 from plait.runner.attention import KVCache
-from plait.runner.cpu_memory import keep_freed_memory, release_freed_memory
+from plait.runner.cpu_memory import loading_scope
 from plait.runner.model_runner import ModelRunner
 from plait.runner.shared_prefix import MIN_SHARED_BLOCKS, default_min_shared_blocks
 from plait.runner.invariance import check_batch_invariant
@@ -78,6 +78,15 @@ def build_engine(config: EngineConfig, model_config: ModelConfig | None = None,
     """Load `config.model` (or use the given config/weights/tokenizer, as tests do) and wire the engine.
     `offline` picks the throughput-oriented default token budget (see EngineConfig.max_num_batched_tokens);
     `draft`: a draft model's config and weights for speculative_config method 'draft_model' (tests)."""
+    # Loading's transients (dequantized and repacked copies) go back to the OS as they are freed; only then, if
+    # asked, glibc's thresholds are raised (raised during loading, the transients would stay resident between
+    # live weights: measured 833 against 619 MiB after loading the default model). runner/cpu_memory.py.
+    with loading_scope(keep_after=config.tune_malloc and pick_device(config.device).type == "cpu"):
+        return _build_engine(config, model_config, weights, tokenizer, offline, draft)
+
+
+def _build_engine(config: EngineConfig, model_config: ModelConfig | None, weights: dict[str, torch.Tensor] | None,
+                  tokenizer, offline: bool, draft: tuple[ModelConfig, dict] | None) -> BuiltEngine:
     start = time.perf_counter()
     if config.num_threads:
         torch.set_num_threads(config.num_threads)
@@ -149,11 +158,6 @@ def build_engine(config: EngineConfig, model_config: ModelConfig | None = None,
         runner.drafter = build_drafter(config.speculative_config, model, cache, kernels, dtype, device,
                                        max_model_len, draft)
     core = EngineCore(scheduler, runner, tokenizer, eos, model_config.vocab_size, speculator)
-    release_freed_memory()  # loading's transients (dequantized and repacked copies) are gone for good
-    if device.type == "cpu" and config.tune_malloc:
-        # Only now: loading under the raised thresholds would put its large transients in the heap, where they
-        # stay resident between live weights (measured 833 against 619 MiB after loading the default model).
-        keep_freed_memory()
     gguf = source if source is not None and source.endswith(".gguf") else None
     return BuiltEngine(core, tokenizer, model_config, config, dtype, device, time.perf_counter() - start,
                        generation_defaults, applied, gguf, transforms)

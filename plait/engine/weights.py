@@ -28,7 +28,7 @@ import torch
 
 from plait.engine.partial_weights import check_partial, write_partial
 from plait.engine.weight_buckets import WeightBuckets
-from plait.runner.cpu_memory import release_freed_memory
+from plait.runner.cpu_memory import loading_scope
 
 Version = Union[str, int]
 MODES = ("abort", "drain", "continue")
@@ -173,7 +173,13 @@ def check_weights(built, weights: dict[str, torch.Tensor]) -> None:
 
 
 def swap_weights(built, update: PreparedUpdate) -> float:
-    """Engine thread, between steps: new weights in, transforms re-applied, prefix cache reset. Returns seconds."""
+    """Engine thread, between steps: new weights in, transforms re-applied, prefix cache reset. Returns seconds.
+    The old weights and the transforms' transients go back to the OS as they are freed (runner/cpu_memory.py)."""
+    with loading_scope(keep_after=getattr(built.config, "tune_malloc", False) and built.device.type == "cpu"):
+        return _swap_weights(built, update)
+
+
+def _swap_weights(built, update: PreparedUpdate) -> float:
     start = time.perf_counter()
     model = built.core.runner.model
     # A partial update unpacks only the modules it writes (reading a prepacked weight back is a GEMM per module).
@@ -191,8 +197,6 @@ def swap_weights(built, update: PreparedUpdate) -> float:
     _reapply(built, model, transforms, changed, update.source)
     built.core.reset_prefix_cache()
     update.weights = {}  # the model holds them now
-    if not update.partial:
-        release_freed_memory()  # the old weights and the transforms' transients (a partial update's are small)
     return time.perf_counter() - start
 
 
