@@ -98,3 +98,23 @@ def test_shared_prefix_steps_take_the_module_path(q4_gguf, monkeypatch):
     assert len(out[0].outputs) == 4
     assert counts["declined"] > 0  # the decodes grouped under their shared prefix
     assert llm.engine.scheduler.kv.all_blocks_free()
+
+
+@needs_vnni
+@pytest.mark.slow
+def test_default_model_fused_equals_module_path_bit_for_bit(monkeypatch):
+    """The default configuration (SmolLM2's Q4_1 GGUF, bf16, VNNI 4-bit layers): same tokens and logprobs with and
+    without the fused layers, on a batch mixing a long chunked prefill with decodes."""
+    counts = served_calls(monkeypatch)
+    prompts = ["The capital of France is", "def fibonacci(n):", "Once upon a time, " * 40, "2 + 2 ="]
+    params = [SamplingParams(max_tokens=12, temperature=t, seed=11, logprobs=3, ignore_eos=True)
+              for t in (0.0, 0.8, 0.0, 1.0)]
+    results = []
+    for fused in (False, True):
+        llm = LLM(fused_layers=fused, max_num_batched_tokens=64)
+        outputs = llm.generate(prompts, params, use_tqdm=False)
+        assert llm.engine.scheduler.kv.all_blocks_free()
+        results.append([(o.outputs[0].token_ids, [{t: p.logprob for t, p in pos.items()} for pos in o.outputs[0].logprobs])
+                        for o in outputs])
+    assert counts["served"] > 0 and counts["declined"] == 0
+    assert results[0] == results[1]
