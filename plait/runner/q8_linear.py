@@ -21,8 +21,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from plait.models.llama import Linear
+from plait.runner.q8_vnni import BLOCK, TILE_N, pack_q8_vnni, q8_vnni_linear
 
-BLOCK = 32
 _PROBE_ROWS = 64  # rows checked first, so weights that are not Q8_0 (most of them) are refused cheaply
 
 
@@ -111,23 +111,35 @@ def unwrap_q8_linears(model: nn.Module) -> int:
 
 
 class Q8HeadLinear(nn.Module):
-    """A bf16 engine's LM head: steps of at most `max_rows` rows read the GGUF's Q8_0 blocks (the file's exact
-    values, ~1.06 bytes a weight against bf16's 2); larger steps run the dense (prepacked) module, where oneDNN's
-    bf16 GEMM is faster. Logits of few-row steps come out in fp32, from the file's exact weights; so a row's logits
-    depend on its step's size, as on the 4-bit path, which is why this never applies under batch invariance."""
+    """A bf16 engine's LM head over the GGUF's Q8_0 blocks (the file's exact values). Steps of at most `max_rows`
+    rows run the fp32 x int8-weights kernel (~1.06 bytes a weight against bf16's 2); larger steps run plait's
+    VNNI kernel where the CPU has AVX512-VNNI (`vnni`, native/q8_vnni.c: activations rounded to int8 per block of
+    32, as llama.cpp's Q8_0 x Q8_0; 1.3-2.5x oneDNN's bf16 GEMM at 4-64 rows), else the dense (prepacked) module.
+    Logits come out in fp32 from the file's weights except on the dense path. A row's logits depend on its step's
+    size (which kernel runs), as on the 4-bit path, which is why this never applies under batch invariance."""
 
-    def __init__(self, dense: nn.Module, values: torch.Tensor, scales: torch.Tensor, kernel, max_rows: int) -> None:
+    def __init__(self, dense: nn.Module, values: torch.Tensor, scales: torch.Tensor, kernel, max_rows: int,
+                 vnni=None) -> None:
         super().__init__()
         self.dense = dense
         self.register_buffer("q8_values", values, persistent=False)
         self.register_buffer("q8_scales", scales, persistent=False)
         self.out_features, self.in_features = values.shape
         self.kernel, self.max_rows = kernel, max_rows
+        self.vnni, self.vnni_packed = None, None
+        if vnni is not None and self.out_features % TILE_N == 0 and self.in_features % BLOCK == 0:
+            self.vnni, self.vnni_packed = vnni, pack_q8_vnni(values, scales)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.numel() // self.in_features
-        if rows == 0 or rows > self.max_rows or x.device.type != "cpu":
+        if rows == 0 or x.device.type != "cpu":
             return self.dense(x)
+        if rows > self.max_rows:
+            out = None
+            if self.vnni is not None and x.dtype == torch.bfloat16:
+                out = q8_vnni_linear(self.vnni, x.reshape(rows, self.in_features), self.vnni_packed,
+                                     self.out_features)
+            return self.dense(x) if out is None else out.reshape(*x.shape[:-1], self.out_features)
         x2 = x.reshape(rows, self.in_features).float().contiguous()
         out = torch.empty(rows, self.out_features, dtype=torch.float32)
         if self.kernel(x2.data_ptr(), self.q8_values.data_ptr(), self.q8_scales.data_ptr(), None, out.data_ptr(),
@@ -154,7 +166,7 @@ def _head_rows(model: nn.Module, head: nn.Module, rows: slice) -> torch.Tensor:
     return dense_weight_rows(head, rows)
 
 
-def attach_q8_head(model: nn.Module, blocks: tuple | None, kernel, max_rows: int = 2) -> int:
+def attach_q8_head(model: nn.Module, blocks: tuple | None, kernel, max_rows: int = 2, vnni=None) -> int:
     """Wrap `model.lm_head` (a bias-free plain or prepacked linear) in a Q8HeadLinear reading `blocks` (the file's
     Q8_0 head, gguf_file.load_q8_head) when they are the head's weights: the dense bf16 rows must be the blocks'
     values rounded to bf16 (checked on a sample of rows, so a weight update's dense head is never paired with the
@@ -172,7 +184,7 @@ def attach_q8_head(model: nn.Module, blocks: tuple | None, kernel, max_rows: int
         dense = _head_rows(model, head, sample)
         if not torch.equal(exact.to(dense.dtype), dense):
             return 0
-    model.lm_head = Q8HeadLinear(head, values.contiguous(), scales.contiguous().float(), kernel, max_rows)
+    model.lm_head = Q8HeadLinear(head, values.contiguous(), scales.contiguous().float(), kernel, max_rows, vnni)
     return 1
 
 

@@ -101,7 +101,8 @@ class PackWeights(WeightTransform):
 
 class Q8HeadWeights(WeightTransform):
     """A bf16 engine on a GGUF whose LM head is Q8_0 (both shipped models): steps of at most 2 rows read the head's
-    int8 blocks (runner/q8_linear.py, Q8HeadLinear), half the bytes of bf16; larger steps keep oneDNN's bf16 GEMM.
+    int8 blocks (runner/q8_linear.py, Q8HeadLinear), half the bytes of bf16; larger steps run the VNNI int8 kernel
+    where the CPU has AVX512-VNNI, else oneDNN's bf16 GEMM.
     Applied after packing (it wraps the packed head). A tied embedding then reads its rows from the same blocks
     (runner/q8_embedding.py), so the bf16 table is not kept beside them. Its logits depend on the step's size, so
     not under batch-invariant numerics; after a weight update it applies while the head is still a GGUF file's: an update
@@ -127,7 +128,9 @@ class Q8HeadWeights(WeightTransform):
 
         if isinstance(model.lm_head, Q8HeadLinear):  # kept through a partial update that wrote neither matrix
             return 1 + (getattr(model, "embed_lookup", None) is not None)
-        if not attach_q8_head(model, load_q8_head(ctx.head_source), load_kernels().q8_linear_f32, self.max_rows):
+        kernels = load_kernels()
+        if not attach_q8_head(model, load_q8_head(ctx.head_source), kernels.q8_linear_f32, self.max_rows,
+                              kernels.q8_vnni_linear_bf16):
             return 0
         # A tied embedding is the same matrix: read its rows from the head's blocks and drop the bf16 table.
         return 1 + attach_q8_embedding(model, model.lm_head.q8_values, model.lm_head.q8_scales)

@@ -23,8 +23,8 @@ from functools import lru_cache
 from pathlib import Path
 
 SOURCES = ("paged_attention.c", "elementwise.c", "shared_prefix.c", "small_gemm.c", "q8_gemm.c", "q4_vnni.c",
-           "decoder_layer.c")
-HEADERS = ("common.h", "bf16_dot.h", "attention_args.h")
+           "decoder_layer.c", "q8_vnni.c")
+HEADERS = ("common.h", "bf16_dot.h", "attention_args.h", "int8_rows.h")
 # -ffast-math lets the loops reassociate sums and call glibc's vector expf. It is given to the compile step only:
 # linking with it adds crtfastmath.o, which would switch the whole process to flush-to-zero when the library loads.
 # -mno-recip: with -ffast-math gcc divides in vector loops by an approximate reciprocal plus a Newton step, whose
@@ -84,6 +84,8 @@ class Kernels:
     q8_linear_f32: ctypes._CFuncPtr | None = None
     # bf16 linear over 4-bit Q4_0/Q4_1 weights in int8 arithmetic (q4_vnni.c); None where the CPU lacks AVX512-VNNI
     q4_vnni_linear_bf16: ctypes._CFuncPtr | None = None
+    # bf16 x Q8_0 weights in int8 arithmetic, fp32 out (q8_vnni.c: the LM head); None where the CPU lacks AVX512-VNNI
+    q8_vnni_linear_bf16: ctypes._CFuncPtr | None = None
     # a whole Llama decoder layer over those 4-bit weights in one call (decoder_layer.c); None without AVX512-VNNI
     llama_layer_bf16: ctypes._CFuncPtr | None = None
     # The attention kernels compute bf16 scores with the CPU's bf16 dot-product instruction (AVX512-BF16).
@@ -176,6 +178,8 @@ def _bind(lib: ctypes.CDLL) -> Kernels:
     q8.argtypes, q8.restype = [p, p, p, p, p, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64], ctypes.c_int
     q4 = lib.plait_q4_vnni_linear_bf16
     q4.argtypes, q4.restype = [p, p, p, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64], ctypes.c_int
+    q8v = lib.plait_q8_vnni_linear_bf16
+    q8v.argtypes, q8v.restype = [p, p, p, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64], ctypes.c_int
     layer = lib.plait_llama_layer_bf16
     layer.argtypes, layer.restype = [ctypes.POINTER(LayerArgs), ctypes.POINTER(AttentionArgs)], ctypes.c_int
     has_q4_vnni, has_bf16_dot = lib.plait_has_q4_vnni, lib.plait_has_bf16_dot
@@ -183,6 +187,7 @@ def _bind(lib: ctypes.CDLL) -> Kernels:
     has_bf16_dot.argtypes, has_bf16_dot.restype = [], ctypes.c_int
     return Kernels(**bound, small_linear_f32=small, q8_linear_f32=q8,
                    q4_vnni_linear_bf16=q4 if has_q4_vnni() else None,
+                   q8_vnni_linear_bf16=q8v if has_q4_vnni() else None,
                    llama_layer_bf16=layer if has_q4_vnni() else None, has_bf16_dot=bool(has_bf16_dot()))
 
 
