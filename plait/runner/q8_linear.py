@@ -114,9 +114,11 @@ class Q8HeadLinear(nn.Module):
     """A bf16 engine's LM head over the GGUF's Q8_0 blocks (the file's exact values). Steps of at most `max_rows`
     rows run the fp32 x int8-weights kernel (~1.06 bytes a weight against bf16's 2); larger steps run plait's
     VNNI kernel where the CPU has AVX512-VNNI (`vnni`, native/q8_vnni.c: activations rounded to int8 per block of
-    32, as llama.cpp's Q8_0 x Q8_0; 1.3-2.5x oneDNN's bf16 GEMM at 4-64 rows), else the dense (prepacked) module.
-    Logits come out in fp32 from the file's weights except on the dense path. A row's logits depend on its step's
-    size (which kernel runs), as on the 4-bit path, which is why this never applies under batch invariance."""
+    32, as llama.cpp's Q8_0 x Q8_0; 3x the fp32 kernel at one row, 1.3-2.5x oneDNN's bf16 GEMM at 4-64 rows), else
+    the dense (prepacked) module. With `vnni` the transform sets max_rows = 0: every step takes the VNNI kernel and
+    a row's logits do not depend on its step (batch-invariant). Otherwise they do (which kernel runs depends on
+    the step's size), as on torch's 4-bit path. Logits are fp32 except on the dense path.
+    """
 
     def __init__(self, dense: nn.Module, values: torch.Tensor, scales: torch.Tensor, kernel, max_rows: int,
                  vnni=None) -> None:

@@ -100,38 +100,54 @@ class PackWeights(WeightTransform):
 
 
 class Q8HeadWeights(WeightTransform):
-    """A bf16 engine on a GGUF whose LM head is Q8_0 (both shipped models): steps of at most 2 rows read the head's
-    int8 blocks (runner/q8_linear.py, Q8HeadLinear), half the bytes of bf16; larger steps run the VNNI int8 kernel
-    where the CPU has AVX512-VNNI, else oneDNN's bf16 GEMM.
-    Applied after packing (it wraps the packed head). A tied embedding then reads its rows from the same blocks
-    (runner/q8_embedding.py), so the bf16 table is not kept beside them. Its logits depend on the step's size, so
-    not under batch-invariant numerics; after a weight update it applies while the head is still a GGUF file's: an update
-    from a GGUF file, or a partial update that did not write the head."""
+    """A bf16 engine on a GGUF whose LM head is Q8_0 (both shipped models) reads the head's int8 blocks
+    (runner/q8_linear.py, Q8HeadLinear) instead of a bf16 copy: on AVX512-VNNI CPUs at every step through the
+    int8 kernel (native/q8_vnni.c; batch-invariant, so also under batch-invariant numerics); elsewhere at steps of
+    at most 2 rows through the fp32 x int8-weights kernel, larger steps keeping oneDNN's bf16 GEMM (not under
+    batch-invariant numerics: a row's logits then depend on its step's size). Applied after packing (it wraps the
+    packed head). A tied embedding then reads its rows from the same blocks (runner/q8_embedding.py), so the bf16
+    table is not kept beside them. After a weight update it applies while the head is still a GGUF file's: an
+    update from a GGUF file, or a partial update that did not write the head."""
 
     name = "q8_head"
-    max_rows = 2  # measured (plait bench lm-head, AVX-512 EPYC): the int8 kernel wins at 1-2 rows, oneDNN from 4
+    max_rows = 2  # measured (plait bench lm-head, AVX-512 EPYC): the fp32 x int8 kernel wins at 1-2 rows, oneDNN from 4
+
+    @staticmethod
+    def _kernels(ctx: TransformContext):
+        from plait.runner.native import load_kernels
+
+        return load_kernels() if ctx.native_kernels else None
 
     def applies(self, ctx: TransformContext) -> bool:
-        if (ctx.batch_invariant or ctx.dtype != torch.bfloat16 or ctx.device.type != "cpu" or not ctx.native_kernels
+        if (ctx.dtype != torch.bfloat16 or ctx.device.type != "cpu" or not ctx.native_kernels
                 or ctx.head_source is None or not ctx.head_source.endswith(".gguf")):
             return False
-        from plait.runner.native import load_kernels
         from plait.runner.q8_linear import kernel_usable
 
-        return kernel_usable(load_kernels())
+        kernels = self._kernels(ctx)
+        if ctx.batch_invariant and (kernels is None or kernels.q8_vnni_linear_bf16 is None):
+            return False
+        return kernel_usable(kernels)
 
     def apply(self, model: nn.Module, ctx: TransformContext) -> int:
         from plait.loading.gguf_file import load_q8_head
-        from plait.runner.native import load_kernels
         from plait.runner.q8_embedding import attach_q8_embedding
-        from plait.runner.q8_linear import Q8HeadLinear, attach_q8_head
+        from plait.runner.q8_linear import Q8HeadLinear, attach_q8_head, detach_q8_head
 
         if isinstance(model.lm_head, Q8HeadLinear):  # kept through a partial update that wrote neither matrix
             return 1 + (getattr(model, "embed_lookup", None) is not None)
-        kernels = load_kernels()
-        if not attach_q8_head(model, load_q8_head(ctx.head_source), kernels.q8_linear_f32, self.max_rows,
-                              kernels.q8_vnni_linear_bf16):
+        kernels = self._kernels(ctx)
+        vnni = kernels.q8_vnni_linear_bf16
+        if not attach_q8_head(model, load_q8_head(ctx.head_source), kernels.q8_linear_f32,
+                              0 if vnni is not None else self.max_rows, vnni):
             return 0
+        if model.lm_head.vnni is None and (ctx.batch_invariant or vnni is not None):
+            # The head's shape does not tile for the VNNI kernel: under batch invariance no step-size-dependent
+            # head; on a VNNI CPU the few-rows kernel then covers steps of up to max_rows as elsewhere.
+            if ctx.batch_invariant:
+                detach_q8_head(model)
+                return 0
+            model.lm_head.max_rows = self.max_rows
         # A tied embedding is the same matrix: read its rows from the head's blocks and drop the bf16 table.
         return 1 + attach_q8_embedding(model, model.lm_head.q8_values, model.lm_head.q8_scales)
 

@@ -89,3 +89,24 @@ def test_head_takes_the_few_rows_kernel_up_to_max_rows_and_vnni_above():
     torch.testing.assert_close(few, x[:2].float() @ exact.T, rtol=1e-5, atol=1e-5)  # fp32 x the exact values
     assert torch.equal(many, q8_vnni_linear(kernels.q8_vnni_linear_bf16, x, head.vnni_packed, 64))
     torch.testing.assert_close(many.double(), x.double() @ exact.double().T, rtol=1e-5, atol=1e-4)
+
+
+@needs_vnni
+@pytest.mark.slow
+def test_default_model_head_takes_the_vnni_kernel_at_every_step_also_under_batch_invariance():
+    from plait import LLM, SamplingParams
+
+    params = SamplingParams(max_tokens=8, temperature=0, logprobs=2, ignore_eos=True)
+    for invariant in (False, True):
+        llm = LLM(batch_invariant=invariant)
+        head = llm.engine.runner.model.lm_head
+        assert isinstance(head, Q8HeadLinear) and head.vnni is not None and head.max_rows == 0
+        if invariant:
+            alone = llm.generate(["The capital of France is"], params, use_tqdm=False)[0].outputs[0]
+            batch = llm.generate(["The capital of France is"] + [f"Question {i}: what is {i} + {i}?"
+                                                                  for i in range(6)], params, use_tqdm=False)
+            inside = batch[0].outputs[0]
+            assert inside.token_ids == alone.token_ids
+            assert [{t: p.logprob for t, p in pos.items()} for pos in inside.logprobs] == \
+                [{t: p.logprob for t, p in pos.items()} for pos in alone.logprobs]
+        assert llm.engine.scheduler.kv.all_blocks_free()
