@@ -50,8 +50,11 @@ def run_mixed_batch(llm: LLM) -> list[tuple[list[int], list[dict[int, float]]]]:
               for t in (0.0, 0.9, 0.0, 1.0)]
     outputs = llm.generate(prompts, params, use_tqdm=False)
     assert llm.engine.scheduler.kv.all_blocks_free()
-    return [(o.outputs[0].token_ids, [{t: p.logprob for t, p in position.items()} for position in o.outputs[0].logprobs])
-            for o in outputs]
+    return [tokens_and_logprobs(o.outputs[0]) for o in outputs]
+
+
+def tokens_and_logprobs(completion) -> tuple[list[int], list[dict[int, float]]]:
+    return completion.token_ids, [{t: p.logprob for t, p in position.items()} for position in completion.logprobs]
 
 
 @needs_vnni
@@ -114,7 +117,6 @@ def test_default_model_fused_equals_module_path_bit_for_bit(monkeypatch):
         llm = LLM(fused_layers=fused, max_num_batched_tokens=64)
         outputs = llm.generate(prompts, params, use_tqdm=False)
         assert llm.engine.scheduler.kv.all_blocks_free()
-        results.append([(o.outputs[0].token_ids, [{t: p.logprob for t, p in pos.items()} for pos in o.outputs[0].logprobs])
-                        for o in outputs])
+        results.append([tokens_and_logprobs(o.outputs[0]) for o in outputs])
     assert counts["served"] > 0 and counts["declined"] == 0
     assert results[0] == results[1]
