@@ -32,8 +32,9 @@ from typing import Any, Sequence
 
 from plait.bench.plots_scaling import is_serve_sweep, plot_prefix_len, plot_serve_sweep, pyplot
 from plait.bench.report import fmt, median
-from plait.bench.results import (engines_of, load_results, offline_parallelism, offline_peak_rss_mib, offline_workload,
-                                 result_dtype, serve_percentile, serve_ratios, serve_runs, serve_workload)
+from plait.bench.results import (engines_of, load_results, offline_parallelism, offline_peak_rss_mib, offline_shape,
+                                 offline_workload, result_dtype, serve_percentile, serve_ratios, serve_runs,
+                                 serve_workload)
 
 SERVE_METRICS = (("ttft", "TTFT"), ("tpot", "TPOT"), ("itl", "ITL"), ("e2el", "E2E"))
 PERCENTILES = ("p50", "p90", "p99")
@@ -174,7 +175,7 @@ def plot_throughput_vs_concurrency(results: list[dict[str, Any]], path: Path) ->
             for name, data in engines_of(r):
                 par, tps = offline_parallelism(r, name, data), data["median"].get("output_tps")
                 if par and tps:
-                    panels["offline"][(name, offline_workload(r))].append((par, tps))
+                    panels["offline"][(name, offline_shape(r))].append((par, tps))
     panels = {k: v for k, v in panels.items() if v}
     if not panels:
         return False

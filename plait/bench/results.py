@@ -168,6 +168,15 @@ def offline_workload(result: dict[str, Any]) -> str:
     return f"{cfg.get('workload')} {cfg.get('num_prompts')}x {rng[0]}-{rng[1]}/{cfg.get('output_len')}{cache}"
 
 
+def offline_shape(result: dict[str, Any]) -> str:
+    """The workload without its prompt count, for plots whose x axis is the sequences at once: a sweep over batch
+    sizes (one fixed run per size, as many prompts as sequences) is then one line per engine."""
+    cfg = result.get("config") or {}
+    if cfg.get("workload") == "fixed":
+        return offline_workload(result).replace(f"fixed {cfg.get('num_prompts')}x ", "fixed ", 1)
+    return offline_workload(result)
+
+
 def offline_parallelism(result: dict[str, Any], engine: str, data: dict[str, Any]) -> int | None:
     """How many sequences the engine ran at once: plait's max_num_seqs, a baseline's batch size / parallel."""
     for key in ("batch_size", "parallel", "max_num_seqs"):

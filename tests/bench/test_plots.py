@@ -140,3 +140,12 @@ def test_helpers():
     text = md_table(["name", "n"], [["a|b", 1234.5], ["c", None]])
     assert text.splitlines()[1] == "| --- | ---: |"
     assert "a\\|b" in text and "1,234.5" in text and "| c | - |" in text
+
+
+def test_a_batch_size_sweep_is_one_line_per_engine():
+    from plait.bench.results import offline_shape, offline_workload
+
+    one, many = _offline("t1", 1, 100.0), _offline("t2", 64, 500.0)
+    one["config"]["num_prompts"] = 1
+    assert offline_workload(one) != offline_workload(many)  # the table keeps the prompt count
+    assert offline_shape(one) == offline_shape(many) == "fixed 128/128"
