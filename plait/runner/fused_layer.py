@@ -64,7 +64,8 @@ class FusedLlamaLayer:
 
 def _servable(layer: nn.Module) -> bool:
     projections = (layer.qkv_proj, layer.o_proj, layer.gate_up_proj, layer.down_proj)
-    return (all(type(p) is Q4Linear and p.kernel is not None and p.bias is None for p in projections)
+    # batch_invariant: the VNNI kernel serves every step size, as the module path then does too
+    return (all(type(p) is Q4Linear and p.batch_invariant and p.bias is None for p in projections)
             and layer.q_norm is None and type(layer.input_layernorm) is NativeRMSNorm
             and type(layer.post_attention_layernorm) is NativeRMSNorm and type(layer.act) is NativeSiluAndMul
             and type(layer.rope) is NativeRope
