@@ -38,8 +38,14 @@ def pack_q4_vnni(blocks: Q4Blocks) -> torch.Tensor:
 
 def q4_vnni_linear(kernel, x: torch.Tensor, packed: torch.Tensor, out_features: int) -> torch.Tensor | None:
     """x [M, K] bf16 -> [M, out_features] bf16, or None if the kernel refused (the caller falls back)."""
+    return run_vnni_kernel(kernel, x, packed, out_features, torch.bfloat16)
+
+
+def run_vnni_kernel(kernel, x: torch.Tensor, packed: torch.Tensor, out_features: int,
+                    out_dtype: torch.dtype) -> torch.Tensor | None:
+    """Call a VNNI kernel (q4_vnni.c, q8_vnni.c: x, packed weights, y, M, N, K); None if it refused."""
     x = x.contiguous()
-    out = torch.empty(x.shape[0], out_features, dtype=torch.bfloat16)
+    out = torch.empty(x.shape[0], out_features, dtype=out_dtype)
     if x.shape[0] == 0:
         return out
     status = kernel(x.data_ptr(), packed.data_ptr(), out.data_ptr(), x.shape[0], out_features, x.shape[1])

@@ -10,6 +10,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from plait.runner.q4_vnni import run_vnni_kernel
+
 TILE_N = 16  # outputs per tile: one int32 lane each
 BLOCK = 32  # Q8_0's block: 32 int8 values and one fp16 scale
 
@@ -34,9 +36,4 @@ def pack_q8_vnni(values: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
 
 def q8_vnni_linear(kernel, x: torch.Tensor, packed: torch.Tensor, out_features: int) -> torch.Tensor | None:
     """x [M, K] bf16 -> [M, out_features] fp32, or None if the kernel refused (the caller falls back)."""
-    x = x.contiguous()
-    out = torch.empty(x.shape[0], out_features, dtype=torch.float32)
-    if x.shape[0] == 0:
-        return out
-    status = kernel(x.data_ptr(), packed.data_ptr(), out.data_ptr(), x.shape[0], out_features, x.shape[1])
-    return out if status == 0 else None
+    return run_vnni_kernel(kernel, x, packed, out_features, torch.float32)
