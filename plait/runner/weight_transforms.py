@@ -137,17 +137,14 @@ class Q8HeadWeights(WeightTransform):
         if isinstance(model.lm_head, Q8HeadLinear):  # kept through a partial update that wrote neither matrix
             return 1 + (getattr(model, "embed_lookup", None) is not None)
         kernels = self._kernels(ctx)
-        vnni = kernels.q8_vnni_linear_bf16
-        if not attach_q8_head(model, load_q8_head(ctx.head_source), kernels.q8_linear_f32,
-                              0 if vnni is not None else self.max_rows, vnni):
+        if not attach_q8_head(model, load_q8_head(ctx.head_source), kernels.q8_linear_f32, self.max_rows,
+                              kernels.q8_vnni_linear_bf16):
             return 0
-        if model.lm_head.vnni is None and (ctx.batch_invariant or vnni is not None):
-            # The head's shape does not tile for the VNNI kernel: under batch invariance no step-size-dependent
-            # head; on a VNNI CPU the few-rows kernel then covers steps of up to max_rows as elsewhere.
-            if ctx.batch_invariant:
-                detach_q8_head(model)
-                return 0
-            model.lm_head.max_rows = self.max_rows
+        if model.lm_head.vnni is not None:
+            model.lm_head.max_rows = 0  # one kernel at every step size: batch-invariant
+        elif ctx.batch_invariant:  # the head's shape does not tile for the VNNI kernel
+            detach_q8_head(model)
+            return 0
         # A tied embedding is the same matrix: read its rows from the head's blocks and drop the bf16 table.
         return 1 + attach_q8_embedding(model, model.lm_head.q8_values, model.lm_head.q8_scales)
 
