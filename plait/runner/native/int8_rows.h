@@ -1,33 +1,94 @@
-/* Block-wise int8 quantization of bf16 activation rows, shared by the VNNI kernels (q4_vnni.c, q8_vnni.c): per
- * block of 32, dx = amax / 127 and xq = round(x / dx) to nearest even, as llama.cpp's Q8 activations. Include it
- * inside an AVX-512 section. */
+/* Block-wise int8 quantization of bf16 activation rows for the VNNI kernels (q4_vnni.c, q8_vnni.c), stored tile by
+ * tile the way those kernels read them. Include it inside an AVX-512 section.
+ *
+ * Quantization: per block of 32, dx = amax / 127 and xq = round(x / dx) to nearest even, as llama.cpp's Q8
+ * activations; sx = the block's exact sum, xsum = the sum of its xq (stored times a kernel's constant, so the
+ * kernel starts its integer dot product from it with a broadcast load instead of subtracting it afterwards).
+ *
+ * Layout: the M rows are split into ceil(M / ROW_TILE) tiles of near-equal size (9 rows as 5 + 4, not 8 + 1: a
+ * kernel runs a 1-row tile at a fraction of its speed). Per tile and block, the tile's rows' 32 int8 values are
+ * adjacent (ROW_TILE slots of 32 bytes), then per tile and block ROW_TILE values each of dx, sx and xsum. So a
+ * kernel reads one tile's activations through one pointer per array at fixed offsets. The layout only decides
+ * where a row's numbers are stored, never how they are computed: each row's arithmetic is the same in any M. */
 #ifndef PLAIT_INT8_ROWS_H
 #define PLAIT_INT8_ROWS_H
 
 #include <immintrin.h>
 #include <stdint.h>
+#include <stdlib.h>
 
 #ifndef QK
 #define QK 32
 #endif
+#ifndef ROW_TILE
+#define ROW_TILE 8
+#endif
 
-/* One row's block-wise int8 quantization: xq (int8, K), and per block dx, sx (fp32) and the sum of xq (int32). */
-static inline void quantize_row(const uint16_t *x, int64_t K, int8_t *xq, float *dx, float *sx, int32_t *xsum) {
+typedef struct {
+    int8_t *xq;
+    float *dx, *sx;
+    int32_t *xsum;
+    int64_t M, blocks, tiles;
+} int8_tiles;
+
+/* The tiles for M rows of K inputs (K a multiple of QK), in one allocation; 0 on success. Free with free(t->xq). */
+static inline int int8_tiles_alloc(int8_tiles *t, int64_t M, int64_t K) {
+    t->M = M;
+    t->blocks = K / QK;
+    t->tiles = (M + ROW_TILE - 1) / ROW_TILE;
+    const int64_t slots = t->tiles * t->blocks * ROW_TILE;
+    t->xq = aligned_alloc(64, (size_t)(slots * QK + 3 * slots * 4 + 64));
+    if (!t->xq) return -1;
+    t->dx = (float *)(t->xq + slots * QK); /* slots * 32 bytes: still 64-byte aligned */
+    t->sx = t->dx + slots;
+    t->xsum = (int32_t *)(t->sx + slots);
+    return 0;
+}
+
+/* Tile `tile`'s first row and row count. */
+static inline void int8_tile_rows(const int8_tiles *t, int64_t tile, int64_t *first, int64_t *rows) {
+    const int64_t base = t->M / t->tiles, extra = t->M % t->tiles;
+    *rows = base + (tile < extra);
+    *first = tile * base + (tile < extra ? tile : extra);
+}
+
+/* Offsets of tile `tile`'s int8 values (in bytes) and of its per-block values (in elements). */
+static inline int64_t int8_tile_xq(const int8_tiles *t, int64_t tile) { return tile * t->blocks * ROW_TILE * QK; }
+static inline int64_t int8_tile_params(const int8_tiles *t, int64_t tile) { return tile * t->blocks * ROW_TILE; }
+
+/* Prefetch `bytes` of weights into L1 (a VNNI kernel's next output tile, while it multiplies the current one's
+ * weights from L1 by a later row tile; a prefetch past the matrix's end is harmless). */
+static inline __attribute__((always_inline)) void prefetch_block(const uint8_t *p, int64_t bytes) {
+    for (int64_t l = 0; l < bytes; l += 64) _mm_prefetch((const char *)(p + l), _MM_HINT_T0);
+}
+
+/* Quantize row m of x [M, K] into its slot; xsum is stored as sum_scale * sum(xq). */
+static inline void int8_tiles_quantize(const int8_tiles *t, const uint16_t *x, int64_t m, int32_t sum_scale) {
+    const int64_t base = t->M / t->tiles, extra = t->M % t->tiles, big = extra * (base + 1);
+    const int64_t tile = m < big ? m / (base + 1) : extra + (m - big) / base;
+    const int64_t r = m < big ? m % (base + 1) : (m - big) % base;
+    const int64_t K = t->blocks * QK;
+    int8_t *xq = t->xq + int8_tile_xq(t, tile) + r * QK;
+    const int64_t p = int8_tile_params(t, tile) + r;
+    x += m * K;
     const __m512 sign = _mm512_set1_ps(-0.0f);
-    for (int64_t b = 0; b < K / QK; b++) {
+    for (int64_t b = 0; b < t->blocks; b++) {
         const __m256i raw0 = _mm256_loadu_si256((const __m256i *)(x + b * QK));
         const __m256i raw1 = _mm256_loadu_si256((const __m256i *)(x + b * QK + 16));
         const __m512 v0 = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(raw0), 16));
         const __m512 v1 = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(raw1), 16));
         const float amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_andnot_ps(sign, v0), _mm512_andnot_ps(sign, v1)));
-        sx[b] = _mm512_reduce_add_ps(_mm512_add_ps(v0, v1));
-        dx[b] = amax / 127.0f;
+        const int64_t i = p + b * ROW_TILE;
+        t->sx[i] = _mm512_reduce_add_ps(_mm512_add_ps(v0, v1));
+        t->dx[i] = amax / 127.0f;
         const __m512 inv = _mm512_set1_ps(amax > 0.0f ? 127.0f / amax : 0.0f);
         const __m512i q0 = _mm512_cvtps_epi32(_mm512_mul_ps(v0, inv)); /* round to nearest even */
         const __m512i q1 = _mm512_cvtps_epi32(_mm512_mul_ps(v1, inv));
-        _mm_storeu_si128((__m128i *)(xq + b * QK), _mm512_cvtsepi32_epi8(q0));
-        _mm_storeu_si128((__m128i *)(xq + b * QK + 16), _mm512_cvtsepi32_epi8(q1));
-        xsum[b] = _mm512_reduce_add_epi32(_mm512_add_epi32(q0, q1)); /* values are within +-127 after rounding */
+        int8_t *out = xq + b * ROW_TILE * QK;
+        _mm_storeu_si128((__m128i *)out, _mm512_cvtsepi32_epi8(q0));
+        _mm_storeu_si128((__m128i *)(out + 16), _mm512_cvtsepi32_epi8(q1));
+        /* values are within +-127 after rounding */
+        t->xsum[i] = sum_scale * _mm512_reduce_add_epi32(_mm512_add_epi32(q0, q1));
     }
 }
 

@@ -8,6 +8,7 @@
  *     y[m, n] = sum over blocks b of  d[n, b] * dx[m, b] * sum_k (q[n, k] - 8) * xq[m, k]  +  z[n, b] * sx[m, b]
  * with w = q * d + mn = (q - 8) * d + z (Q4_1; Q4_0 is mn = -8 d), z = mn + 8 d, xq = round(x / dx),
  * dx = amax / 127, and sx = the exact sum of the block's x (so the offset term carries no quantization error).
+ * The activations are quantized once per call into int8_rows.h's tiles: a tile's rows share each weight load.
  *
  * Batch invariance: a row's quantization and every output's sum (integer inside a block, then fp32 over blocks
  * in order) are the same operations whatever M is; tiles of rows only share the weight loads. Threads split the
@@ -40,82 +41,93 @@ static inline __m256i to_bf16(__m512 v) {
     return _mm512_cvtepi32_epi16(_mm512_srli_epi32(u, 16));
 }
 
-/* R rows (a compile-time constant after inlining) against one tile of 16 outputs. */
-static inline __attribute__((always_inline)) void tile_rows(const int R, const uint8_t *w, int64_t blocks,
-                                                            const int8_t *xq, const float *dx, const float *sx,
-                                                            const int32_t *xsum, int64_t K, uint16_t *y, int64_t N) {
+/* R rows (a compile-time constant after inlining) of one row tile (int8_rows.h) against one tile of 16 outputs. */
+static inline __attribute__((always_inline)) void tile_rows(const int R, const uint8_t *w, const uint8_t *next,
+                                                            int64_t blocks, const int8_t *xq, const float *dx,
+                                                            const float *sx, const int32_t *xsum8, uint16_t *y,
+                                                            int64_t N) {
     __m512 acc[ROW_TILE];
     for (int r = 0; r < R; r++) acc[r] = _mm512_setzero_ps();
     const __m512i nibble = _mm512_set1_epi8(0x0f);
+    /* With few rows, a row's eight VPDPBUSD a block are one dependency chain: give the high nibbles a second one
+     * (integer sums, so the result is the same bits). */
+    const int split = R <= 3;
     for (int64_t b = 0; b < blocks; b++) {
         const uint8_t *p = w + b * TILE_BYTES;
-        __m512i dot[ROW_TILE];
-        for (int r = 0; r < R; r++) dot[r] = _mm512_setzero_si512();
+        if (next) prefetch_block(next + b * TILE_BYTES, TILE_BYTES);
+        const int8_t *xb = xq + b * ROW_TILE * QK;
+        const float *dxb = dx + b * ROW_TILE, *sxb = sx + b * ROW_TILE;
+        /* sum (q - 8) xq: centred codes carry about half the activation rounding error of q in 0..15; the
+         * -8 sum xq is where the dot product starts */
+        __m512i dot[ROW_TILE], dot_hi[ROW_TILE];
+        for (int r = 0; r < R; r++) {
+            dot[r] = _mm512_set1_epi32(xsum8[b * ROW_TILE + r]);
+            dot_hi[r] = _mm512_setzero_si512();
+        }
         for (int c = 0; c < 4; c++) {
             const __m512i raw = _mm512_loadu_si512((const void *)(p + 64 * c));
             const __m512i lo = _mm512_and_si512(raw, nibble);
             const __m512i hi = _mm512_and_si512(_mm512_srli_epi16(raw, 4), nibble);
             for (int r = 0; r < R; r++) {
-                const int8_t *xr = xq + r * K + b * QK;
                 int32_t x_lo, x_hi;
-                __builtin_memcpy(&x_lo, xr + 4 * c, 4);
-                __builtin_memcpy(&x_hi, xr + 16 + 4 * c, 4);
+                __builtin_memcpy(&x_lo, xb + r * QK + 4 * c, 4);
+                __builtin_memcpy(&x_hi, xb + r * QK + 16 + 4 * c, 4);
                 dot[r] = _mm512_dpbusd_epi32(dot[r], lo, _mm512_set1_epi32(x_lo));
-                dot[r] = _mm512_dpbusd_epi32(dot[r], hi, _mm512_set1_epi32(x_hi));
+                if (split) dot_hi[r] = _mm512_dpbusd_epi32(dot_hi[r], hi, _mm512_set1_epi32(x_hi));
+                else dot[r] = _mm512_dpbusd_epi32(dot[r], hi, _mm512_set1_epi32(x_hi));
             }
         }
+        if (split)
+            for (int r = 0; r < R; r++) dot[r] = _mm512_add_epi32(dot[r], dot_hi[r]);
         const __m512 d = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(p + 256)));
         const __m512 mn = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(p + 288)));
         const __m512 zero = _mm512_fmadd_ps(_mm512_set1_ps(8.0f), d, mn); /* exact: fp16 d and mn */
         for (int r = 0; r < R; r++) {
-            const int64_t rb = r * (K / QK) + b;
-            /* sum (q - 8) xq: centred codes carry about half the activation rounding error of q in 0..15 */
-            const __m512i centred = _mm512_sub_epi32(dot[r], _mm512_set1_epi32(8 * xsum[rb]));
-            acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(centred), _mm512_mul_ps(d, _mm512_set1_ps(dx[rb])), acc[r]);
-            acc[r] = _mm512_fmadd_ps(zero, _mm512_set1_ps(sx[rb]), acc[r]);
+            acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot[r]), _mm512_mul_ps(d, _mm512_set1_ps(dxb[r])), acc[r]);
+            acc[r] = _mm512_fmadd_ps(zero, _mm512_set1_ps(sxb[r]), acc[r]);
         }
     }
     for (int r = 0; r < R; r++) _mm256_storeu_si256((__m256i *)(y + r * N), to_bf16(acc[r]));
 }
 
-static void rows_of_tile(int64_t M, const uint8_t *w, int64_t blocks, const int8_t *xq, const float *dx,
-                         const float *sx, const int32_t *xsum, int64_t K, uint16_t *y, int64_t N) {
-    int64_t m = 0;
-    for (; m + ROW_TILE <= M; m += ROW_TILE)
-        tile_rows(ROW_TILE, w, blocks, xq + m * K, dx + m * blocks, sx + m * blocks, xsum + m * blocks, K,
-                  y + m * N, N);
-    const int64_t rest = M - m;
-    xq += m * K, dx += m * blocks, sx += m * blocks, xsum += m * blocks, y += m * N;
-    switch (rest) {
-        case 1: tile_rows(1, w, blocks, xq, dx, sx, xsum, K, y, N); break;
-        case 2: tile_rows(2, w, blocks, xq, dx, sx, xsum, K, y, N); break;
-        case 3: tile_rows(3, w, blocks, xq, dx, sx, xsum, K, y, N); break;
-        case 4: tile_rows(4, w, blocks, xq, dx, sx, xsum, K, y, N); break;
-        case 5: tile_rows(5, w, blocks, xq, dx, sx, xsum, K, y, N); break;
-        case 6: tile_rows(6, w, blocks, xq, dx, sx, xsum, K, y, N); break;
-        case 7: tile_rows(7, w, blocks, xq, dx, sx, xsum, K, y, N); break;
-        default: break;
+/* Every row tile against one tile of 16 outputs (whose weights stay in L1 across the row tiles). */
+static void rows_of_tile(const int8_tiles *a, const uint8_t *w, uint16_t *y, int64_t N) {
+    for (int64_t t = 0; t < a->tiles; t++) {
+        int64_t first, rows;
+        int8_tile_rows(a, t, &first, &rows);
+        /* the weights stay in L1 for the later row tiles: the last one loads the next output tile meanwhile */
+        const uint8_t *next = t == a->tiles - 1 && t > 0 ? w + a->blocks * TILE_BYTES : NULL;
+        const int8_t *xq = a->xq + int8_tile_xq(a, t);
+        const int64_t o = int8_tile_params(a, t);
+        const float *dx = a->dx + o, *sx = a->sx + o;
+        const int32_t *xsum8 = a->xsum + o;
+        uint16_t *yt = y + first * N;
+        switch (rows) {
+            case 8: tile_rows(8, w, next, a->blocks, xq, dx, sx, xsum8, yt, N); break;
+            case 7: tile_rows(7, w, next, a->blocks, xq, dx, sx, xsum8, yt, N); break;
+            case 6: tile_rows(6, w, next, a->blocks, xq, dx, sx, xsum8, yt, N); break;
+            case 5: tile_rows(5, w, next, a->blocks, xq, dx, sx, xsum8, yt, N); break;
+            case 4: tile_rows(4, w, next, a->blocks, xq, dx, sx, xsum8, yt, N); break;
+            case 3: tile_rows(3, w, next, a->blocks, xq, dx, sx, xsum8, yt, N); break;
+            case 2: tile_rows(2, w, next, a->blocks, xq, dx, sx, xsum8, yt, N); break;
+            case 1: tile_rows(1, w, next, a->blocks, xq, dx, sx, xsum8, yt, N); break;
+            default: break;
+        }
     }
 }
 
 int plait_q4_vnni_linear_bf16(const uint16_t *x, const uint8_t *w, uint16_t *y, int64_t M, int64_t N, int64_t K) {
     if (K % QK != 0 || N % TILE_N != 0) return -1;
-    const int64_t blocks = K / QK;
-    int8_t *xq = malloc((size_t)(M * K) + 3 * (size_t)(M * blocks) * sizeof(float) + 64);
-    if (!xq) return -2;
-    float *dx = (float *)(((uintptr_t)(xq + M * K) + 63) & ~(uintptr_t)63);
-    float *sx = dx + M * blocks;
-    int32_t *xsum = (int32_t *)(sx + M * blocks);
+    int8_tiles a;
+    if (int8_tiles_alloc(&a, M, K) != 0) return -2;
 #pragma omp parallel
     {
 #pragma omp for schedule(static)
-        for (int64_t m = 0; m < M; m++) quantize_row(x + m * K, K, xq + m * K, dx + m * blocks, sx + m * blocks,
-                                                    xsum + m * blocks);
+        for (int64_t m = 0; m < M; m++) int8_tiles_quantize(&a, x, m, -8);
 #pragma omp for schedule(static)
-        for (int64_t t = 0; t < N / TILE_N; t++)
-            rows_of_tile(M, w + t * blocks * TILE_BYTES, blocks, xq, dx, sx, xsum, K, y + t * TILE_N, N);
+        for (int64_t t = 0; t < N / TILE_N; t++) rows_of_tile(&a, w + t * a.blocks * TILE_BYTES, y + t * TILE_N, N);
     }
-    free(xq);
+    free(a.xq);
     return 0;
 }
 

@@ -27,68 +27,71 @@
 
 #include "int8_rows.h"
 
-static inline __attribute__((always_inline)) void q8_tile_rows(const int R, const uint8_t *w, int64_t blocks,
-                                                               const int8_t *xq, const float *dx,
-                                                               const int32_t *xsum, int64_t K, float *y, int64_t N) {
+/* R rows of one row tile (int8_rows.h) against one tile of 16 outputs. */
+static inline __attribute__((always_inline)) void q8_tile_rows(const int R, const uint8_t *w, const uint8_t *next,
+                                                               int64_t blocks, const int8_t *xq, const float *dx,
+                                                               const int32_t *xsum128, float *y, int64_t N) {
     __m512 acc[ROW_TILE];
     for (int r = 0; r < R; r++) acc[r] = _mm512_setzero_ps();
     for (int64_t b = 0; b < blocks; b++) {
         const uint8_t *p = w + b * TILE_BYTES;
+        if (next) prefetch_block(next + b * TILE_BYTES, TILE_BYTES);
+        const int8_t *xb = xq + b * ROW_TILE * QK;
         __m512i dot[ROW_TILE];
-        for (int r = 0; r < R; r++) dot[r] = _mm512_set1_epi32(-128 * xsum[r * blocks + b]);
+        for (int r = 0; r < R; r++) dot[r] = _mm512_set1_epi32(xsum128[b * ROW_TILE + r]); /* undoes the +128 */
         for (int c = 0; c < 8; c++) {
             const __m512i wv = _mm512_loadu_si512((const void *)(p + 64 * c));
             for (int r = 0; r < R; r++) {
                 int32_t x4;
-                __builtin_memcpy(&x4, xq + r * K + b * QK + 4 * c, 4);
+                __builtin_memcpy(&x4, xb + r * QK + 4 * c, 4);
                 dot[r] = _mm512_dpbusd_epi32(dot[r], wv, _mm512_set1_epi32(x4));
             }
         }
         const __m512 d = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(p + 512)));
         for (int r = 0; r < R; r++)
-            acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot[r]), _mm512_mul_ps(d, _mm512_set1_ps(dx[r * blocks + b])),
+            acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot[r]), _mm512_mul_ps(d, _mm512_set1_ps(dx[b * ROW_TILE + r])),
                                      acc[r]);
     }
     for (int r = 0; r < R; r++) _mm512_storeu_ps(y + r * N, acc[r]);
 }
 
-static void q8_rows_of_tile(int64_t M, const uint8_t *w, int64_t blocks, const int8_t *xq, const float *dx,
-                            const int32_t *xsum, int64_t K, float *y, int64_t N) {
-    int64_t m = 0;
-    for (; m + ROW_TILE <= M; m += ROW_TILE)
-        q8_tile_rows(ROW_TILE, w, blocks, xq + m * K, dx + m * blocks, xsum + m * blocks, K, y + m * N, N);
-    const int64_t rest = M - m;
-    xq += m * K, dx += m * blocks, xsum += m * blocks, y += m * N;
-    switch (rest) {
-        case 1: q8_tile_rows(1, w, blocks, xq, dx, xsum, K, y, N); break;
-        case 2: q8_tile_rows(2, w, blocks, xq, dx, xsum, K, y, N); break;
-        case 3: q8_tile_rows(3, w, blocks, xq, dx, xsum, K, y, N); break;
-        case 4: q8_tile_rows(4, w, blocks, xq, dx, xsum, K, y, N); break;
-        case 5: q8_tile_rows(5, w, blocks, xq, dx, xsum, K, y, N); break;
-        case 6: q8_tile_rows(6, w, blocks, xq, dx, xsum, K, y, N); break;
-        case 7: q8_tile_rows(7, w, blocks, xq, dx, xsum, K, y, N); break;
-        default: break;
+static void q8_rows_of_tile(const int8_tiles *a, const uint8_t *w, float *y, int64_t N) {
+    for (int64_t t = 0; t < a->tiles; t++) {
+        int64_t first, rows;
+        int8_tile_rows(a, t, &first, &rows);
+        /* the weights stay in L1 for the later row tiles: the last one loads the next output tile meanwhile */
+        const uint8_t *next = t == a->tiles - 1 && t > 0 ? w + a->blocks * TILE_BYTES : NULL;
+        const int8_t *xq = a->xq + int8_tile_xq(a, t);
+        const int64_t o = int8_tile_params(a, t);
+        const float *dx = a->dx + o;
+        const int32_t *xsum128 = a->xsum + o;
+        float *yt = y + first * N;
+        switch (rows) {
+            case 8: q8_tile_rows(8, w, next, a->blocks, xq, dx, xsum128, yt, N); break;
+            case 7: q8_tile_rows(7, w, next, a->blocks, xq, dx, xsum128, yt, N); break;
+            case 6: q8_tile_rows(6, w, next, a->blocks, xq, dx, xsum128, yt, N); break;
+            case 5: q8_tile_rows(5, w, next, a->blocks, xq, dx, xsum128, yt, N); break;
+            case 4: q8_tile_rows(4, w, next, a->blocks, xq, dx, xsum128, yt, N); break;
+            case 3: q8_tile_rows(3, w, next, a->blocks, xq, dx, xsum128, yt, N); break;
+            case 2: q8_tile_rows(2, w, next, a->blocks, xq, dx, xsum128, yt, N); break;
+            case 1: q8_tile_rows(1, w, next, a->blocks, xq, dx, xsum128, yt, N); break;
+            default: break;
+        }
     }
 }
 
 int plait_q8_vnni_linear_bf16(const uint16_t *x, const uint8_t *w, float *y, int64_t M, int64_t N, int64_t K) {
     if (K % QK != 0 || N % TILE_N != 0) return -1;
-    const int64_t blocks = K / QK;
-    int8_t *xq = malloc((size_t)(M * K) + 3 * (size_t)(M * blocks) * sizeof(float) + 64);
-    if (!xq) return -2;
-    float *dx = (float *)(((uintptr_t)(xq + M * K) + 63) & ~(uintptr_t)63);
-    float *sx = dx + M * blocks; /* quantize_row's exact block sums: unused by a symmetric format */
-    int32_t *xsum = (int32_t *)(sx + M * blocks);
+    int8_tiles a; /* its exact block sums sx are unused by a symmetric format */
+    if (int8_tiles_alloc(&a, M, K) != 0) return -2;
 #pragma omp parallel
     {
 #pragma omp for schedule(static)
-        for (int64_t m = 0; m < M; m++)
-            quantize_row(x + m * K, K, xq + m * K, dx + m * blocks, sx + m * blocks, xsum + m * blocks);
+        for (int64_t m = 0; m < M; m++) int8_tiles_quantize(&a, x, m, -128);
 #pragma omp for schedule(static)
-        for (int64_t t = 0; t < N / TILE_N; t++)
-            q8_rows_of_tile(M, w + t * blocks * TILE_BYTES, blocks, xq, dx, xsum, K, y + t * TILE_N, N);
+        for (int64_t t = 0; t < N / TILE_N; t++) q8_rows_of_tile(&a, w + t * a.blocks * TILE_BYTES, y + t * TILE_N, N);
     }
-    free(xq);
+    free(a.xq);
     return 0;
 }
 
