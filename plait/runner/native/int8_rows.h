@@ -6,9 +6,10 @@
  * kernel starts its integer dot product from it with a broadcast load instead of subtracting it afterwards).
  *
  * Layout: the M rows are split into ceil(M / ROW_TILE) tiles of near-equal size (9 rows as 5 + 4, not 8 + 1: a
- * kernel runs a 1-row tile at a fraction of its speed). Per tile and block, the tile's rows' 32 int8 values are
- * adjacent (ROW_TILE slots of 32 bytes), then per tile and block ROW_TILE values each of dx, sx and xsum. So a
- * kernel reads one tile's activations through one pointer per array at fixed offsets. The layout only decides
+ * kernel runs a 1-row tile at a fraction of its speed). A tile of R rows starting at row `first` occupies rows
+ * first.. of every array; within it, block by block, its R rows' 32 int8 values are adjacent, and so are their R
+ * values of dx, sx and xsum. So a kernel reads one tile's activations through one pointer per array at offsets
+ * fixed at compile time, and one row alone is stored exactly as a plain row-major row. The layout only decides
  * where a row's numbers are stored, never how they are computed: each row's arithmetic is the same in any M. */
 #ifndef PLAIT_INT8_ROWS_H
 #define PLAIT_INT8_ROWS_H
@@ -36,10 +37,10 @@ static inline int int8_tiles_alloc(int8_tiles *t, int64_t M, int64_t K) {
     t->M = M;
     t->blocks = K / QK;
     t->tiles = (M + ROW_TILE - 1) / ROW_TILE;
-    const int64_t slots = t->tiles * t->blocks * ROW_TILE;
-    t->xq = aligned_alloc(64, (size_t)(slots * QK + 3 * slots * 4 + 64));
+    const int64_t slots = M * t->blocks;
+    t->xq = aligned_alloc(64, (size_t)((slots * QK + 3 * slots * 4 + 63) / 64 * 64)); /* a multiple of 64 */
     if (!t->xq) return -1;
-    t->dx = (float *)(t->xq + slots * QK); /* slots * 32 bytes: still 64-byte aligned */
+    t->dx = (float *)(t->xq + slots * QK); /* 32-byte aligned: slots * 32 bytes in */
     t->sx = t->dx + slots;
     t->xsum = (int32_t *)(t->sx + slots);
     return 0;
@@ -52,9 +53,6 @@ static inline void int8_tile_rows(const int8_tiles *t, int64_t tile, int64_t *fi
     *first = tile * base + (tile < extra ? tile : extra);
 }
 
-/* Offsets of tile `tile`'s int8 values (in bytes) and of its per-block values (in elements). */
-static inline int64_t int8_tile_xq(const int8_tiles *t, int64_t tile) { return tile * t->blocks * ROW_TILE * QK; }
-static inline int64_t int8_tile_params(const int8_tiles *t, int64_t tile) { return tile * t->blocks * ROW_TILE; }
 
 /* Prefetch `bytes` of weights into L1 (a VNNI kernel's next output tile, while it multiplies the current one's
  * weights from L1 by a later row tile; a prefetch past the matrix's end is harmless). */
@@ -66,10 +64,11 @@ static inline __attribute__((always_inline)) void prefetch_block(const uint8_t *
 static inline void int8_tiles_quantize(const int8_tiles *t, const uint16_t *x, int64_t m, int32_t sum_scale) {
     const int64_t base = t->M / t->tiles, extra = t->M % t->tiles, big = extra * (base + 1);
     const int64_t tile = m < big ? m / (base + 1) : extra + (m - big) / base;
-    const int64_t r = m < big ? m % (base + 1) : (m - big) % base;
-    const int64_t K = t->blocks * QK;
-    int8_t *xq = t->xq + int8_tile_xq(t, tile) + r * QK;
-    const int64_t p = int8_tile_params(t, tile) + r;
+    int64_t first, rows;
+    int8_tile_rows(t, tile, &first, &rows);
+    const int64_t r = m - first, K = t->blocks * QK;
+    int8_t *xq = t->xq + first * K + r * QK;
+    const int64_t p = first * t->blocks + r;
     x += m * K;
     const __m512 sign = _mm512_set1_ps(-0.0f);
     for (int64_t b = 0; b < t->blocks; b++) {
@@ -78,13 +77,13 @@ static inline void int8_tiles_quantize(const int8_tiles *t, const uint16_t *x, i
         const __m512 v0 = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(raw0), 16));
         const __m512 v1 = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(raw1), 16));
         const float amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_andnot_ps(sign, v0), _mm512_andnot_ps(sign, v1)));
-        const int64_t i = p + b * ROW_TILE;
+        const int64_t i = p + b * rows;
         t->sx[i] = _mm512_reduce_add_ps(_mm512_add_ps(v0, v1));
         t->dx[i] = amax / 127.0f;
         const __m512 inv = _mm512_set1_ps(amax > 0.0f ? 127.0f / amax : 0.0f);
         const __m512i q0 = _mm512_cvtps_epi32(_mm512_mul_ps(v0, inv)); /* round to nearest even */
         const __m512i q1 = _mm512_cvtps_epi32(_mm512_mul_ps(v1, inv));
-        int8_t *out = xq + b * ROW_TILE * QK;
+        int8_t *out = xq + b * rows * QK;
         _mm_storeu_si128((__m128i *)out, _mm512_cvtsepi32_epi8(q0));
         _mm_storeu_si128((__m128i *)(out + 16), _mm512_cvtsepi32_epi8(q1));
         /* values are within +-127 after rounding */

@@ -55,13 +55,13 @@ static inline __attribute__((always_inline)) void tile_rows(const int R, const u
     for (int64_t b = 0; b < blocks; b++) {
         const uint8_t *p = w + b * TILE_BYTES;
         if (next) prefetch_block(next + b * TILE_BYTES, TILE_BYTES);
-        const int8_t *xb = xq + b * ROW_TILE * QK;
-        const float *dxb = dx + b * ROW_TILE, *sxb = sx + b * ROW_TILE;
+        const int8_t *xb = xq + b * R * QK;
+        const float *dxb = dx + b * R, *sxb = sx + b * R;
         /* sum (q - 8) xq: centred codes carry about half the activation rounding error of q in 0..15; the
          * -8 sum xq is where the dot product starts */
         __m512i dot[ROW_TILE], dot_hi[ROW_TILE];
         for (int r = 0; r < R; r++) {
-            dot[r] = _mm512_set1_epi32(xsum8[b * ROW_TILE + r]);
+            dot[r] = _mm512_set1_epi32(xsum8[b * R + r]);
             dot_hi[r] = _mm512_setzero_si512();
         }
         for (int c = 0; c < 4; c++) {
@@ -97,8 +97,8 @@ static void rows_of_tile(const int8_tiles *a, const uint8_t *w, uint16_t *y, int
         int8_tile_rows(a, t, &first, &rows);
         /* the weights stay in L1 for the later row tiles: the last one loads the next output tile meanwhile */
         const uint8_t *next = t == a->tiles - 1 && t > 0 ? w + a->blocks * TILE_BYTES : NULL;
-        const int8_t *xq = a->xq + int8_tile_xq(a, t);
-        const int64_t o = int8_tile_params(a, t);
+        const int8_t *xq = a->xq + first * a->blocks * QK;
+        const int64_t o = first * a->blocks;
         const float *dx = a->dx + o, *sx = a->sx + o;
         const int32_t *xsum8 = a->xsum + o;
         uint16_t *yt = y + first * N;

@@ -36,9 +36,9 @@ static inline __attribute__((always_inline)) void q8_tile_rows(const int R, cons
     for (int64_t b = 0; b < blocks; b++) {
         const uint8_t *p = w + b * TILE_BYTES;
         if (next) prefetch_block(next + b * TILE_BYTES, TILE_BYTES);
-        const int8_t *xb = xq + b * ROW_TILE * QK;
+        const int8_t *xb = xq + b * R * QK;
         __m512i dot[ROW_TILE];
-        for (int r = 0; r < R; r++) dot[r] = _mm512_set1_epi32(xsum128[b * ROW_TILE + r]); /* undoes the +128 */
+        for (int r = 0; r < R; r++) dot[r] = _mm512_set1_epi32(xsum128[b * R + r]); /* undoes the +128 */
         for (int c = 0; c < 8; c++) {
             const __m512i wv = _mm512_loadu_si512((const void *)(p + 64 * c));
             for (int r = 0; r < R; r++) {
@@ -49,7 +49,7 @@ static inline __attribute__((always_inline)) void q8_tile_rows(const int R, cons
         }
         const __m512 d = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(p + 512)));
         for (int r = 0; r < R; r++)
-            acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot[r]), _mm512_mul_ps(d, _mm512_set1_ps(dx[b * ROW_TILE + r])),
+            acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot[r]), _mm512_mul_ps(d, _mm512_set1_ps(dx[b * R + r])),
                                      acc[r]);
     }
     for (int r = 0; r < R; r++) _mm512_storeu_ps(y + r * N, acc[r]);
@@ -61,8 +61,8 @@ static void q8_rows_of_tile(const int8_tiles *a, const uint8_t *w, float *y, int
         int8_tile_rows(a, t, &first, &rows);
         /* the weights stay in L1 for the later row tiles: the last one loads the next output tile meanwhile */
         const uint8_t *next = t == a->tiles - 1 && t > 0 ? w + a->blocks * TILE_BYTES : NULL;
-        const int8_t *xq = a->xq + int8_tile_xq(a, t);
-        const int64_t o = int8_tile_params(a, t);
+        const int8_t *xq = a->xq + first * a->blocks * QK;
+        const int64_t o = first * a->blocks;
         const float *dx = a->dx + o;
         const int32_t *xsum128 = a->xsum + o;
         float *yt = y + first * N;
