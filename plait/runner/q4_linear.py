@@ -14,7 +14,11 @@ kernels read them:
   weights, and a sequence's logits depend slightly on its step's size; `batch_invariant=True` leaves this kernel
   off (docs/batch_invariance.md).
 
-Each Q4Linear keeps its dense module, so `detach_q4` undoes the swap exactly.
+`detach_q4` undoes the swap exactly. Torch's kernel needs its dense module for large steps and keeps it. The VNNI
+kernel never falls back to it, so its Q4Linear drops the dense module when the packed blocks rebuild the same
+weight bits (file-loaded weights: the loader's dequantization of the same blocks, checked before dropping), and
+rebuilds it on `detach_q4`: one copy of each weight (212 MB less for SmolLM2-135M). Weights quantized from new
+dense weights after an update cannot be rebuilt from their blocks, so their dense module stays.
 """
 
 from __future__ import annotations
@@ -24,7 +28,8 @@ import torch
 from torch import nn
 
 from plait.loading.gguf_file import Q4Blocks
-from plait.runner.q4_vnni import pack_q4_vnni, q4_vnni_linear
+from plait.models.llama import Linear
+from plait.runner.q4_vnni import dequantize_q4_vnni, pack_q4_vnni, q4_vnni_linear
 
 # Steps of at most this many tokens take torch's int4 kernel; the VNNI kernel takes every step.
 TORCH_INT4_MAX_ROWS = 8
@@ -32,16 +37,19 @@ ALL_ROWS = 1 << 62
 
 
 class Q4Linear(nn.Module):
-    """`kernel`: the native VNNI entry point (Kernels.q4_vnni_linear_bf16), or None for torch's int4 kernel.
+    """`kernel`: the native VNNI entry point (Kernels.q4_vnni_linear_bf16), or None for torch's int4 kernel;
+    `dequantize`: with it, Kernels.q4_vnni_dequantize_bf16 (what lets `release_dense` drop the dense module).
     `max_rows`: steps with more tokens use the dense module (None: the kernel's own default)."""
 
-    def __init__(self, dense: nn.Module, blocks: Q4Blocks, max_rows: int | None = None, kernel=None) -> None:
+    def __init__(self, dense: nn.Module, blocks: Q4Blocks, max_rows: int | None = None, kernel=None,
+                 dequantize=None) -> None:
         super().__init__()
-        self.dense = dense
+        self.dense: nn.Module | None = dense
         self.kernel = kernel
+        self.dequantize = dequantize
         self.max_rows = max_rows if max_rows is not None else (ALL_ROWS if kernel else TORCH_INT4_MAX_ROWS)
         self.bias = getattr(dense, "bias", None)
-        self.out_features = blocks.q.shape[0]
+        self.out_features, self.in_features = blocks.q.shape
         if kernel is not None:
             self.packed = pack_q4_vnni(blocks)
             self.scales_zeros = None
@@ -53,8 +61,34 @@ class Q4Linear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self._four_bit(x) if x.shape[0] <= self.max_rows else None
         if out is None:  # a large step on torch's kernel, or the VNNI kernel could not allocate its buffer
-            return self.dense(x)
+            return self.dense_module()(x)
         return out if self.bias is None else out + self.bias
+
+    def release_dense(self) -> bool:
+        """Drop the dense module if the VNNI kernel takes every step and the packed blocks rebuild its weight bit
+        for bit; True when no dense module is held afterwards."""
+        if self.dense is None:
+            return True
+        if (not self.batch_invariant or self.dequantize is None or type(self.dense) is not Linear
+                or self.dense.weight.dtype != torch.bfloat16):
+            return False
+        rebuilt = dequantize_q4_vnni(self.dequantize, self.packed, self.out_features, self.in_features)
+        if rebuilt is None or not torch.equal(rebuilt, self.dense.weight):
+            return False  # e.g. blocks quantized from other weights, or a minimum that fp16 did not round-trip
+        self.dense = None
+        return True
+
+    def dense_module(self) -> nn.Module:
+        """The dense module: the one wrapped, or (released) a Linear rebuilt with the same weight bits."""
+        if self.dense is not None:
+            return self.dense
+        weight = dequantize_q4_vnni(self.dequantize, self.packed, self.out_features, self.in_features)
+        if weight is None:
+            raise RuntimeError("the packed 4-bit weights could not be dequantized")
+        linear = Linear(0, 0, dtype=torch.bfloat16)
+        linear.weight = nn.Parameter(weight, requires_grad=False)
+        linear.bias = self.bias
+        return linear
 
     def _four_bit(self, x: torch.Tensor) -> torch.Tensor | None:
         if self.kernel is not None:
@@ -83,8 +117,9 @@ def can_use_q4(dtype: torch.dtype, device: torch.device) -> bool:
     return device.type == "cpu" and dtype == torch.bfloat16 and hasattr(torch, "_weight_int4pack_mm_for_cpu")
 
 
-def attach_q4(model: nn.Module, blocks: dict[str, Q4Blocks], kernel=None) -> int:
-    """Wrap every linear layer whose checkpoint matrices are all 4-bit; returns how many were wrapped."""
+def attach_q4(model: nn.Module, blocks: dict[str, Q4Blocks], kernel=None, dequantize=None) -> int:
+    """Wrap every linear layer whose checkpoint matrices are all 4-bit; returns how many were wrapped. With
+    `dequantize` (VNNI) each wrapper drops its dense module where the blocks rebuild it exactly."""
     wrapped = 0
     for i, layer in enumerate(model.layers):
         p = f"model.layers.{i}."
@@ -96,11 +131,14 @@ def attach_q4(model: nn.Module, blocks: dict[str, Q4Blocks], kernel=None) -> int
             if all(n in blocks for n in names):
                 fused = fuse([blocks[n] for n in names])
                 if shape_supported(fused):
-                    setattr(layer, attr, Q4Linear(getattr(layer, attr), fused, kernel=kernel))
+                    q4 = Q4Linear(getattr(layer, attr), fused, kernel=kernel, dequantize=dequantize)
+                    q4.release_dense()
+                    setattr(layer, attr, q4)
                     wrapped += 1
     head = blocks.get("lm_head.weight")
     if head is not None and not model.config.tie_word_embeddings and shape_supported(head):
-        model.lm_head = Q4Linear(model.lm_head, blocks["lm_head.weight"], kernel=kernel)
+        model.lm_head = Q4Linear(model.lm_head, blocks["lm_head.weight"], kernel=kernel, dequantize=dequantize)
+        model.lm_head.release_dense()
         wrapped += 1
     return wrapped
 
@@ -111,7 +149,7 @@ def detach_q4(model: nn.Module) -> int:
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):
             if isinstance(child, Q4Linear):
-                setattr(parent, name, child.dense)
+                setattr(parent, name, child.dense_module())
                 restored += 1
     return restored
 
@@ -121,7 +159,7 @@ def wrapped_q4(model: nn.Module) -> list[str]:
     return [name for name, module in model.named_modules() if isinstance(module, Q4Linear)]
 
 
-def requantize_q4(model: nn.Module, names: list[str], kernel=None) -> int:
+def requantize_q4(model: nn.Module, names: list[str], kernel=None, dequantize=None) -> int:
     """Wrap the named (dense) modules again, with 4-bit blocks quantized from their current weights; returns how
     many. Fused q/k/v and gate/up quantize as one matrix: groups run along the input, so stacking rows commutes
     with quantizing."""
@@ -131,7 +169,7 @@ def requantize_q4(model: nn.Module, names: list[str], kernel=None) -> int:
         parent_name, _, attr = name.rpartition(".")
         parent = model.get_submodule(parent_name)
         dense = getattr(parent, attr)
-        setattr(parent, attr, Q4Linear(dense, quantize_q4(dense_weight(dense)), kernel=kernel))
+        setattr(parent, attr, Q4Linear(dense, quantize_q4(dense_weight(dense)), kernel=kernel, dequantize=dequantize))
     return len(names)
 
 
@@ -143,6 +181,7 @@ def rewrap_q4(model: nn.Module, previous: dict[str, Q4Linear]) -> int:
         parent = model.get_submodule(parent_name)
         q4.dense = getattr(parent, attr)
         q4.bias = getattr(q4.dense, "bias", None)
+        q4.release_dense()  # the module detach_q4 rebuilt from these blocks, or the original
         setattr(parent, attr, q4)
     return len(previous)
 

@@ -36,6 +36,13 @@ def pack_q4_vnni(blocks: Q4Blocks) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(packed).reshape(-1))
 
 
+def dequantize_q4_vnni(kernel, packed: torch.Tensor, out_features: int, in_features: int) -> torch.Tensor | None:
+    """The dense bf16 [out, in] matrix of packed weights (Kernels.q4_vnni_dequantize_bf16), or None if refused."""
+    out = torch.empty(out_features, in_features, dtype=torch.bfloat16)
+    status = kernel(packed.data_ptr(), out.data_ptr(), out_features, in_features)
+    return out if status == 0 else None
+
+
 def q4_vnni_linear(kernel, x: torch.Tensor, packed: torch.Tensor, out_features: int) -> torch.Tensor | None:
     """x [M, K] bf16 -> [M, out_features] bf16, or None if the kernel refused (the caller falls back)."""
     return run_vnni_kernel(kernel, x, packed, out_features, torch.bfloat16)

@@ -117,7 +117,9 @@ class Q8HeadLinear(nn.Module):
     32, as llama.cpp's Q8_0 x Q8_0; 3x the fp32 kernel at one row, 1.3-2.5x oneDNN's bf16 GEMM at 4-64 rows), else
     the dense (prepacked) module. With `vnni` the transform sets max_rows = 0: every step takes the VNNI kernel and
     a row's logits do not depend on its step (batch-invariant). Otherwise they do (which kernel runs depends on
-    the step's size), as on torch's 4-bit path. Logits are fp32 except on the dense path.
+    the step's size), as on torch's 4-bit path. Logits are fp32 except on the dense path. When the VNNI kernel
+    takes every step and the blocks are known to hold the dense weights exactly (a tied embedding checked row by
+    row), `release_dense` drops the dense module; `dense_module` rebuilds it.
     """
 
     def __init__(self, dense: nn.Module, values: torch.Tensor, scales: torch.Tensor, kernel, max_rows: int,
@@ -135,19 +137,39 @@ class Q8HeadLinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.numel() // self.in_features
         if rows == 0 or x.device.type != "cpu":
-            return self.dense(x)
+            return self.dense_module()(x)
         if rows > self.max_rows:
             out = None
             if self.vnni is not None and x.dtype == torch.bfloat16:
                 out = q8_vnni_linear(self.vnni, x.reshape(rows, self.in_features), self.vnni_packed,
                                      self.out_features)
-            return self.dense(x) if out is None else out.reshape(*x.shape[:-1], self.out_features)
+            return self.dense_module()(x) if out is None else out.reshape(*x.shape[:-1], self.out_features)
         x2 = x.reshape(rows, self.in_features).float().contiguous()
         out = torch.empty(rows, self.out_features, dtype=torch.float32)
         if self.kernel(x2.data_ptr(), self.q8_values.data_ptr(), self.q8_scales.data_ptr(), None, out.data_ptr(),
                        rows, self.out_features, self.in_features) != 0:
-            return self.dense(x)
+            return self.dense_module()(x)
         return out.reshape(*x.shape[:-1], self.out_features)
+
+    def release_dense(self) -> None:
+        """Drop the dense module. Only for a head whose every step takes the VNNI kernel and whose dense weight is
+        the blocks' values rounded to bf16, every row (the caller has checked)."""
+        if self.vnni is None or self.max_rows != 0:
+            raise ValueError("the dense head is still a fallback of this Q8HeadLinear")
+        self.dense_dtype = torch.bfloat16
+        self.dense = None
+
+    def dense_module(self) -> nn.Module:
+        """The dense head: the one wrapped, or (released) a Linear rebuilt from the blocks with the same bits."""
+        if self.dense is not None:
+            return self.dense
+        from plait.models.llama import Linear
+        from plait.runner.q8_embedding import Q8Embedding
+
+        linear = Linear(0, 0, dtype=self.dense_dtype)
+        linear.weight = nn.Parameter(Q8Embedding(self.q8_values, self.q8_scales, self.dense_dtype).table(),
+                                     requires_grad=False)
+        return linear
 
 
 def dense_weight_rows(module: nn.Module, rows: slice) -> torch.Tensor:
@@ -193,6 +215,6 @@ def attach_q8_head(model: nn.Module, blocks: tuple | None, kernel, max_rows: int
 def detach_q8_head(model: nn.Module) -> int:
     head = getattr(model, "lm_head", None)
     if isinstance(head, Q8HeadLinear):
-        model.lm_head = head.dense
+        model.lm_head = head.dense_module()
         return 1
     return 0

@@ -6,8 +6,10 @@ So a later feature that changes weights (a weight update, a new quantization) do
 new weights by their checkpoint names, `apply_transforms` again; no special case per transform in builder.py.
 
 Order matters and is fixed here: fp32 weights that are exact Q8_0 blocks first (the LM head of GGUF files; they
-must be found before packing hides the dense Linear), then packing (it turns every other dense Linear into a
-PackedLinear), then the 4-bit path (which wraps the packed module as its large-step fallback), then fp32's few-rows
+must be found before packing hides the dense Linear), then the 4-bit path through plait's VNNI kernel (it needs no
+dense fallback, so it wraps the plain Linear and drops it where its blocks rebuild the weight exactly: packing it
+would only cost memory), then packing (it turns every other dense Linear into a PackedLinear), then the 4-bit
+path through torch's int4 kernel (which wraps the packed module as its large-step fallback), then fp32's few-rows
 kernel (on whatever dense Linears are left). Reverting runs the list backwards.
 """
 
@@ -18,7 +20,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from plait.runner.packed_linear import can_pack, pack_linears, unpack_linears
+from plait.runner.packed_linear import PackedLinear, can_pack, pack_linears, unpack_linears
 from plait.runner.q4_linear import (Q4Linear, attach_q4, can_use_q4, detach_q4, requantize_q4, rewrap_q4,
                                     wrapped_q4)
 
@@ -146,7 +148,12 @@ class Q8HeadWeights(WeightTransform):
             detach_q8_head(model)
             return 0
         # A tied embedding is the same matrix: read its rows from the head's blocks and drop the bf16 table.
-        return 1 + attach_q8_embedding(model, model.lm_head.q8_values, model.lm_head.q8_scales)
+        embedded = attach_q8_embedding(model, model.lm_head.q8_values, model.lm_head.q8_scales)
+        if embedded and model.lm_head.max_rows == 0 and getattr(model.config, "tie_word_embeddings", False):
+            # Every row of that matrix was just checked against the blocks, and every step reads the blocks: the
+            # dense (prepacked) head is a third copy of them.
+            model.lm_head.release_dense()
+        return 1 + embedded
 
     def revert(self, model: nn.Module, only: set[str] | None = None) -> int:
         from plait.runner.q8_embedding import detach_q8_embedding
@@ -158,56 +165,68 @@ class Q8HeadWeights(WeightTransform):
 
 
 class Q4Weights(WeightTransform):
-    """Steps read the GGUF's 4-bit blocks (runner/q4_linear.py): through plait's VNNI kernel at every step size
-    where the CPU has AVX512-VNNI and the native kernels are on (batch-invariant, so also under batch-invariant
-    numerics), otherwise through torch's int4 kernel at steps of few tokens (its numerics depend on the step's
-    size, so never under batch-invariant numerics). It remembers which modules it wrapped: re-applied with
-    `requantize` (after a weight update from a state dict, when the file's blocks are the old weights), it wraps
-    the same modules with blocks quantized from their new dense weights (runner/q4_quantize.py); re-applied with
-    a GGUF source (an update from a file), it reads that file's blocks."""
+    """Steps read the GGUF's 4-bit blocks (runner/q4_linear.py). Two instances, one per kernel: `vnni=True`, plait's
+    VNNI kernel at every step size where the CPU has AVX512-VNNI and the native kernels are on (batch-invariant, so
+    also under batch-invariant numerics; applied before packing, keeping no dense copy where the blocks rebuild
+    it); `vnni=False`, torch's int4 kernel at steps of few tokens elsewhere (its numerics depend on the step's size,
+    so never under batch-invariant numerics; applied after packing). It remembers which modules it wrapped:
+    re-applied with `requantize` (after a weight update from a state dict, when the file's blocks are the old
+    weights), it wraps the same modules with blocks quantized from their new dense weights
+    (runner/q4_quantize.py); re-applied with a GGUF source (an update from a file), it reads that file's blocks."""
 
-    name = "q4"
-
-    def __init__(self) -> None:
+    def __init__(self, vnni: bool = False) -> None:
+        self.vnni = vnni
+        self.name = "q4_vnni" if vnni else "q4"
         self.wrapped: list[str] = []
         self.previous: dict[str, Q4Linear] = {}  # between revert and re-apply: reused where weights did not change
 
     @staticmethod
-    def _kernel(ctx: TransformContext):
-        """The VNNI entry point when this engine may use it, else None."""
+    def _kernels(ctx: TransformContext):
+        """The native kernels when this engine may use the VNNI one, else None."""
         if not ctx.native_kernels or ctx.dtype != torch.bfloat16 or ctx.device.type != "cpu":
             return None
         from plait.runner.native import load_kernels
 
         kernels = load_kernels()
-        return kernels.q4_vnni_linear_bf16 if kernels is not None else None
+        return kernels if kernels is not None and kernels.q4_vnni_linear_bf16 is not None else None
 
     def applies(self, ctx: TransformContext) -> bool:
-        if not can_use_q4(ctx.dtype, ctx.device) or (ctx.batch_invariant and self._kernel(ctx) is None):
+        if not can_use_q4(ctx.dtype, ctx.device) or (self._kernels(ctx) is not None) != self.vnni:
+            return False
+        if ctx.batch_invariant and not self.vnni:
             return False
         if ctx.requantize:
             return bool(self.wrapped)
         return ctx.source is not None and ctx.source.endswith(".gguf")
 
     def apply(self, model: nn.Module, ctx: TransformContext) -> int:
-        kernel = self._kernel(ctx)
+        kernels = self._kernels(ctx)
+        kernel = kernels.q4_vnni_linear_bf16 if kernels is not None else None
+        dequantize = kernels.q4_vnni_dequantize_bf16 if kernels is not None else None
         if ctx.requantize:
             previous, self.previous = self.previous, {}
             if ctx.changed is None:
-                return requantize_q4(model, self.wrapped, kernel=kernel)
+                return requantize_q4(model, self.wrapped, kernel=kernel, dequantize=dequantize)
             stale = [n for n in self.wrapped if n not in previous or any(p.startswith(n + ".") for p in ctx.changed)]
-            return requantize_q4(model, stale, kernel=kernel) + rewrap_q4(model, {n: previous[n] for n in self.wrapped
-                                                                                 if n not in stale})
+            return (requantize_q4(model, stale, kernel=kernel, dequantize=dequantize)
+                    + rewrap_q4(model, {n: previous[n] for n in self.wrapped if n not in stale}))
         from plait.loading.gguf_file import load_q4_blocks
 
         self.previous = {}
-        count = attach_q4(model, load_q4_blocks(ctx.source), kernel=kernel)
+        count = attach_q4(model, load_q4_blocks(ctx.source), kernel=kernel, dequantize=dequantize)
         self.wrapped = wrapped_q4(model)
         return count
 
     def revert(self, model: nn.Module, only: set[str] | None = None) -> int:
         self.previous = {n: m for n, m in model.named_modules() if isinstance(m, Q4Linear)}
-        return detach_q4(model)
+        restored = detach_q4(model)
+        if self.vnni:  # applied before packing: put back plain Linears (a kept dense module was packed since)
+            for name in self.previous:
+                parent_name, _, attr = name.rpartition(".")
+                parent = model.get_submodule(parent_name)
+                if isinstance(getattr(parent, attr), PackedLinear):
+                    setattr(parent, attr, getattr(parent, attr).unpack())
+        return restored
 
 
 class SmallBatchWeights(WeightTransform):
@@ -242,6 +261,8 @@ def default_transforms(packed_weights: bool = True, native_q4: bool = True, smal
     transforms: list[WeightTransform] = []
     if exact_q8:
         transforms.append(Q8Weights())
+    if native_q4:
+        transforms.append(Q4Weights(vnni=True))
     if packed_weights:
         transforms.append(PackWeights())
     if exact_q8:

@@ -60,8 +60,9 @@ def q4_modules(llm):
 
 
 def dense_weight(q4_module) -> torch.Tensor:
-    """The dense weight behind a Q4Linear (prepacked for oneDNN where the CPU has bf16: unpacked exactly)."""
-    dense = q4_module.dense
+    """The dense weight behind a Q4Linear (prepacked for oneDNN where the CPU has bf16: unpacked exactly; rebuilt
+    from the blocks where the VNNI path dropped it)."""
+    dense = q4_module.dense_module()
     return dense.weight if hasattr(dense, "weight") else dense.unpack().weight
 
 
@@ -71,7 +72,8 @@ def fresh_requantized(path, names):
     from plait.runner.weight_transforms import Q4Weights, TransformContext, apply_transforms
 
     llm = LLM(str(path), dtype="bfloat16", kv_cache_memory=1 << 20, native_q4=False)
-    q4 = Q4Weights()
+    q4 = Q4Weights(vnni=Q4Weights._kernels(TransformContext(torch.bfloat16, torch.device("cpu"),
+                                                             native_kernels=llm.config.native_kernels)) is not None)
     q4.wrapped = names
     ctx = TransformContext(torch.bfloat16, torch.device("cpu"), native_kernels=llm.config.native_kernels,
                            requantize=True)

@@ -145,3 +145,52 @@ def test_engine_uses_the_kernel_by_default_and_under_batch_invariance(tmp_path):
         outputs[invariant] = alone
         assert llm.engine.scheduler.kv.all_blocks_free()
     assert outputs[False] == outputs[True]
+
+
+@needs_vnni
+def test_dequantize_gives_back_the_loaders_dense_matrix():
+    """q * d + m rounded to fp32 then bf16, as gguf_file.dequantize and the loader compute it: Q4_1 and Q4_0."""
+    from plait.runner.q4_vnni import dequantize_q4_vnni
+
+    for b in (random_blocks(48, 96, seed=3), Q4Blocks(random_blocks(32, 64, seed=4).q,
+                                                      random_blocks(32, 64, seed=4).scale, np.zeros((32, 2), np.float32))):
+        minimum = b.zero - 8 * b.scale  # the file's m (Q4_0: -8 d)
+        want = (b.q.astype(np.float32).reshape(b.q.shape[0], -1, 32) * b.scale[..., None] + minimum[..., None])
+        want = torch.from_numpy(want.reshape(b.q.shape)).to(torch.bfloat16)
+        got = dequantize_q4_vnni(kernels.q4_vnni_dequantize_bf16, pack_q4_vnni(b), *b.q.shape)
+        assert torch.equal(got, want)
+
+
+@needs_vnni
+def test_one_copy_of_each_weight_and_detach_rebuilds_it(tmp_path):
+    """The VNNI path keeps no dense module where the blocks rebuild it bit for bit (a file's weights), rebuilds it
+    on detach (a weight update's first step), and keeps it for blocks quantized from other weights."""
+    from importlib.util import module_from_spec, spec_from_file_location
+    from pathlib import Path
+
+    from plait import LLM
+    from plait.models.llama import Linear
+    from plait.runner.q4_linear import detach_q4
+    from plait.runner.q4_quantize import quantize_q4
+
+    spec = spec_from_file_location("gguf_fixtures", Path(__file__).parents[1] / "loading" / "test_gguf_file.py")
+    fixtures = module_from_spec(spec)
+    spec.loader.exec_module(fixtures)
+    path = tmp_path / "tiny.gguf"
+    fixtures.write_tiny_gguf(path, qtype=fixtures.Q.Q4_1)
+    dense = LLM(str(path), dtype="bfloat16", kv_cache_memory=1 << 20, native_q4=False, packed_weights=False)
+    llm = LLM(str(path), dtype="bfloat16", kv_cache_memory=1 << 20, packed_weights=False)
+    model = llm.engine.runner.model
+    wrapped = {n: m for n, m in model.named_modules() if isinstance(m, Q4Linear)}
+    assert wrapped and all(m.dense is None for m in wrapped.values())
+    assert not any(isinstance(m, Linear) for m in model.modules() if m is not model.lm_head)
+    reference = dict(dense.engine.runner.model.named_modules())
+    assert detach_q4(model) == len(wrapped)
+    for name in wrapped:
+        restored = model.get_submodule(name)
+        assert type(restored) is Linear and torch.equal(restored.weight, reference[name].weight)
+    # Blocks quantized from the dense weight do not rebuild it: that wrapper keeps its dense module.
+    some = model.get_submodule(next(iter(wrapped)))
+    requantized = Q4Linear(some, quantize_q4(some.weight), kernel=kernels.q4_vnni_linear_bf16,
+                           dequantize=kernels.q4_vnni_dequantize_bf16)
+    assert not requantized.release_dense() and requantized.dense is some

@@ -101,6 +101,7 @@ def test_default_model_head_takes_the_vnni_kernel_at_every_step_also_under_batch
         llm = LLM(batch_invariant=invariant)
         head = llm.engine.runner.model.lm_head
         assert isinstance(head, Q8HeadLinear) and head.vnni is not None and head.max_rows == 0
+        assert head.dense is None  # tied: the embedding's rows were checked against the blocks; one copy kept
         if invariant:
             alone = llm.generate(["The capital of France is"], params, use_tqdm=False)[0].outputs[0]
             batch = llm.generate(["The capital of France is"] + [f"Question {i}: what is {i} + {i}?"
@@ -110,3 +111,26 @@ def test_default_model_head_takes_the_vnni_kernel_at_every_step_also_under_batch
             assert [{t: p.logprob for t, p in pos.items()} for pos in inside.logprobs] == \
                 [{t: p.logprob for t, p in pos.items()} for pos in alone.logprobs]
         assert llm.engine.scheduler.kv.all_blocks_free()
+
+
+
+@needs_vnni
+def test_a_released_head_rebuilds_its_dense_matrix_bit_for_bit():
+    """Without its dense module (dropped where a tied embedding checked every row against the blocks: the
+    default model, tested below) the head still serves every step, and detaching rebuilds the dense matrix."""
+    from plait.runner.q8_linear import detach_q8_head
+
+    values, scales = random_q8(64, 96, seed=5)
+    dense = Linear(96, 64, dtype=torch.bfloat16)
+    dense.weight.data = weights(values, scales).float().bfloat16()
+    head = Q8HeadLinear(dense, values, scales, kernels.q8_linear_f32, 0, kernels.q8_vnni_linear_bf16)
+    x = torch.randn(5, 96).bfloat16()
+    before = head(x)
+    head.release_dense()
+    assert head.dense is None and torch.equal(head(x), before)
+    holder = torch.nn.Module()
+    holder.lm_head = head
+    assert detach_q8_head(holder) == 1
+    assert type(holder.lm_head) is Linear and torch.equal(holder.lm_head.weight, dense.weight)
+    with pytest.raises(ValueError, match="fallback"):
+        Q8HeadLinear(dense, values, scales, kernels.q8_linear_f32, 2, kernels.q8_vnni_linear_bf16).release_dense()

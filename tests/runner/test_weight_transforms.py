@@ -30,9 +30,10 @@ def state(model) -> dict[str, torch.Tensor]:
     return {k: v.clone() for k, v in model.state_dict().items()}
 
 
-def test_default_order_is_q8_then_pack_then_q8_head_then_q4_then_small_batch():
-    assert [t.name for t in default_transforms()] == ["q8", "packed", "q8_head", "q4", "small_batch"]
-    assert [t.name for t in default_transforms(packed_weights=False, small_batch=False, exact_q8=False)] == ["q4"]
+def test_default_order_is_q8_then_vnni_q4_then_pack_then_q8_head_then_q4_then_small_batch():
+    assert [t.name for t in default_transforms()] == ["q8", "q4_vnni", "packed", "q8_head", "q4", "small_batch"]
+    assert [t.name for t in default_transforms(packed_weights=False, small_batch=False, exact_q8=False)] == [
+        "q4_vnni", "q4"]
 
 
 def test_which_transforms_apply_where():

@@ -84,6 +84,8 @@ class Kernels:
     q8_linear_f32: ctypes._CFuncPtr | None = None
     # bf16 linear over 4-bit Q4_0/Q4_1 weights in int8 arithmetic (q4_vnni.c); None where the CPU lacks AVX512-VNNI
     q4_vnni_linear_bf16: ctypes._CFuncPtr | None = None
+    # the dense bf16 matrix back from those packed weights (q4_vnni.c); None without AVX512-VNNI
+    q4_vnni_dequantize_bf16: ctypes._CFuncPtr | None = None
     # bf16 x Q8_0 weights in int8 arithmetic, fp32 out (q8_vnni.c: the LM head); None where the CPU lacks AVX512-VNNI
     q8_vnni_linear_bf16: ctypes._CFuncPtr | None = None
     # a whole Llama decoder layer over those 4-bit weights in one call (decoder_layer.c); None without AVX512-VNNI
@@ -178,6 +180,8 @@ def _bind(lib: ctypes.CDLL) -> Kernels:
     q8.argtypes, q8.restype = [p, p, p, p, p, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64], ctypes.c_int
     q4 = lib.plait_q4_vnni_linear_bf16
     q4.argtypes, q4.restype = [p, p, p, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64], ctypes.c_int
+    q4d = lib.plait_q4_vnni_dequantize_bf16
+    q4d.argtypes, q4d.restype = [p, p, ctypes.c_int64, ctypes.c_int64], ctypes.c_int
     q8v = lib.plait_q8_vnni_linear_bf16
     q8v.argtypes, q8v.restype = [p, p, p, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64], ctypes.c_int
     layer = lib.plait_llama_layer_bf16
@@ -187,6 +191,7 @@ def _bind(lib: ctypes.CDLL) -> Kernels:
     has_bf16_dot.argtypes, has_bf16_dot.restype = [], ctypes.c_int
     return Kernels(**bound, small_linear_f32=small, q8_linear_f32=q8,
                    q4_vnni_linear_bf16=q4 if has_q4_vnni() else None,
+                   q4_vnni_dequantize_bf16=q4d if has_q4_vnni() else None,
                    q8_vnni_linear_bf16=q8v if has_q4_vnni() else None,
                    llama_layer_bf16=layer if has_q4_vnni() else None, has_bf16_dot=bool(has_bf16_dot()))
 

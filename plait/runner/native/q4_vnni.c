@@ -131,6 +131,34 @@ int plait_q4_vnni_linear_bf16(const uint16_t *x, const uint8_t *w, uint16_t *y, 
     return 0;
 }
 
+/* w[N, K] in bf16 from the packed weights (layout above): the dense matrix the file's loader builds, q * d + mn
+ * rounded once to fp32 (q * d is exact: a 4-bit code times an fp16 scale) and then to bf16 (nearest even, as torch
+ * converts). Plain C: it rebuilds a dense copy only when one is asked for (runner/q4_linear.py drops it). */
+int plait_q4_vnni_dequantize_bf16(const uint8_t *w, uint16_t *out, int64_t N, int64_t K) {
+    if (K % QK != 0 || N % TILE_N != 0) return -1;
+    const int64_t blocks = K / QK;
+#pragma omp parallel for schedule(static)
+    for (int64_t t = 0; t < N / TILE_N; t++) {
+        for (int64_t b = 0; b < blocks; b++) {
+            const uint8_t *p = w + (t * blocks + b) * TILE_BYTES;
+            for (int n = 0; n < TILE_N; n++) {
+                uint16_t dh, mh;
+                __builtin_memcpy(&dh, p + 256 + 2 * n, 2);
+                __builtin_memcpy(&mh, p + 288 + 2 * n, 2);
+                const float d = _cvtsh_ss(dh), mn = _cvtsh_ss(mh);
+                const int64_t row = (t * TILE_N + n) * K + b * QK;
+                for (int c = 0; c < 4; c++)
+                    for (int i = 0; i < 4; i++) {
+                        const uint8_t byte = p[64 * c + 4 * n + i];
+                        store(out, row + 4 * c + i, (float)(byte & 0x0f) * d + mn, 1);
+                        store(out, row + 16 + 4 * c + i, (float)(byte >> 4) * d + mn, 1);
+                    }
+            }
+        }
+    }
+    return 0;
+}
+
 int plait_has_q4_vnni(void) { return 1; }
 
 #else
@@ -138,6 +166,11 @@ int plait_has_q4_vnni(void) { return 1; }
 int plait_q4_vnni_linear_bf16(const uint16_t *x, const uint8_t *w, uint16_t *y, int64_t M, int64_t N, int64_t K) {
     (void)x; (void)w; (void)y; (void)M; (void)N; (void)K;
     return -1; /* no AVX512-VNNI: the caller keeps torch's int4 kernel */
+}
+
+int plait_q4_vnni_dequantize_bf16(const uint8_t *w, uint16_t *out, int64_t N, int64_t K) {
+    (void)w; (void)out; (void)N; (void)K;
+    return -1;
 }
 
 int plait_has_q4_vnni(void) { return 0; }
