@@ -54,6 +54,29 @@ static inline void int8_tile_rows(const int8_tiles *t, int64_t tile, int64_t *fi
 }
 
 
+/* Row tile t: its first row, its row count and where its activations start in each array. */
+typedef struct {
+    int64_t first, rows;
+    const int8_t *xq;
+    const float *dx, *sx;
+    const int32_t *xsum;
+} int8_tile;
+
+static inline int8_tile int8_tile_at(const int8_tiles *a, int64_t t) {
+    int8_tile v;
+    int8_tile_rows(a, t, &v.first, &v.rows);
+    const int64_t o = v.first * a->blocks;
+    v.xq = a->xq + o * QK;
+    v.dx = a->dx + o, v.sx = a->sx + o, v.xsum = a->xsum + o;
+    return v;
+}
+
+/* What a kernel prefetches while row tile t multiplies an output tile's weights: the next output tile's weights
+ * (`next_tile`) during the last of several row tiles, whose weights are already in L1; else nothing (NULL). */
+static inline const uint8_t *int8_prefetch_during(const int8_tiles *a, int64_t t, const uint8_t *next_tile) {
+    return t == a->tiles - 1 && t > 0 ? next_tile : NULL;
+}
+
 /* Prefetch `bytes` of weights into L1 (a VNNI kernel's next output tile, while it multiplies the current one's
  * weights from L1 by a later row tile; a prefetch past the matrix's end is harmless). */
 static inline __attribute__((always_inline)) void prefetch_block(const uint8_t *p, int64_t bytes) {

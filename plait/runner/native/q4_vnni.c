@@ -93,24 +93,18 @@ static inline __attribute__((always_inline)) void tile_rows(const int R, const u
 /* Every row tile against one tile of 16 outputs (whose weights stay in L1 across the row tiles). */
 static void rows_of_tile(const int8_tiles *a, const uint8_t *w, uint16_t *y, int64_t N) {
     for (int64_t t = 0; t < a->tiles; t++) {
-        int64_t first, rows;
-        int8_tile_rows(a, t, &first, &rows);
-        /* the weights stay in L1 for the later row tiles: the last one loads the next output tile meanwhile */
-        const uint8_t *next = t == a->tiles - 1 && t > 0 ? w + a->blocks * TILE_BYTES : NULL;
-        const int8_t *xq = a->xq + first * a->blocks * QK;
-        const int64_t o = first * a->blocks;
-        const float *dx = a->dx + o, *sx = a->sx + o;
-        const int32_t *xsum8 = a->xsum + o;
-        uint16_t *yt = y + first * N;
-        switch (rows) {
-            case 8: tile_rows(8, w, next, a->blocks, xq, dx, sx, xsum8, yt, N); break;
-            case 7: tile_rows(7, w, next, a->blocks, xq, dx, sx, xsum8, yt, N); break;
-            case 6: tile_rows(6, w, next, a->blocks, xq, dx, sx, xsum8, yt, N); break;
-            case 5: tile_rows(5, w, next, a->blocks, xq, dx, sx, xsum8, yt, N); break;
-            case 4: tile_rows(4, w, next, a->blocks, xq, dx, sx, xsum8, yt, N); break;
-            case 3: tile_rows(3, w, next, a->blocks, xq, dx, sx, xsum8, yt, N); break;
-            case 2: tile_rows(2, w, next, a->blocks, xq, dx, sx, xsum8, yt, N); break;
-            case 1: tile_rows(1, w, next, a->blocks, xq, dx, sx, xsum8, yt, N); break;
+        const int8_tile v = int8_tile_at(a, t);
+        const uint8_t *next = int8_prefetch_during(a, t, w + a->blocks * TILE_BYTES);
+        uint16_t *yt = y + v.first * N;
+        switch (v.rows) {
+            case 8: tile_rows(8, w, next, a->blocks, v.xq, v.dx, v.sx, v.xsum, yt, N); break;
+            case 7: tile_rows(7, w, next, a->blocks, v.xq, v.dx, v.sx, v.xsum, yt, N); break;
+            case 6: tile_rows(6, w, next, a->blocks, v.xq, v.dx, v.sx, v.xsum, yt, N); break;
+            case 5: tile_rows(5, w, next, a->blocks, v.xq, v.dx, v.sx, v.xsum, yt, N); break;
+            case 4: tile_rows(4, w, next, a->blocks, v.xq, v.dx, v.sx, v.xsum, yt, N); break;
+            case 3: tile_rows(3, w, next, a->blocks, v.xq, v.dx, v.sx, v.xsum, yt, N); break;
+            case 2: tile_rows(2, w, next, a->blocks, v.xq, v.dx, v.sx, v.xsum, yt, N); break;
+            case 1: tile_rows(1, w, next, a->blocks, v.xq, v.dx, v.sx, v.xsum, yt, N); break;
             default: break;
         }
     }

@@ -57,24 +57,18 @@ static inline __attribute__((always_inline)) void q8_tile_rows(const int R, cons
 
 static void q8_rows_of_tile(const int8_tiles *a, const uint8_t *w, float *y, int64_t N) {
     for (int64_t t = 0; t < a->tiles; t++) {
-        int64_t first, rows;
-        int8_tile_rows(a, t, &first, &rows);
-        /* the weights stay in L1 for the later row tiles: the last one loads the next output tile meanwhile */
-        const uint8_t *next = t == a->tiles - 1 && t > 0 ? w + a->blocks * TILE_BYTES : NULL;
-        const int8_t *xq = a->xq + first * a->blocks * QK;
-        const int64_t o = first * a->blocks;
-        const float *dx = a->dx + o;
-        const int32_t *xsum128 = a->xsum + o;
-        float *yt = y + first * N;
-        switch (rows) {
-            case 8: q8_tile_rows(8, w, next, a->blocks, xq, dx, xsum128, yt, N); break;
-            case 7: q8_tile_rows(7, w, next, a->blocks, xq, dx, xsum128, yt, N); break;
-            case 6: q8_tile_rows(6, w, next, a->blocks, xq, dx, xsum128, yt, N); break;
-            case 5: q8_tile_rows(5, w, next, a->blocks, xq, dx, xsum128, yt, N); break;
-            case 4: q8_tile_rows(4, w, next, a->blocks, xq, dx, xsum128, yt, N); break;
-            case 3: q8_tile_rows(3, w, next, a->blocks, xq, dx, xsum128, yt, N); break;
-            case 2: q8_tile_rows(2, w, next, a->blocks, xq, dx, xsum128, yt, N); break;
-            case 1: q8_tile_rows(1, w, next, a->blocks, xq, dx, xsum128, yt, N); break;
+        const int8_tile v = int8_tile_at(a, t);
+        const uint8_t *next = int8_prefetch_during(a, t, w + a->blocks * TILE_BYTES);
+        float *yt = y + v.first * N;
+        switch (v.rows) {
+            case 8: q8_tile_rows(8, w, next, a->blocks, v.xq, v.dx, v.xsum, yt, N); break;
+            case 7: q8_tile_rows(7, w, next, a->blocks, v.xq, v.dx, v.xsum, yt, N); break;
+            case 6: q8_tile_rows(6, w, next, a->blocks, v.xq, v.dx, v.xsum, yt, N); break;
+            case 5: q8_tile_rows(5, w, next, a->blocks, v.xq, v.dx, v.xsum, yt, N); break;
+            case 4: q8_tile_rows(4, w, next, a->blocks, v.xq, v.dx, v.xsum, yt, N); break;
+            case 3: q8_tile_rows(3, w, next, a->blocks, v.xq, v.dx, v.xsum, yt, N); break;
+            case 2: q8_tile_rows(2, w, next, a->blocks, v.xq, v.dx, v.xsum, yt, N); break;
+            case 1: q8_tile_rows(1, w, next, a->blocks, v.xq, v.dx, v.xsum, yt, N); break;
             default: break;
         }
     }
