@@ -23,7 +23,7 @@ from typing import Any
 from plait.bench import report
 from plait.params import SamplingParams
 
-DEFAULT_SPEC = {"method": "ngram", "num_speculative_tokens": 4, "prompt_lookup_max": 3, "prompt_lookup_min": 1}
+DEFAULT_SPEC = {"method": "ngram", "num_speculative_tokens": 8, "prompt_lookup_max": 3, "prompt_lookup_min": 1}
 
 
 def add_spec_bench_args(p: argparse.ArgumentParser) -> None:
