@@ -206,53 +206,70 @@ static void write_new_kv(const struct attention_args *a, size_t elem) {
     /* the implicit barrier of `omp for`: every row is written before any thread attends */
 }
 
-/* Returns 0, or -1 if a thread could not allocate its scratch (the output is then incomplete). */
-static int paged_attention(const struct attention_args *a, int bf16) {
+/* One thread's part of the call (inside the parallel region): write the new rows, then attend to its tasks. Sets
+ * *failed if it could not allocate its scratch. */
+__attribute__((always_inline)) static inline void attention_thread(const struct attention_args *a, int max_len,
+                                                                   int *failed, const int bf16) {
     const int T = a->tokens, H = a->heads, KV = a->kv_heads, D = a->head_dim, bs = a->block_size;
     const int group = H / KV;
     const size_t elem = bf16 ? 2 : 4;
-    int max_len = 0, failed = 0;
-    for (int t = 0; t < T; ++t) max_len = a->lengths[t] > max_len ? a->lengths[t] : max_len;
-#pragma omp parallel
-    {
-        const unsigned fp_mode = flush_subnormals();
-        write_new_kv(a, elem);
-        float *work = malloc(sizeof(float) * (size_t)group * (2 * (size_t)D + (size_t)max_len));
-        if (!work) {
+    const unsigned fp_mode = flush_subnormals();
+    write_new_kv(a, elem);
+    float *work = malloc(sizeof(float) * (size_t)group * (2 * (size_t)D + (size_t)max_len));
+    if (!work) {
 #pragma omp atomic write
-            failed = 1;
-        }
-        /* Dynamic: tokens differ in context length, so equal shares of tasks are not equal shares of work.
-         * Neighbouring tasks share a sequence, so its K/V stays in cache between them. */
-#pragma omp for schedule(dynamic, 4)
-        for (int64_t task = 0; task < (int64_t)T * KV; ++task) {
-            if (!work) continue;
-            const int t = (int)(task / KV), h = (int)(task % KV);
-            const int64_t q_off = (int64_t)t * a->q_stride + (int64_t)h * group * D;
-            const int64_t o_off = ((int64_t)t * H + (int64_t)h * group) * D;
-            const void *qt = (const char *)a->q + q_off * elem;
-            const void *kh = (const char *)a->k_cache + h * a->head_stride * elem;
-            const void *vh = (const char *)a->v_cache + h * a->head_stride * elem;
-            const int32_t *table = a->tables + (int64_t)a->rows[t] * a->max_blocks;
-            void *ot = (char *)a->out + o_off * elem;
-            const int len = a->lengths[t], first = a->window > 0 && len > a->window ? len - a->window : 0;
-            /* Constant head sizes let the compiler unroll the inner loops into whole vector registers. */
-            if (D == 64)
-                attend_one(qt, kh, vh, table, first, len, group, 64, bs, a->scale, ot, work, bf16);
-            else if (D == 128)
-                attend_one(qt, kh, vh, table, first, len, group, 128, bs, a->scale, ot, work, bf16);
-            else
-                attend_one(qt, kh, vh, table, first, len, group, D, bs, a->scale, ot, work, bf16);
-        }
-        free(work);
-        restore_fp_mode(fp_mode);
+        *failed = 1;
     }
+    /* Dynamic: tokens differ in context length, so equal shares of tasks are not equal shares of work.
+     * Neighbouring tasks share a sequence, so its K/V stays in cache between them. */
+#pragma omp for schedule(dynamic, 4)
+    for (int64_t task = 0; task < (int64_t)T * KV; ++task) {
+        if (!work) continue;
+        const int t = (int)(task / KV), h = (int)(task % KV);
+        const int64_t q_off = (int64_t)t * a->q_stride + (int64_t)h * group * D;
+        const int64_t o_off = ((int64_t)t * H + (int64_t)h * group) * D;
+        const void *qt = (const char *)a->q + q_off * elem;
+        const void *kh = (const char *)a->k_cache + h * a->head_stride * elem;
+        const void *vh = (const char *)a->v_cache + h * a->head_stride * elem;
+        const int32_t *table = a->tables + (int64_t)a->rows[t] * a->max_blocks;
+        void *ot = (char *)a->out + o_off * elem;
+        const int len = a->lengths[t], first = a->window > 0 && len > a->window ? len - a->window : 0;
+        /* Constant head sizes let the compiler unroll the inner loops into whole vector registers. */
+        if (D == 64)
+            attend_one(qt, kh, vh, table, first, len, group, 64, bs, a->scale, ot, work, bf16);
+        else if (D == 128)
+            attend_one(qt, kh, vh, table, first, len, group, 128, bs, a->scale, ot, work, bf16);
+        else
+            attend_one(qt, kh, vh, table, first, len, group, D, bs, a->scale, ot, work, bf16);
+    }
+    free(work);
+    restore_fp_mode(fp_mode);
+}
+
+static int longest_context(const struct attention_args *a) {
+    int max_len = 0;
+    for (int t = 0; t < a->tokens; ++t) max_len = a->lengths[t] > max_len ? a->lengths[t] : max_len;
+    return max_len;
+}
+
+/* Each returns 0, or -1 if a thread could not allocate its scratch (the output is then incomplete). The parallel
+ * region is here, with the storage type as a literal inside it: OpenMP outlines a region before inlining, so a
+ * type passed into one arrives as a variable and every per-element load and store tests it. */
+int plait_paged_attention_bf16(const struct attention_args *a) {
+    const int max_len = longest_context(a);
+    int failed = 0;
+#pragma omp parallel
+    attention_thread(a, max_len, &failed, 1);
     return failed ? -1 : 0;
 }
 
-int plait_paged_attention_bf16(const struct attention_args *a) { return paged_attention(a, 1); }
-
-int plait_paged_attention_f32(const struct attention_args *a) { return paged_attention(a, 0); }
+int plait_paged_attention_f32(const struct attention_args *a) {
+    const int max_len = longest_context(a);
+    int failed = 0;
+#pragma omp parallel
+    attention_thread(a, max_len, &failed, 0);
+    return failed ? -1 : 0;
+}
 
 /* 1 where this build computes bf16 scores with the bf16 dot-product instruction (the Python side picks defaults
  * by it: runner/shared_prefix.py's default_min_shared_blocks). */
