@@ -156,7 +156,6 @@ class Q8HeadLinear(nn.Module):
         the blocks' values rounded to bf16, every row (the caller has checked)."""
         if self.vnni is None or self.max_rows != 0:
             raise ValueError("the dense head is still a fallback of this Q8HeadLinear")
-        self.dense_dtype = torch.bfloat16
         self.dense = None
 
     def dense_module(self) -> nn.Module:
@@ -166,8 +165,9 @@ class Q8HeadLinear(nn.Module):
         from plait.models.llama import Linear
         from plait.runner.q8_embedding import Q8Embedding
 
-        linear = Linear(0, 0, dtype=self.dense_dtype)
-        linear.weight = nn.Parameter(Q8Embedding(self.q8_values, self.q8_scales, self.dense_dtype).table(),
+        # released only on the VNNI path, which is bf16's
+        linear = Linear(0, 0, dtype=torch.bfloat16)
+        linear.weight = nn.Parameter(Q8Embedding(self.q8_values, self.q8_scales, torch.bfloat16).table(),
                                      requires_grad=False)
         return linear
 
