@@ -160,4 +160,6 @@ def test_default_model_keeps_its_4bit_path_and_its_tokens_after_updating_with_it
     before = [o.outputs[0].token_ids for o in llm.generate(prompts, params, use_tqdm=False)]
     llm.update_weights(str(resolve_model(None)), "again")
     assert sorted(q4_modules(llm)) == names
+    # one copy of each weight on the VNNI path, also after the update rebuilt and re-dropped the dense modules
+    assert all(m.dense is None for m in q4_modules(llm).values() if m.kernel is not None)
     assert [o.outputs[0].token_ids for o in llm.generate(prompts, params, use_tqdm=False)] == before
